@@ -1,0 +1,3 @@
+from personsd.cli import main
+
+main()

@@ -1,0 +1,84 @@
+"""Shared fixtures: every database test runs on SQLite and on PostgreSQL.
+
+PostgreSQL tests use ``PERSONSD_TEST_PG_URL`` (default: the local server) and
+get a schema of their own per test, so they run in parallel without stepping
+on each other. When ``PERSONSD_TEST_REQUIRE_PG`` is set (CI), an unreachable
+server fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "dev", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+PG_URL = os.environ.get(
+    "PERSONSD_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+REQUIRE_PG = os.environ.get("PERSONSD_TEST_REQUIRE_PG", "") not in ("", "0")
+
+
+def _pg_conninfo(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+_pg_state: dict[str, str | None] = {}
+
+
+def _pg_unavailable() -> str | None:
+    """Why PostgreSQL cannot be used, or None; checked once per process."""
+    if "reason" not in _pg_state:
+        import psycopg
+
+        try:
+            with psycopg.connect(_pg_conninfo(PG_URL), connect_timeout=3) as conn:
+                conn.execute("select 1")
+            _pg_state["reason"] = None
+        except Exception as exc:  # any failure to connect means "not here"
+            _pg_state["reason"] = f"PostgreSQL at {PG_URL} unreachable: {exc}"
+    return _pg_state["reason"]
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh, private schema."""
+    reason = _pg_unavailable()
+    if reason is not None:
+        if REQUIRE_PG:
+            pytest.fail(reason + " (PERSONSD_TEST_REQUIRE_PG is set)")
+        pytest.skip(reason)
+    import psycopg
+
+    schema = "t_" + uuid.uuid4().hex[:16]
+    with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as conn:
+        conn.execute(f'create schema "{schema}"')
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as conn:
+            conn.execute(f'drop schema "{schema}" cascade')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'persons.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Each database test runs twice: on SQLite and on PostgreSQL."""
+    name = "pg_url" if request.param == "postgresql" else "sqlite_url"
+    return str(request.getfixturevalue(name))
