@@ -6,6 +6,7 @@ Unknown keys and bad values are refused with a message that names them
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -133,7 +134,8 @@ def _int(section: str, key: str, value: Any, minimum: int) -> int:
 
 
 def _number(section: str, key: str, value: Any, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value < minimum):
         raise _fail(section, key, f"must be a number >= {minimum}", value)
     return float(value)
 
@@ -262,6 +264,8 @@ def load(path: Path | str | None = None, *, env: Mapping[str, str] | None = None
             data = tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {file}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{file}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
     return parse(data, base=file.parent, env=env, source=file)

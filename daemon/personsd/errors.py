@@ -33,7 +33,10 @@ class ErrorKind(enum.Enum):
         "PersonErrors::InvalidSelectCustomFieldValue",
         "Invalid custom field value",
     )
-    INVALID_CUSTOM_FIELD_VALUE = ("PersonErrors::InvalidCustomFieldValue", "Invalid custom field value")
+    INVALID_CUSTOM_FIELD_VALUE = (
+        "PersonErrors::InvalidCustomFieldValue",
+        "Invalid custom field value",
+    )
     PERSON_NOT_FOUND = ("PersonErrors::PersonNotFound", "Person not found")
     MOBILE_PHONE_ALREADY_ASSIGNED = (
         "PersonErrors::MobilePhoneAlreadyAssigned",

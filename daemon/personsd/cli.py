@@ -1,0 +1,527 @@
+"""The command line (SPEC section 7).
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 file rejected (``import``).
+Everything a command prints for machines goes to stdout; logs and the
+progress bar go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import click
+from sqlalchemy import Engine, make_url
+
+from personsd import config as config_mod
+from personsd import importer, logging, reports
+from personsd.config import Config
+from personsd.errors import InternalError, OperatorError, PersonsdError
+from personsd.fieldtypes import Charset, CustomField, FieldType, format_value
+from personsd.phones import normalize_mdn
+from personsd.retry import RetryPolicy
+from personsd.rules import Person
+from personsd.store import db
+from personsd.store import fields as store_fields
+from personsd.store import imports as store_imports
+from personsd.store import persons as store_persons
+from personsd.store import tenants as store_tenants
+
+EXIT_ERROR = 1
+EXIT_REJECTED = 3
+BUILTIN_COLUMNS = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id")
+
+
+class State:
+    """What every command needs: the config, and a migrated database on demand."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+        self._engine: Engine | None = None
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            self._config = config_mod.load(self.config_path)
+        return self._config
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = db.connect(self.config.database.url)
+            db.upgrade(self._engine)
+        return self._engine
+
+    def tenant(self, name: str) -> store_tenants.Tenant:
+        with self.engine.connect() as conn:
+            found = store_tenants.get_tenant(conn, name)
+        if found is None:
+            raise OperatorError(f"unknown tenant {name!r}")
+        return found
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    click.echo(f"personsd: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def errors_handled() -> Iterator[None]:
+    """Operator errors become a one-line message and exit 1, never a traceback."""
+    try:
+        yield
+    except PersonsdError as exc:
+        fail(str(exc))
+
+
+def init_paths(cfg: Config) -> None:
+    for path in (cfg.tenants_dir, cfg.work_dir, cfg.archive_dir, cfg.quarantine_dir):
+        path.mkdir(parents=True, exist_ok=True)
+
+
+def tenant_dirs(cfg: Config, name: str) -> None:
+    cfg.inbox(name).mkdir(parents=True, exist_ok=True)
+    cfg.outbox(name).mkdir(parents=True, exist_ok=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", envvar=config_mod.ENV_CONFIG, metavar="FILE",
+              help="TOML config file (default: $PERSONSD_CONFIG, else built-in defaults).")
+@click.version_option(package_name="personsd")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None) -> None:
+    """personsd: SFTP inbox daemon importing partners' .persons files."""
+    ctx.obj = State(config_path)
+
+
+def _state(ctx: click.Context) -> State:
+    state = ctx.find_object(State)
+    assert state is not None
+    with errors_handled():
+        logging.configure(state.config.log.format, state.config.log.level, stream=sys.stderr)
+    return state
+
+
+@main.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Run the daemon: SFTP server, watcher and import workers."""
+    state = _state(ctx)
+    from personsd.service import main as run_daemon
+
+    with errors_handled():
+        logging.configure(state.config.log.format, state.config.log.level, stream=sys.stdout)
+        sys.exit(run_daemon(state.config))
+
+
+@main.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create directories, database schema and host key (idempotent)."""
+    state = _state(ctx)
+    with errors_handled():
+        cfg = state.config
+        init_paths(cfg)
+        state.engine  # noqa: B018 -- connecting migrates the schema
+        from personsd.sftp import load_or_create_host_key
+
+        load_or_create_host_key(cfg.sftp.host_key)
+        with state.engine.connect() as conn:
+            for tenant in store_tenants.list_tenants(conn):
+                tenant_dirs(cfg, tenant.name)
+    url = make_url(cfg.database.url).render_as_string(hide_password=True)
+    click.echo(f"initialised {cfg.root} ({url})")
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--tenant", required=True, help="Tenant whose persons and outbox to use.")
+@click.pass_context
+def import_(ctx: click.Context, file: Path, tenant: str) -> None:
+    """Import FILE now and print its summary JSON."""
+    state = _state(ctx)
+    with errors_handled():
+        if not file.is_file():
+            raise OperatorError(f"no such file: {file}")
+        cfg = state.config
+        init_paths(cfg)
+        state.tenant(tenant)
+        import_id = importer.create(state.engine, tenant=tenant, path=file.resolve(),
+                                    source="cli")
+        outcome = _run_with_attempts(state, import_id, file.stat().st_size)
+        if outcome.summary.status != "failed":
+            shutil.rmtree(cfg.work_dir / str(import_id), ignore_errors=True)
+    click.echo(json.dumps(outcome.summary.as_dict(), ensure_ascii=False, indent=2))
+    if outcome.summary.status == "rejected":
+        sys.exit(EXIT_REJECTED)
+    if outcome.summary.status == "failed":
+        sys.exit(EXIT_ERROR)
+
+
+def _run_with_attempts(state: State, import_id: int, size: int) -> importer.Outcome:
+    """The engine, retried from its checkpoint on internal errors, then ``failed``."""
+    cfg = state.config
+    policy = RetryPolicy(base=0.5, cap=10.0)
+    attempt = 0
+    with _progress(sys.stderr, size) as on_chunk:
+        while True:
+            attempt += 1
+            try:
+                return importer.run(state.engine, cfg, import_id, on_chunk=on_chunk)
+            except (InternalError, OSError, Exception) as exc:
+                if isinstance(exc, OperatorError):
+                    raise
+                if attempt >= cfg.imports.max_attempts:
+                    return importer.fail(state.engine, cfg, import_id, repr(exc))
+                time.sleep(policy.delay(attempt))
+
+
+@contextmanager
+def _progress(stream: TextIO, size: int) -> Iterator[Any]:
+    """A progress bar by bytes on a terminal; nothing otherwise."""
+    if not stream.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("importing"), BarColumn(), DownloadColumn(),
+                  TextColumn("{task.fields[rows]} rows"), TimeRemainingColumn(),
+                  console=Console(file=stream), transient=True) as bar:
+        task = bar.add_task("import", total=size, rows=0)
+
+        def on_chunk(rows: int, done: int) -> None:
+            bar.update(task, completed=done, rows=rows)
+
+        yield on_chunk
+
+
+# -- tenants ---------------------------------------------------------------
+
+@main.group()
+def tenants() -> None:
+    """Partner accounts: SFTP login, inbox, outbox."""
+
+
+def _read_keys(files: tuple[Path, ...]) -> list[tuple[str, str, str]]:
+    keys = []
+    for path in files:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise OperatorError(f"cannot read SSH key {path}: {exc.strerror}") from None
+        for line in lines:
+            parts = line.strip().split(None, 2)
+            if not parts or parts[0].startswith("#"):
+                continue
+            if len(parts) < 2:
+                raise OperatorError(f"{path}: not an OpenSSH public key line: {line[:40]!r}")
+            keys.append((parts[0], parts[1], parts[2] if len(parts) > 2 else ""))
+        if not lines:
+            raise OperatorError(f"{path}: no public key in it")
+    return keys
+
+
+@tenants.command("add")
+@click.argument("name")
+@click.option("--ssh-key", "ssh_keys", multiple=True, type=click.Path(path_type=Path),
+              help="OpenSSH public key file (repeatable).")
+@click.option("--password-stdin", is_flag=True, help="Read an SFTP password from stdin.")
+@click.pass_context
+def tenants_add(ctx: click.Context, name: str, ssh_keys: tuple[Path, ...],
+                password_stdin: bool) -> None:
+    """Create tenant NAME with its inbox and outbox."""
+    state = _state(ctx)
+    with errors_handled():
+        keys = _read_keys(ssh_keys)
+        password_hash = None
+        if password_stdin:
+            from personsd.passwords import hash_password
+
+            password = sys.stdin.readline().rstrip("\r\n")
+            if not password:
+                raise OperatorError("empty password on stdin")
+            password_hash = hash_password(password)
+        with db.write_tx(state.engine) as conn:
+            store_tenants.add_tenant(conn, name, keys=keys, password_hash=password_hash)
+        tenant_dirs(state.config, name)
+    click.echo(f"tenant {name} added: inbox {state.config.inbox(name)}")
+
+
+@tenants.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def tenants_list(ctx: click.Context, as_json: bool) -> None:
+    """List tenants."""
+    state = _state(ctx)
+    with errors_handled(), state.engine.connect() as conn:
+        found = store_tenants.list_tenants(conn)
+    rows = [{"name": t.name, "keys": len(t.keys), "password": t.password_hash is not None}
+            for t in found]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        password = "yes" if row["password"] else "no"
+        click.echo(f"{row['name']}\tkeys={row['keys']}\tpassword={password}")
+
+
+@tenants.command("remove")
+@click.argument("name")
+@click.pass_context
+def tenants_remove(ctx: click.Context, name: str) -> None:
+    """Remove tenant NAME; its files are moved aside under state/removed, not deleted."""
+    state = _state(ctx)
+    with errors_handled():
+        with db.write_tx(state.engine) as conn:
+            if not store_tenants.remove_tenant(conn, name):
+                raise OperatorError(f"unknown tenant {name!r}")
+        tree = state.config.tenants_dir / name
+        if tree.exists():
+            aside = state.config.state_dir / "removed" / f"{name}.{int(time.time())}"
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(tree), aside)
+    click.echo(f"tenant {name} removed")
+
+
+# -- fields ----------------------------------------------------------------
+
+@main.group()
+def fields() -> None:
+    """A tenant's custom fields."""
+
+
+@fields.command("add")
+@click.option("--tenant", required=True)
+@click.argument("name")
+@click.option("--type", "type_", required=True, type=click.Choice([t.value for t in FieldType]))
+@click.option("--options", default=None, help="Option keys for selects: a,b,c")
+@click.option("--charset", default=None, type=click.Choice([c.value for c in Charset]))
+@click.option("--max-length", type=int, default=None)
+@click.pass_context
+def fields_add(ctx: click.Context, tenant: str, name: str, type_: str, options: str | None,
+               charset: str | None, max_length: int | None) -> None:
+    """Define custom field NAME for a tenant."""
+    state = _state(ctx)
+    with errors_handled():
+        found = state.tenant(tenant)
+        kwargs: dict[str, Any] = {"name": name, "type": FieldType(type_)}
+        if options is not None:
+            kwargs["options"] = tuple(o.strip() for o in options.split(","))
+        if charset is not None:
+            kwargs["charset"] = Charset(charset)
+        if max_length is not None:
+            kwargs["max_length"] = max_length
+        try:
+            field = CustomField(**kwargs)
+        except ValueError as exc:
+            raise OperatorError(str(exc)) from None
+        with db.write_tx(state.engine) as conn:
+            store_fields.add_field(conn, found.id, field)
+    click.echo(f"field {name} ({type_}) added to {tenant}")
+
+
+def _field_dict(field: CustomField) -> dict[str, Any]:
+    return {"name": field.name, "type": field.type.value, "options": list(field.options),
+            "charset": field.charset.value, "max_length": field.max_length}
+
+
+@fields.command("list")
+@click.option("--tenant", required=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def fields_list(ctx: click.Context, tenant: str, as_json: bool) -> None:
+    """List a tenant's custom fields."""
+    state = _state(ctx)
+    with errors_handled():
+        found = state.tenant(tenant)
+        with state.engine.connect() as conn:
+            rows = [_field_dict(f) for f in store_fields.list_fields(conn, found.id)]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        extra = ",".join(row["options"]) if row["options"] else ""
+        click.echo(f"{row['name']}\t{row['type']}\t{extra}")
+
+
+@fields.command("remove")
+@click.option("--tenant", required=True)
+@click.argument("name")
+@click.pass_context
+def fields_remove(ctx: click.Context, tenant: str, name: str) -> None:
+    """Remove a custom field (its stored values are no longer exported)."""
+    state = _state(ctx)
+    with errors_handled():
+        found = state.tenant(tenant)
+        with db.write_tx(state.engine) as conn:
+            if not store_fields.remove_field(conn, found.id, name):
+                raise OperatorError(f"tenant {tenant!r} has no field {name!r}")
+    click.echo(f"field {name} removed from {tenant}")
+
+
+# -- persons ---------------------------------------------------------------
+
+@main.group()
+def persons() -> None:
+    """Look at a tenant's persons."""
+
+
+def export_rows(person: Person, custom: list[CustomField]) -> list[str]:
+    row = [str(person.person_id), person.person_key, person.external_person_id or "",
+           person.mdn or "", person.vibes_device_id or ""]
+    for field in custom:
+        value = person.attributes.get(str(field.id))
+        row.append("" if value is None else format_value(value))
+    return row
+
+
+@persons.command("export")
+@click.option("--tenant", required=True)
+@click.option("--output", type=click.Path(path_type=Path), default=None)
+@click.pass_context
+def persons_export(ctx: click.Context, tenant: str, output: Path | None) -> None:
+    """Every person of a tenant as a .persons file, by person_id."""
+    state = _state(ctx)
+    with errors_handled():
+        found = state.tenant(tenant)
+        out: TextIO
+        with state.engine.connect() as conn:
+            custom = store_fields.list_fields(conn, found.id)  # sorted by name
+            header = BUILTIN_COLUMNS + tuple(f.name for f in custom)
+            out = (output.open("w", encoding="utf-8", newline="") if output
+                   else sys.stdout)
+            try:
+                out.write(reports.persons_line(header, ","))
+                for person in store_persons.iter_all(conn, found.id):
+                    out.write(reports.persons_line(export_rows(person, custom), ","))
+            finally:
+                if output:
+                    out.close()
+
+
+@persons.command("show")
+@click.option("--tenant", required=True)
+@click.option("--person-id", type=int, default=None)
+@click.option("--person-key", default=None)
+@click.option("--external-person-id", default=None)
+@click.option("--mdn", default=None)
+@click.pass_context
+def persons_show(ctx: click.Context, tenant: str, person_id: int | None, person_key: str | None,
+                 external_person_id: str | None, mdn: str | None) -> None:
+    """One person as JSON."""
+    given = {k: v for k, v in {"person_id": person_id, "person_key": person_key,
+                               "external_person_id": external_person_id, "mdn": mdn}.items()
+             if v is not None}
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --person-id, --person-key, "
+                               "--external-person-id, --mdn")
+    state = _state(ctx)
+    ((column, value),) = given.items()
+    if column == "mdn":
+        value = normalize_mdn(str(value)) or str(value)
+    with errors_handled():
+        found = state.tenant(tenant)
+        with state.engine.connect() as conn:
+            person = store_persons.find(conn, found.id, column, value)
+            custom = store_fields.list_fields(conn, found.id)
+    if person is None:
+        fail(f"no person with {column} {value!r} in tenant {tenant!r}")
+    body: dict[str, Any] = {c: getattr(person, c) for c in BUILTIN_COLUMNS}
+    body["fields"] = {f.name: format_value(person.attributes[str(f.id)]) for f in custom
+                      if str(f.id) in person.attributes}
+    click.echo(json.dumps(body, ensure_ascii=False, indent=2))
+
+
+# -- imports ---------------------------------------------------------------
+
+@main.group("imports")
+def imports_() -> None:
+    """Imports and their status."""
+
+
+@imports_.command("list")
+@click.option("--tenant", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def imports_list(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
+    """Imports with status and row counts."""
+    state = _state(ctx)
+    with errors_handled():
+        tenant_id = state.tenant(tenant).id if tenant else None
+        with state.engine.connect() as conn:
+            names = {t.id: t.name for t in store_tenants.list_tenants(conn)}
+            records = store_imports.list_imports(conn, tenant_id)
+    rows: list[dict[str, Any]] = [
+        {"import_id": r.id, "tenant": names.get(r.tenant_id), "file": r.file_name,
+         "status": r.status, "attempts": r.attempts,
+         "rows": {"total": r.rows_total, "succeeded": r.rows_succeeded,
+                  "failed": r.rows_failed, "created": r.rows_created,
+                  "updated": r.rows_updated},
+         "received_at": r.received_at.isoformat() if r.received_at else None}
+        for r in records
+    ]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        counts = row["rows"]
+        click.echo(f"{row['import_id']}\t{row['tenant']}\t{row['status']}\t{row['file']}\t"
+                   f"rows={counts['total']} ok={counts['succeeded']} failed={counts['failed']}")
+
+
+@imports_.command("retry")
+@click.argument("import_id", type=int)
+@click.pass_context
+def imports_retry(ctx: click.Context, import_id: int) -> None:
+    """Queue a failed import again (it resumes from its checkpoint)."""
+    state = _state(ctx)
+    with errors_handled():
+        with db.write_tx(state.engine) as conn:
+            record = store_imports.get(conn, import_id)
+            if record.status != "failed":
+                raise OperatorError(f"import {import_id} is {record.status}, not failed")
+            store_imports.set_status(conn, import_id, "queued", attempts=0, finished_at=None,
+                                     reports_published=False, claimed_by=None)
+        _restore_quarantined(state.config, record)
+    click.echo(f"import {import_id} queued again")
+
+
+def _restore_quarantined(cfg: Config, record: store_imports.ImportRecord) -> None:
+    """A quarantined source goes back to the work area the worker reads from."""
+    path = Path(record.work_path)
+    if path.exists():
+        return
+    for candidate in cfg.quarantine_dir.glob(f"*/{record.id}.*"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        candidate.rename(path)
+        return
+
+
+# -- db --------------------------------------------------------------------
+
+@main.group("db")
+def db_() -> None:
+    """Database schema."""
+
+
+@db_.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Apply schema migrations."""
+    state = _state(ctx)
+    with errors_handled():
+        state.engine  # noqa: B018 -- connecting migrates
+        revision = db.current_revision(state.engine)
+    click.echo(f"database at revision {revision}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,432 @@
+"""One import, chunk by chunk (SPEC sections 2, 4 and 5).
+
+Each chunk of ``import.chunk_rows`` rows is read and validated outside any
+transaction, then, in one write transaction: every identifier the chunk
+names is fetched with a bounded number of queries, the rows are applied in
+file order to that in-memory set (so a row sees every row before it exactly
+as if rows ran one by one), the result is written with bulk statements, the
+chunk's report lines are appended and fsynced, and the checkpoint (byte
+offset, line, row, counts, report lengths) is saved. A crash at any point
+leaves either the previous chunk's checkpoint or this one's, never half.
+
+The daemon and ``personsd import`` both call :func:`run`; the attempt
+accounting, quarantine and archive are the caller's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import Connection, Engine, text
+
+from personsd import fileformat, reports, rules
+from personsd.config import Config
+from personsd.errors import ErrorKind, FileRejected, InternalError, RowError
+from personsd.fileformat import Layout, RawRow
+from personsd.logging import Event, ProgressReporter, get_logger
+from personsd.phones import CarrierCheck, carrier_check
+from personsd.store import fields as store_fields
+from personsd.store import imports as store_imports
+from personsd.store import persons as store_persons
+from personsd.store import tenants as store_tenants
+from personsd.store.db import write_tx
+from personsd.store.imports import Checkpoint, ImportRecord
+
+log = get_logger("personsd.importer")
+
+_CREATING_KEYS = frozenset({"external_person_id", "mdn", "vibes_device_id"})
+_TRANSIENT = ErrorKind.TRANSIENT_LOOKUP_FAILURE.error_class
+_READ_BUFFER = 1 << 20
+# A namespace for the per-tenant advisory lock, so it cannot clash with
+# another application's locks on a shared PostgreSQL.
+_LOCK_NAMESPACE = 0x7E25
+
+
+class Interrupted(InternalError):
+    """Stopped between chunks on request; the import resumes from its checkpoint."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Outcome:
+    """What one run of an import ended with."""
+
+    record: ImportRecord
+    summary: reports.Summary
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def sha256_of(path: Path) -> tuple[str, int]:
+    """The file's sha256 and size, streamed."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while block := fh.read(_READ_BUFFER):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def work_paths(cfg: Config, import_id: int) -> tuple[Path, Path]:
+    """The partial errors and retry reports of an import, in personsd's work area."""
+    folder = cfg.work_dir / str(import_id)
+    return folder / "errors.csv", folder / "retry.persons"
+
+
+def create(
+    engine: Engine,
+    *,
+    tenant: str,
+    path: Path,
+    source: str,
+    file_name: str | None = None,
+    received_at: datetime | None = None,
+) -> int:
+    """Record a queued import of ``path`` for ``tenant``; returns its id."""
+    digest, size = sha256_of(path)
+    with write_tx(engine) as conn:
+        found = store_tenants.get_tenant(conn, tenant)
+        if found is None:
+            from personsd.errors import OperatorError
+
+            raise OperatorError(f"unknown tenant {tenant!r}")
+        import_id = store_imports.create(
+            conn,
+            tenant_id=found.id,
+            file_name=file_name or path.name,
+            sha256=digest,
+            bytes=size,
+            source=source,
+            work_path=str(path),
+            received_at=received_at or now(),
+        )
+        duplicate = store_imports.find_duplicate(conn, found.id, digest, import_id)
+        if duplicate is not None:
+            store_imports.set_status(conn, import_id, "queued", duplicate_of=duplicate)
+    return import_id
+
+
+def carrier_for(cfg: Config) -> CarrierCheck:
+    return carrier_check(cfg.imports.carrier_lookup, cfg.imports.carrier_lookup_url)
+
+
+def run(
+    engine: Engine,
+    cfg: Config,
+    import_id: int,
+    *,
+    carrier: CarrierCheck | None = None,
+    stop: threading.Event | None = None,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> Outcome:
+    """Run (or resume) an import to its end and publish its reports.
+
+    ``on_chunk(rows_done, bytes_done)`` is called after every committed chunk.
+    Raises :class:`Interrupted` when ``stop`` is set between chunks, and any
+    internal error as is (the data of the failing chunk rolled back).
+    """
+    with engine.connect() as conn:
+        record = store_imports.get(conn, import_id)
+        tenant = _tenant_name(conn, record.tenant_id)
+    bound = log.bind(tenant=tenant, import_id=import_id, file=record.file_name)
+    if record.status in ("completed", "rejected"):
+        return publish(engine, cfg, import_id)
+
+    resumed = record.next_offset is not None
+    if record.status != "running":
+        # The daemon's claim already made it running and counted the attempt.
+        with write_tx(engine) as conn:
+            store_imports.set_status(
+                conn,
+                import_id,
+                "running",
+                attempts=record.attempts + 1,
+                started_at=record.started_at or now(),
+            )
+            record = store_imports.get(conn, import_id)
+    bound.info(Event.IMPORT_RESUMED if resumed else Event.IMPORT_STARTED,
+               attempt=record.attempts, row=record.next_row, bytes=record.bytes)
+
+    try:
+        fileformat.check_name(record.file_name)
+        with open(record.work_path, "rb", buffering=_READ_BUFFER) as fh:
+            layout = fileformat.read_layout(fh, max_row_bytes=cfg.imports.max_row_bytes)
+            _import_rows(engine, cfg, record, layout, fh, carrier or carrier_for(cfg),
+                         stop, on_chunk, bound)
+    except FileRejected as rejected:
+        return _reject(engine, cfg, record, rejected, bound)
+
+    with write_tx(engine) as conn:
+        store_imports.set_status(conn, import_id, "completed", finished_at=now())
+    outcome = publish(engine, cfg, import_id)
+    rows = outcome.summary.rows
+    bound.info(Event.IMPORT_COMPLETED, rows=rows.total, succeeded=rows.succeeded,
+               failed=rows.failed, created=rows.created, updated=rows.updated)
+    return outcome
+
+
+def _tenant_name(conn: Connection, tenant_id: int) -> str:
+    for tenant in store_tenants.list_tenants(conn):
+        if tenant.id == tenant_id:
+            return tenant.name
+    raise InternalError(f"import of unknown tenant id {tenant_id}")
+
+
+def _reject(engine: Engine, cfg: Config, record: ImportRecord, rejected: FileRejected,
+            bound: object) -> Outcome:
+    errors_path, _ = work_paths(cfg, record.id)
+    errors_path.parent.mkdir(parents=True, exist_ok=True)
+    reports.rejected_report(errors_path, rejected.error_class, rejected.message, rejected.line)
+    with write_tx(engine) as conn:
+        store_imports.set_status(
+            conn,
+            record.id,
+            "rejected",
+            finished_at=now(),
+            file_error_class=rejected.error_class,
+            file_error_message=rejected.message,
+        )
+    outcome = publish(engine, cfg, record.id)
+    log.warning(Event.IMPORT_REJECTED, tenant=outcome.summary.tenant, import_id=record.id,
+                file=record.file_name, error_class=rejected.error_class,
+                message=rejected.message, line=rejected.line)
+    return outcome
+
+
+def _chunks(rows: Iterator[RawRow], size: int) -> Iterator[list[RawRow]]:
+    while chunk := list(itertools.islice(rows, size)):
+        yield chunk
+
+
+def _import_rows(
+    engine: Engine,
+    cfg: Config,
+    record: ImportRecord,
+    layout: Layout,
+    fh: BinaryIO,
+    carrier: CarrierCheck,
+    stop: threading.Event | None,
+    on_chunk: Callable[[int, int], None] | None,
+    bound: object,
+) -> None:
+    errors_path, retry_path = work_paths(cfg, record.id)
+    errors_path.parent.mkdir(parents=True, exist_ok=True)
+    with engine.connect() as conn:
+        schema = rules.Schema(fields=store_fields.list_fields(conn, record.tenant_id))
+    point = record.checkpoint
+    with (
+        reports.ErrorsWriter(errors_path, layout.fields) as errors_out,
+        reports.RetryWriter(retry_path, layout) as retry_out,
+    ):
+        # Whatever a crashed run appended after its last checkpoint goes.
+        errors_out.truncate(point.errors_bytes)
+        retry_out.truncate(point.retry_bytes)
+        rows = fileformat.iter_rows(
+            fh,
+            layout,
+            max_row_bytes=cfg.imports.max_row_bytes,
+            offset=point.next_offset,
+            line=point.next_line,
+            row=point.next_row,
+        )
+        progress = ProgressReporter(record.bytes, start_rows=point.rows_total,
+                                    start_bytes=point.next_offset or 0)
+        for chunk in _chunks(rows, cfg.imports.chunk_rows):
+            if stop is not None and stop.is_set():
+                raise Interrupted(f"import {record.id} stopped at row {point.next_row}")
+            point = _apply_chunk(engine, record, layout, schema, carrier, chunk, point,
+                                 errors_out, retry_out)
+            if on_chunk is not None:
+                on_chunk(point.rows_total, point.next_offset or 0)
+            shown = progress.update(point.rows_total, point.next_offset or 0)
+            if shown is not None:
+                log.info(Event.IMPORT_PROGRESS, tenant=schema_tenant(bound),
+                         import_id=record.id, file=record.file_name, **shown.as_fields())
+
+
+def schema_tenant(bound: object) -> str | None:
+    """The tenant bound into a logger's context (for events logged unbound)."""
+    context = getattr(bound, "_context", None)
+    return None if context is None else context.get("tenant")
+
+
+def _apply_chunk(
+    engine: Engine,
+    record: ImportRecord,
+    layout: Layout,
+    schema: rules.Schema,
+    carrier: CarrierCheck,
+    chunk: list[RawRow],
+    point: Checkpoint,
+    errors_out: reports.ErrorsWriter,
+    retry_out: reports.RetryWriter,
+) -> Checkpoint:
+    changes = [rules.validate(raw, layout, schema) for raw in chunk]
+    lookups = {pair for change in changes if isinstance(change, rules.RowChange)
+               for pair in change.lookups}
+    report: list[reports.ReportLine] = []
+    retry: list[tuple[str, ...]] = []
+    counts = Counter[str]()
+    error_counts = Counter[str](point.error_counts)
+
+    with write_tx(engine) as conn:
+        _lock_tenant(conn, record.tenant_id)
+        loaded = store_persons.load(conn, record.tenant_id, lookups)
+        known = rules.PersonSet(loaded, new_ids=iter(()), new_key=_new_key)
+        creatable = {
+            (change.key, change.key_value)
+            for change in changes
+            if isinstance(change, rules.RowChange)
+            and change.key in _CREATING_KEYS
+            and change.key_value is not None
+            and known.find(change.key, change.key_value) is None
+        }
+        ids = store_persons.allocate_ids(conn, len(creatable)) if creatable else []
+        persons = rules.PersonSet(loaded, new_ids=_ids(conn, ids), new_key=_new_key)
+
+        for raw, change in zip(chunk, changes, strict=True):
+            outcome: rules.Applied | tuple[RowError, ...]
+            outcome = change if isinstance(change, tuple) else rules.apply(persons, change, carrier)
+            if isinstance(outcome, rules.Applied):
+                counts[outcome.value] += 1
+                continue
+            counts["failed"] += 1
+            for error in outcome:
+                report.append(reports.ReportLine(line=raw.line, row=raw.row, error=error,
+                                                 values=raw.values))
+                error_counts[error.error_class] += 1
+            if any(error.error_class == _TRANSIENT for error in outcome):
+                retry.append(raw.values)
+
+        store_persons.write(conn, record.tenant_id, persons.created, persons.updated())
+        if report:
+            errors_out.append(report)
+        if retry:
+            retry_out.append(retry)
+        last = chunk[-1]
+        succeeded = counts["created"] + counts["updated"]
+        point = Checkpoint(
+            next_offset=last.end,
+            next_line=last.next_line,
+            next_row=last.row,
+            rows_total=point.rows_total + len(chunk),
+            rows_succeeded=point.rows_succeeded + succeeded,
+            rows_failed=point.rows_failed + counts["failed"],
+            rows_created=point.rows_created + counts["created"],
+            rows_updated=point.rows_updated + counts["updated"],
+            error_counts=dict(error_counts),
+            # Durable before the commit: a checkpoint never points past what is on disk.
+            errors_bytes=errors_out.flush_and_sync(),
+            retry_bytes=retry_out.flush_and_sync(),
+            retry_rows=point.retry_rows + len(retry),
+        )
+        store_imports.save_checkpoint(conn, record.id, point)
+    return point
+
+
+def _ids(conn: Connection, reserved: list[int]) -> Iterator[int]:
+    """The ids reserved for the chunk, then more on demand.
+
+    The reservation covers every key value the chunk names that nobody holds;
+    a row can still free a value (``[null]``) that a later row creates a person
+    with, so in that rare case more ids are fetched, a few at a time.
+    """
+    yield from reserved
+    while True:
+        yield from store_persons.allocate_ids(conn, 16)
+
+
+def _new_key() -> str:
+    return str(uuid.uuid4())
+
+
+def _lock_tenant(conn: Connection, tenant_id: int) -> None:
+    """Serialise writers of one tenant's persons across processes and hosts.
+
+    SQLite needs nothing: the write transaction holds the database lock.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("select pg_advisory_xact_lock(:ns, :tenant)"),
+                     {"ns": _LOCK_NAMESPACE, "tenant": tenant_id})
+
+
+def summary_of(record: ImportRecord, tenant: str) -> reports.Summary:
+    """The summary.json of an import as the database records it."""
+    file_error = None
+    if record.status == "rejected" and record.file_error_class and record.file_error_message:
+        file_error = reports.FileError(error_class=record.file_error_class,
+                                       message=record.file_error_message)
+    return reports.Summary(
+        import_id=record.id,
+        tenant=tenant,
+        file=record.file_name,
+        sha256=record.sha256,
+        bytes=record.bytes,
+        status=record.status,  # type: ignore[arg-type]
+        received_at=record.received_at.replace(tzinfo=record.received_at.tzinfo or UTC),
+        started_at=_aware(record.started_at),
+        finished_at=_aware(record.finished_at),
+        rows=reports.RowCounts(
+            total=record.rows_total,
+            succeeded=record.rows_succeeded,
+            failed=record.rows_failed,
+            created=record.rows_created,
+            updated=record.rows_updated,
+        ),
+        errors={k: v for k, v in record.error_counts.items() if v},
+        file_error=file_error,
+        reports=reports.Reports.of(record.file_name, record.id, retry=record.retry_rows > 0),
+        duplicate_of=record.duplicate_of,
+    )
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def publish(engine: Engine, cfg: Config, import_id: int) -> Outcome:
+    """Publish a finished import's reports to the outbox (idempotent; summary last)."""
+    with engine.connect() as conn:
+        record = store_imports.get(conn, import_id)
+        tenant = _tenant_name(conn, record.tenant_id)
+    if record.status not in ("completed", "rejected", "failed"):
+        raise InternalError(f"import {import_id} is {record.status}, not finished")
+    summary = summary_of(record, tenant)
+    errors_path, retry_path = work_paths(cfg, import_id)
+    if not errors_path.exists():
+        # Failed before a single row was read: the header section may be unknown.
+        errors_path.parent.mkdir(parents=True, exist_ok=True)
+        reports.ErrorsWriter(errors_path, ()).close()
+    outbox = cfg.outbox(tenant)
+    outbox.mkdir(parents=True, exist_ok=True)
+    reports.publish_all(outbox, record.file_name, import_id, errors_path,
+                        retry_path if record.retry_rows > 0 else None, summary)
+    with write_tx(engine) as conn:
+        store_imports.set_status(conn, import_id, record.status, reports_published=True)
+        record = store_imports.get(conn, import_id)
+    return Outcome(record=record, summary=summary)
+
+
+def fail(engine: Engine, cfg: Config, import_id: int, reason: str) -> Outcome:
+    """Give up on an import after its last attempt: status failed, reports published."""
+    with write_tx(engine) as conn:
+        store_imports.set_status(conn, import_id, "failed", finished_at=now(),
+                                 last_error=reason[:2000])
+    outcome = publish(engine, cfg, import_id)
+    log.error(Event.IMPORT_FAILED, tenant=outcome.summary.tenant, import_id=import_id,
+              file=outcome.record.file_name, reason=reason[:500],
+              attempts=outcome.record.attempts)
+    return outcome

@@ -1,0 +1,204 @@
+"""Logs (SPEC section 9): structlog, JSON lines under systemd, pretty on a terminal.
+
+Event names are the constants of :class:`Event`, so code, tests and operators'
+queries agree on them. Every import event carries ``tenant``, ``import_id``
+and ``file`` (bind them once per import).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, TextIO, cast
+
+import structlog
+from structlog._config import BoundLoggerLazyProxy
+from structlog.typing import FilteringBoundLogger, Processor
+
+FORMATS = ("json", "console", "auto")
+LEVELS: Final[dict[str, int]] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+# Third-party libraries (paramiko above all) are chatty below this.
+STDLIB_LEVEL = logging.WARNING
+
+
+class Event:
+    """The stable event names of SPEC 9."""
+
+    SFTP_LOGIN: Final = "sftp.login"
+    SFTP_LOGIN_FAILED: Final = "sftp.login_failed"
+    SFTP_UPLOAD: Final = "sftp.upload"
+    FILE_DETECTED: Final = "file.detected"
+    IMPORT_QUEUED: Final = "import.queued"
+    IMPORT_STARTED: Final = "import.started"
+    IMPORT_PROGRESS: Final = "import.progress"
+    IMPORT_COMPLETED: Final = "import.completed"
+    IMPORT_REJECTED: Final = "import.rejected"
+    IMPORT_FAILED: Final = "import.failed"
+    IMPORT_RESUMED: Final = "import.resumed"
+    DAEMON_STARTED: Final = "daemon.started"
+    DAEMON_STOPPING: Final = "daemon.stopping"
+
+    ALL: Final = (
+        SFTP_LOGIN,
+        SFTP_LOGIN_FAILED,
+        SFTP_UPLOAD,
+        FILE_DETECTED,
+        IMPORT_QUEUED,
+        IMPORT_STARTED,
+        IMPORT_PROGRESS,
+        IMPORT_COMPLETED,
+        IMPORT_REJECTED,
+        IMPORT_FAILED,
+        IMPORT_RESUMED,
+        DAEMON_STARTED,
+        DAEMON_STOPPING,
+    )
+
+
+def _is_tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed or not a real file
+        return False
+
+
+def _renderer(fmt: str, stream: TextIO) -> Processor:
+    if fmt == "json" or (fmt == "auto" and not _is_tty(stream)):
+        return structlog.processors.JSONRenderer()
+    return structlog.dev.ConsoleRenderer(colors=_is_tty(stream))
+
+
+def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+    """Set up structlog and route stdlib logging through it; safe to call again (SIGHUP)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if level.lower() not in LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
+    out = sys.stdout if stream is None else stream
+    renderer = _renderer(fmt, out)
+    json_lines = isinstance(renderer, structlog.processors.JSONRenderer)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    # The console renderer prints tracebacks itself; JSON needs them as a string.
+    tail: list[Processor] = [structlog.processors.format_exc_info] if json_lines else []
+    structlog.configure(
+        processors=[*shared, structlog.processors.StackInfoRenderer(), *tail, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level.lower()]),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
+        # Not cached: a SIGHUP reload must reach loggers bound at import time.
+        cache_logger_on_first_use=False,
+    )
+
+    handler = logging.StreamHandler(out)
+    handler.set_name("personsd")
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *tail,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "personsd"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(STDLIB_LEVEL)
+
+
+def get_logger(name: str | None = None, **context: Any) -> FilteringBoundLogger:
+    """A structlog logger, bound to ``logger=name`` when a name is given."""
+    if name is not None:
+        context = {"logger": name, **context}
+    # Lazy, so it follows a later configure(); built directly because
+    # structlog.get_logger() cannot take a `logger` key (its own parameter).
+    proxy = BoundLoggerLazyProxy(None, initial_values=context)
+    return cast(FilteringBoundLogger, proxy)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Progress:
+    """What one ``import.progress`` event reports."""
+
+    rows: int
+    rows_per_s: float
+    percent: float
+    eta_seconds: int | None
+
+    def as_fields(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "rows_per_s": self.rows_per_s,
+            "percent": self.percent,
+            "eta_seconds": self.eta_seconds,
+        }
+
+
+class ProgressReporter:
+    """Decides when an import reports progress (at most every ``interval`` s) and what.
+
+    Rates count only what this run did since it was created, so an import
+    resumed from a checkpoint does not claim the earlier run's rows as speed.
+    """
+
+    def __init__(
+        self,
+        total_bytes: int,
+        *,
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        start_rows: int = 0,
+        start_bytes: int = 0,
+    ) -> None:
+        if total_bytes < 0 or start_rows < 0 or start_bytes < 0:
+            raise ValueError("byte and row counts must be >= 0")
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0, got {interval}")
+        self.total_bytes = total_bytes
+        self.interval = interval
+        self._clock = clock
+        self._start = self._last = clock()
+        self._start_rows = start_rows
+        self._start_bytes = start_bytes
+
+    def measure(self, rows: int, bytes_done: int) -> Progress:
+        """The progress at ``rows`` rows and ``bytes_done`` bytes read, now."""
+        elapsed = self._clock() - self._start
+        done_bytes = min(bytes_done, self.total_bytes)
+        percent = 100.0 if self.total_bytes == 0 else 100.0 * done_bytes / self.total_bytes
+        rate_rows = (rows - self._start_rows) / elapsed if elapsed > 0 else 0.0
+        rate_bytes = (done_bytes - self._start_bytes) / elapsed if elapsed > 0 else 0.0
+        eta: int | None = None
+        if done_bytes >= self.total_bytes:
+            eta = 0
+        elif rate_bytes > 0:
+            eta = math.ceil((self.total_bytes - done_bytes) / rate_bytes)
+        return Progress(
+            rows=rows,
+            rows_per_s=round(max(rate_rows, 0.0), 1),
+            percent=round(percent, 1),
+            eta_seconds=eta,
+        )
+
+    def update(self, rows: int, bytes_done: int) -> Progress | None:
+        """The progress to log now, or None when the last report is too recent."""
+        now = self._clock()
+        if now - self._last < self.interval:
+            return None
+        self._last = now
+        return self.measure(rows, bytes_done)

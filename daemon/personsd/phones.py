@@ -1,0 +1,191 @@
+"""MDN normalisation and carrier lookups (SPEC 1.4, SPEC 2 "Carrier lookup").
+
+``normalize_mdn`` and ``offline_lookup`` are pure. ``HttpCarrierLookup`` is the
+one piece of I/O here, kept in its own class as the seam for a real service.
+
+Decisions where SPEC is silent (also in docs/decisions.md):
+
+* Accepted shapes: ``+`` then 8-15 digits, the first non-zero (E.164); or a US
+  national number of 10 digits, or 11 with a leading ``1``. Spaces, ``-``,
+  ``.`` and one pair of ``(`` ``)`` may punctuate either; ``+`` only first.
+  Anything else (letters, ``/``, ``#``, extensions, ``00`` prefixes) is
+  malformed.
+* A national (10/11-digit) form must have a NANP area code starting 2-9, so a
+  stray leading ``0`` or ``1`` is not silently read as US. The E.164 form is
+  only checked for shape: ``+12995550005`` is well-formed (SPEC's example)
+  and left to the carrier lookup.
+* Carrier errors carry ``field="mdn"`` and ``value=""``: a check sees only the
+  E.164 form, so the caller (rules) puts the value as in the file in with
+  ``dataclasses.replace``.
+* http: retries on timeouts, connection errors, 5xx and 429; any other
+  answer that is not ``{"valid": true|false}`` is transient without retry
+  (the row is worth retrying later, not our data's fault). After
+  ``breaker_failures`` transient failures in a row the lookup fails fast for
+  ``breaker_seconds``, so a dead service does not cost every row of a big
+  file the full retry time.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import json
+import re
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+
+import phonenumbers
+
+from personsd.errors import ErrorKind, RowError
+
+CarrierCheck = Callable[[str], RowError | None]
+
+CARRIER_MODES = ("none", "offline", "http")
+
+_FAST_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
+_FAST_US = re.compile(r"1?[2-9][0-9]{9}")
+_MDN_CHARS = re.compile(r"\+?[0-9 .()\-]+")
+_PUNCTUATION = str.maketrans("", "", " .()-")
+_MOBILE_TYPES = frozenset(
+    {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
+)
+_PERMANENT = ErrorKind.PERMANENT_LOOKUP_FAILURE.at(field="mdn")
+_TRANSIENT = ErrorKind.TRANSIENT_LOOKUP_FAILURE.at(field="mdn")
+
+
+def normalize_mdn(raw: str) -> str | None:
+    """``raw`` in E.164 (``+12295551234``), or None when it is not a well-formed MDN."""
+    if _FAST_E164.fullmatch(raw):
+        return raw
+    if _FAST_US.fullmatch(raw):
+        return "+" + raw if len(raw) == 11 else "+1" + raw
+    if not _MDN_CHARS.fullmatch(raw) or not _parentheses_ok(raw):
+        return None
+    digits = raw.translate(_PUNCTUATION)
+    if digits.startswith("+"):
+        return digits if _FAST_E164.fullmatch(digits) else None
+    if _FAST_US.fullmatch(digits):
+        return "+" + digits if len(digits) == 11 else "+1" + digits
+    return None
+
+
+def _parentheses_ok(raw: str) -> bool:
+    """At most one ``(`` ... ``)`` pair, holding digits (an area code)."""
+    opening = raw.find("(")
+    closing = raw.find(")")
+    if opening < 0 and closing < 0:
+        return True
+    if raw.count("(") != 1 or raw.count(")") != 1 or closing < opening + 2:
+        return False
+    return raw[opening + 1 : closing].isdigit()
+
+
+def no_lookup(e164: str) -> RowError | None:
+    """``carrier_lookup = "none"``: every well-formed MDN passes."""
+    return None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def offline_lookup(e164: str) -> RowError | None:
+    """``carrier_lookup = "offline"``: valid per phonenumbers and mobile-capable."""
+    try:
+        number = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return _PERMANENT
+    if not phonenumbers.is_valid_number(number):
+        return _PERMANENT
+    if phonenumbers.number_type(number) not in _MOBILE_TYPES:
+        return _PERMANENT
+    return None
+
+
+class HttpCarrierLookup:
+    """``carrier_lookup = "http"``: GET ``{url}?mdn=<e164>`` answering ``{"valid": bool}``.
+
+    Thread-safe: workers of different tenants may share one instance.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 3.0,
+        retries: int = 2,
+        backoff: float = 0.2,
+        breaker_failures: int = 20,
+        breaker_seconds: float = 30.0,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"carrier lookup URL must be http(s): {url!r}")
+        if timeout <= 0 or retries < 0 or backoff < 0 or breaker_failures < 1:
+            raise ValueError("carrier lookup: timeout > 0, retries >= 0, backoff >= 0")
+        self.url = url
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.breaker_failures = breaker_failures
+        self.breaker_seconds = breaker_seconds
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._open_until = 0.0
+
+    def __call__(self, e164: str) -> RowError | None:
+        with self._lock:
+            if time.monotonic() < self._open_until:
+                return _TRANSIENT
+        answer = self._ask(e164)
+        with self._lock:
+            if answer is None:
+                self._failures += 1
+                if self._failures >= self.breaker_failures:
+                    self._open_until = time.monotonic() + self.breaker_seconds
+                    self._failures = 0
+                return _TRANSIENT
+            self._failures = 0
+        return None if answer else _PERMANENT
+
+    def _ask(self, e164: str) -> bool | None:
+        """The service's answer, or None when it could not be had."""
+        separator = "&" if "?" in self.url else "?"
+        request = urllib.request.Request(
+            self.url + separator + urllib.parse.urlencode({"mdn": e164}),
+            headers={"Accept": "application/json"},
+        )
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    body = response.read(64 * 1024)
+            except urllib.error.HTTPError as exc:
+                if exc.code >= 500 or exc.code == 429:
+                    continue
+                return None
+            except (OSError, http.client.HTTPException):
+                continue  # timeouts, refused or reset connections
+            return _valid_flag(body)
+        return None
+
+
+def _valid_flag(body: bytes) -> bool | None:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    flag = document.get("valid") if isinstance(document, dict) else None
+    return flag if isinstance(flag, bool) else None
+
+
+def carrier_check(mode: str, url: str = "") -> CarrierCheck:
+    """The check ``import.carrier_lookup`` names (``none``, ``offline`` or ``http``)."""
+    if mode == "none":
+        return no_lookup
+    if mode == "offline":
+        return offline_lookup
+    if mode == "http":
+        return HttpCarrierLookup(url)
+    raise ValueError(f"unknown carrier lookup {mode!r}: one of {', '.join(CARRIER_MODES)}")

@@ -1,0 +1,273 @@
+"""The daemon (``personsd run``): SFTP server, watcher, intake, workers, signals.
+
+Signal handlers only set flags; the main thread acts on them:
+- SIGTERM/SIGINT: stop intake (SFTP server, watcher), let each worker finish
+  its current chunk and checkpoint, exit 0 within ``STOP_TIMEOUT``. A chunk
+  still running at the deadline is abandoned: its transaction never commits
+  and it is redone after restart. A second signal exits at once.
+- SIGHUP: reload the configuration and tenants, rescan the inboxes.
+
+systemd: ``READY=1`` once listening, ``STATUS=`` with what it is doing,
+``WATCHDOG=1`` from the main loop while the workers are alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from sqlalchemy import Engine, make_url
+
+from personsd import config as config_mod
+from personsd import importer, notify
+from personsd.config import Config
+from personsd.errors import ConfigError
+from personsd.intake import Intake
+from personsd.logging import Event, configure, get_logger
+from personsd.retry import RetryPolicy
+from personsd.sftp import SftpServer, TenantAuth, load_or_create_host_key
+from personsd.store import db
+from personsd.store import imports as store_imports
+from personsd.store import tenants as store_tenants
+from personsd.watcher import InboxWatcher
+from personsd.workers import Workers, sweep_archive
+
+log = get_logger("personsd.service")
+
+STOP_TIMEOUT = 8.0  # SPEC 5: exit within 10 s of SIGTERM
+
+
+class TenantCache:
+    """Tenant logins for the SFTP server, kept in memory and in a snapshot file.
+
+    The snapshot lets partners log in and upload while the database is down
+    (SPEC 5: uploads keep being accepted), even across a restart.
+    """
+
+    def __init__(self, snapshot: Path) -> None:
+        self.snapshot = snapshot
+        self._tenants: dict[str, TenantAuth] = {}
+        self._lock = threading.Lock()
+        self._load_snapshot()
+
+    def get(self, name: str) -> TenantAuth | None:
+        with self._lock:
+            return self._tenants.get(name)
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._tenants)
+
+    def refresh(self, engine: Engine) -> None:
+        with engine.connect() as conn:
+            found = store_tenants.list_tenants(conn)
+        tenants = {}
+        for tenant in found:
+            try:
+                tenants[tenant.name] = TenantAuth(name=tenant.name, public_keys=tenant.keys,
+                                                  password_hash=tenant.password_hash)
+            except ValueError as exc:
+                log.error("tenant.invalid", tenant=tenant.name, error=str(exc))
+        with self._lock:
+            self._tenants = tenants
+        data = [{"name": t.name, "public_keys": [list(k) for k in t.public_keys],
+                 "password_hash": t.password_hash} for t in tenants.values()]
+        temp = self.snapshot.with_name(self.snapshot.name + ".tmp")
+        temp.write_text(json.dumps(data))
+        os.chmod(temp, 0o600)
+        os.replace(temp, self.snapshot)
+
+    def _load_snapshot(self) -> None:
+        try:
+            data = json.loads(self.snapshot.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        for item in data:
+            try:
+                auth = TenantAuth(name=item["name"],
+                                  public_keys=tuple(tuple(k) for k in item["public_keys"]),
+                                  password_hash=item["password_hash"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            self._tenants[auth.name] = auth
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.stop = threading.Event()
+        self._signals = 0
+        self._reload = threading.Event()
+        self._wakeup = threading.Event()
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        for path in (cfg.tenants_dir, cfg.work_dir, cfg.archive_dir, cfg.quarantine_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        self.engine = db.connect(cfg.database.url)
+        self.tenants = TenantCache(cfg.state_dir / "tenants.json")
+        self.workers = Workers(engine=self.engine, cfg=cfg, stop=self.stop,
+                               on_activity=notify.status)
+        self.intake = Intake(engine=self.engine, cfg=cfg, on_queued=self.workers.wake)
+        self.watcher = InboxWatcher(tenants_root=cfg.tenants_dir,
+                                    settle_seconds=cfg.imports.settle_seconds,
+                                    rescan_seconds=cfg.imports.rescan_seconds,
+                                    on_ready=self.intake.offer)
+        self.sftp: SftpServer | None = None
+
+    # -- signals: flags only ----------------------------------------------
+    def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            os._exit(1)  # the operator insists
+        self.stop.set()
+        self._wakeup.set()
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self._reload.set()
+        self._wakeup.set()
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    # -- life cycle ---------------------------------------------------------
+    def _prepare_database(self) -> None:
+        """Migrate, load tenants, resume what a previous run left; wait while it is down."""
+        policy = RetryPolicy(base=0.5, cap=30.0)
+        attempt = 0
+        while not self.stop.is_set():
+            try:
+                db.upgrade(self.engine)
+                self.tenants.refresh(self.engine)
+                self._ensure_tenant_dirs()
+                self.intake.recover()
+                self._publish_unpublished()
+                return
+            except Exception as exc:  # noqa: BLE001 -- database down at start: keep trying
+                attempt += 1
+                delay = policy.delay(attempt)
+                log.warning("db.unavailable", error=repr(exc)[:300], retry_in=round(delay, 2))
+                notify.status(f"waiting for the database: {type(exc).__name__}")
+                self.stop.wait(delay)
+
+    def _ensure_tenant_dirs(self) -> None:
+        for name in self.tenants.names():
+            self.cfg.inbox(name).mkdir(parents=True, exist_ok=True)
+            self.cfg.outbox(name).mkdir(parents=True, exist_ok=True)
+
+    def _publish_unpublished(self) -> None:
+        """A crash between finishing an import and publishing its reports."""
+        with self.engine.connect() as conn:
+            records = store_imports.list_imports(conn)
+        for record in records:
+            finished = record.status in ("completed", "rejected", "failed")
+            if finished and not record.reports_published:
+                importer.publish(self.engine, self.cfg, record.id)
+
+    def _start_sftp(self) -> None:
+        if not self.cfg.sftp.enabled:
+            return
+        self.sftp = SftpServer(
+            host=self.cfg.sftp.host,
+            port=self.cfg.sftp.port,
+            host_key=load_or_create_host_key(self.cfg.sftp.host_key),
+            tenants_root=self.cfg.tenants_dir,
+            lookup=self.tenants.get,
+            on_upload=self.watcher.notify_complete,
+        )
+        self.sftp.start()
+
+    def run(self) -> int:
+        self.install_signals()
+        # Intake first: the SFTP server and watcher work without the database.
+        self._start_sftp()
+        self.watcher.start()
+        self.intake.start()
+        log.info(Event.DAEMON_STARTED, pid=os.getpid(),
+                 sftp=self.cfg.sftp.listen if self.cfg.sftp.enabled else None,
+                 database=make_url(self.cfg.database.url).render_as_string(hide_password=True),
+                 root=str(self.cfg.root),
+                 workers=self.cfg.imports.workers)
+        notify.ready("accepting uploads")
+        self._prepare_database()
+        if not self.stop.is_set():
+            self.workers.start()
+            notify.status("idle")
+        self._main_loop()
+        return self._shutdown()
+
+    def _main_loop(self) -> None:
+        interval = notify.watchdog_interval()
+        tick = min(1.0, interval / 3) if interval else 1.0
+        housekeeping = time.monotonic()
+        while not self.stop.is_set():
+            self._wakeup.wait(tick)
+            self._wakeup.clear()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            notify.watchdog_ping()
+            if time.monotonic() - housekeeping >= self.cfg.imports.rescan_seconds:
+                housekeeping = time.monotonic()
+                self._housekeeping()
+
+    def _housekeeping(self) -> None:
+        try:
+            self.tenants.refresh(self.engine)
+            self._ensure_tenant_dirs()
+            self.intake.recover()
+        except Exception as exc:  # noqa: BLE001 -- database down: the next round retries
+            log.warning("db.unavailable", error=repr(exc)[:300])
+        removed = sweep_archive(self.cfg)
+        if removed:
+            log.info("archive.swept", removed=removed, keep_days=self.cfg.archive.keep_days)
+
+    def reload(self) -> None:
+        """SIGHUP: configuration, log settings, tenants; a rescan of every inbox."""
+        notify.reloading()
+        try:
+            if self.cfg.source is not None:
+                fresh = config_mod.load(self.cfg.source)
+                if (fresh.root, fresh.database, fresh.sftp) != (self.cfg.root, self.cfg.database,
+                                                                self.cfg.sftp):
+                    log.warning("config.restart_needed",
+                                reason="paths, database and sftp changes apply at restart")
+                    fresh = replace(fresh, root=self.cfg.root, database=self.cfg.database,
+                                    sftp=self.cfg.sftp)
+                configure(fresh.log.format, fresh.log.level)
+                self.cfg = fresh
+                self.workers.cfg = fresh
+                self.intake.cfg = fresh
+            self.tenants.refresh(self.engine)
+            self._ensure_tenant_dirs()
+            log.info("config.reloaded", source=str(self.cfg.source))
+        except (ConfigError, Exception) as exc:  # noqa: BLE001 -- keep running on the old one
+            log.error("config.reload_failed", error=str(exc))
+        self.watcher.rescan()
+        notify.ready("reloaded")
+
+    def _shutdown(self) -> int:
+        deadline = time.monotonic() + STOP_TIMEOUT
+        log.info(Event.DAEMON_STOPPING, busy=self.workers.busy())
+        notify.stopping()
+        if self.sftp is not None:
+            self.sftp.stop()
+        self.watcher.stop()
+        self.intake.stop(timeout=1.0)
+        if not self.workers.join(deadline):
+            # Its transaction never commits: that chunk is redone after restart.
+            log.warning("daemon.abandoned_chunk", timeout=STOP_TIMEOUT)
+        self.engine.dispose()
+        log.info("daemon.stopped")
+        return 0
+
+
+def main(cfg: Config, **_: Any) -> int:
+    return Daemon(cfg).run()

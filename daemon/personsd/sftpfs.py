@@ -1,0 +1,558 @@
+"""The file tree one tenant sees over SFTP (SPEC section 6).
+
+A virtual root holds exactly ``/inbox`` (upload, list, remove) and ``/outbox``
+(list, download, remove). Client paths are normalised like inside a chroot
+(``..`` stops at ``/``), so anything that is not ``/``, a box, or a plain name
+directly inside a box resolves to nothing. Files are only ever reached by name
+relative to the box's directory fd, with ``O_NOFOLLOW`` and ``lstat``, so a
+symlink planted on disk leads nowhere; names starting with ``.`` (our own
+upload temp files, the reports' temp files) are invisible and untouchable.
+
+Uploads are written to a hidden temp name and renamed to their name when the
+client closes the handle; a handle never closed (dropped connection) is
+removed. Only the client's explicit CLOSE finishes an upload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import stat
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import paramiko
+import structlog
+from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_INIT, CMD_OPEN, CMD_OPENDIR, CMD_VERSION
+
+from personsd.fileformat import classify_name
+
+# paramiko is untyped: give its status codes a type once.
+SFTP_OK: int = paramiko.SFTP_OK
+SFTP_FAILURE: int = paramiko.SFTP_FAILURE
+SFTP_NO_SUCH_FILE: int = paramiko.SFTP_NO_SUCH_FILE
+SFTP_PERMISSION_DENIED: int = paramiko.SFTP_PERMISSION_DENIED
+SFTP_OP_UNSUPPORTED: int = paramiko.SFTP_OP_UNSUPPORTED
+
+BOXES = ("inbox", "outbox")
+UPLOAD_TEMP = re.compile(r"^\..*\.[0-9a-f]{16}\.upload$")
+_MAX_NAME_BYTES = 255
+_MAX_PACKET = 1024 * 1024  # > OpenSSH's 256 KiB writes with headroom; paramiko allows 16 MiB
+MAX_SUBSYSTEMS = 4  # SFTP sessions one connection may run at once (each: a thread, handles)
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SFTP_VERSION = 3
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SftpLimits:
+    """Resource caps of the embedded server; each one bounds what a client can cost us."""
+
+    max_connections_per_ip: int = 10
+    max_failed_logins: int = 5
+    failed_window_seconds: float = 60.0
+    ban_seconds: float = 300.0
+    login_grace_seconds: float = 30.0
+    idle_timeout_seconds: float = 600.0
+    max_handles: int = 64
+    max_read_bytes: int = 256 * 1024
+    max_file_bytes: int = 64 * 1024**3
+    max_write_gap_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        for name in self.__slots__:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ValueError(f"SftpLimits.{name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Session:
+    """What the file tree needs to know about the logged-in connection."""
+
+    tenant: str
+    ip: str
+    tenants_root: Path
+    limits: SftpLimits
+    on_upload: Callable[[str, Path], None]
+    touch: Callable[[], None]  # marks the connection active (idle timeout)
+
+
+class SessionSource(Protocol):
+    """The connection's auth object, as the SFTP subsystem sees it."""
+
+    def sftp_session(self) -> Session: ...
+
+    def subsystem_started(self, handler: threading.Thread) -> None: ...
+
+
+def _log() -> Any:
+    return structlog.get_logger()
+
+
+def resolve(path: str) -> tuple[str, ...] | None:
+    """``()`` for the root, ``(box,)`` or ``(box, name)``; None when nothing is there."""
+    if "\x00" in path:
+        return None
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    if not parts:
+        return ()
+    if parts[0] not in BOXES or len(parts) > 2:
+        return None
+    return tuple(parts)
+
+
+def canonical(path: str) -> str:
+    """The normalised virtual path (what REALPATH answers)."""
+    parts: list[str] = []
+    for part in path.replace("\x00", "").split("/"):
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def visible_name(name: str) -> bool:
+    """A name a client may see and create: no hidden files, no control characters."""
+    return (
+        not name.startswith(".")
+        and len(name.encode("utf-8", "surrogateescape")) <= _MAX_NAME_BYTES
+        and not any(ord(c) < 32 or ord(c) == 127 for c in name)
+    )
+
+
+def _errno_code(exc: OSError) -> int:
+    if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+        return SFTP_NO_SUCH_FILE
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return SFTP_PERMISSION_DENIED
+    return SFTP_FAILURE
+
+
+def _attrs(st: os.stat_result, name: str) -> paramiko.SFTPAttributes:
+    attr = paramiko.SFTPAttributes.from_stat(st, name)
+    attr.st_uid = attr.st_gid = 0  # the server's accounts are none of the client's business
+    return attr
+
+
+class _Download(paramiko.SFTPHandle):  # type: ignore[misc]
+    """A read-only outbox file; every READ is served up to ``max_read_bytes``."""
+
+    def __init__(self, fd: int, limits: SftpLimits) -> None:
+        super().__init__(os.O_RDONLY)
+        self._fd: int | None = fd
+        self._limits = limits
+
+    def read(self, offset: int, length: int) -> bytes | int:
+        if self._fd is None:
+            return SFTP_FAILURE
+        # The client chooses length (up to 4 GiB): never allocate it.
+        try:
+            return os.pread(self._fd, min(length, self._limits.max_read_bytes), offset)
+        except (OSError, OverflowError):
+            return SFTP_FAILURE
+
+    def write(self, offset: int, data: bytes) -> int:
+        return SFTP_PERMISSION_DENIED
+
+    def stat(self) -> paramiko.SFTPAttributes | int:
+        if self._fd is None:
+            return SFTP_FAILURE
+        return _attrs(os.fstat(self._fd), "")
+
+    def chattr(self, attr: paramiko.SFTPAttributes) -> int:
+        return SFTP_OP_UNSUPPORTED
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def finish(self) -> int:
+        self.close()
+        return SFTP_OK
+
+
+class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
+    """An inbox upload: written under a hidden temp name, renamed on the client's CLOSE."""
+
+    def __init__(self, fs: TenantFs, fd: int, temp: str, name: str) -> None:
+        super().__init__(os.O_WRONLY)
+        self._fs = fs
+        self._fd: int | None = fd
+        self._temp = temp
+        self._name = name
+        self._end = 0
+
+    def read(self, offset: int, length: int) -> int:
+        return SFTP_PERMISSION_DENIED
+
+    def write(self, offset: int, data: bytes) -> int:
+        limits = self._fs.session.limits
+        end = offset + len(data)
+        # No giant sparse files: a write must stay near what was written so far.
+        if end > limits.max_file_bytes or offset > self._end + limits.max_write_gap_bytes:
+            _log().warning("sftp.write_refused", tenant=self._fs.session.tenant,
+                           file=self._name, offset=offset, bytes=len(data))
+            return SFTP_FAILURE
+        if self._fd is None:
+            return SFTP_FAILURE
+        try:
+            os.pwrite(self._fd, data, offset)
+        except OSError as exc:
+            return _errno_code(exc)
+        self._end = max(self._end, end)
+        return SFTP_OK
+
+    def stat(self) -> paramiko.SFTPAttributes | int:
+        if self._fd is None:
+            return SFTP_FAILURE
+        return _attrs(os.fstat(self._fd), self._name)
+
+    def chattr(self, attr: paramiko.SFTPAttributes) -> int:
+        return SFTP_OP_UNSUPPORTED
+
+    def close(self) -> None:
+        """Abandon the upload (paramiko calls this for handles left open at session end)."""
+        if self._fd is None:
+            return
+        os.close(self._fd)
+        self._fd = None
+        self._fs.unlink_quietly(self._temp)
+
+    def finish(self) -> int:
+        """The client's CLOSE: make the upload visible under its name."""
+        if self._fd is None:
+            return SFTP_FAILURE
+        fd, self._fd = self._fd, None
+        box = self._fs.box_fd("inbox")
+        try:
+            try:
+                os.fsync(fd)  # the client takes a successful close as "delivered"
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            os.rename(self._temp, self._name, src_dir_fd=box, dst_dir_fd=box)
+        except OSError as exc:
+            self._fs.unlink_quietly(self._temp)
+            _log().error("sftp.upload_failed", tenant=self._fs.session.tenant, file=self._name,
+                         error=exc.strerror)
+            return _errno_code(exc)
+        with contextlib.suppress(OSError):
+            os.fsync(box)  # the rename itself survives a crash too
+        session = self._fs.session
+        _log().info("sftp.upload", tenant=session.tenant, file=self._name, bytes=size,
+                    ip=session.ip)
+        self._fs.notify(self._name)
+        return SFTP_OK
+
+
+class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
+    """The SFTP requests of one logged-in tenant, confined to its inbox and outbox."""
+
+    def __init__(self, server: SessionSource, *args: Any, **kwargs: Any) -> None:
+        super().__init__(server, *args, **kwargs)
+        self._source = server
+        self.session = server.sftp_session()
+        self._fds: dict[str, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def session_started(self) -> None:
+        tenant_dir = self.session.tenants_root / self.session.tenant
+        for box in BOXES:
+            (tenant_dir / box).mkdir(mode=0o750, parents=True, exist_ok=True)
+        tenant_fd = os.open(tenant_dir, _DIR)
+        try:
+            for box in BOXES:
+                self._fds[box] = os.open(box, _DIR, dir_fd=tenant_fd)
+        finally:
+            os.close(tenant_fd)
+
+    def session_ended(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def box_fd(self, box: str) -> int:
+        return self._fds[box]
+
+    def unlink_quietly(self, name: str) -> None:
+        with contextlib.suppress(OSError, KeyError):
+            os.unlink(name, dir_fd=self._fds["inbox"])
+
+    def notify(self, name: str) -> None:
+        """Hand a file that became complete in the inbox to the daemon."""
+        if classify_name(name) == "ignore":
+            return
+        path = self.session.tenants_root / self.session.tenant / "inbox" / name
+        try:
+            self.session.on_upload(self.session.tenant, path)
+        except Exception as exc:  # noqa: BLE001 -- the watcher's rescan still finds the file
+            _log().error("sftp.on_upload_failed", tenant=self.session.tenant, file=name,
+                         error=repr(exc))
+
+    # -- lookups -----------------------------------------------------------------------
+
+    def _file(self, path: str) -> tuple[str, str] | int:
+        """(box, name) of a visible regular file, else an SFTP status code."""
+        where = resolve(path)
+        if where is None or len(where) != 2 or not visible_name(where[1]):
+            return SFTP_NO_SUCH_FILE
+        box, name = where
+        try:
+            st = os.stat(name, dir_fd=self._fds[box], follow_symlinks=False)
+        except OSError as exc:
+            return _errno_code(exc)
+        if not stat.S_ISREG(st.st_mode):
+            return SFTP_NO_SUCH_FILE
+        return box, name
+
+    def _exists(self, box: str, name: str) -> bool:
+        try:
+            os.stat(name, dir_fd=self._fds[box], follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def stat(self, path: str) -> paramiko.SFTPAttributes | int:
+        where = resolve(path)
+        if where is None:
+            return SFTP_NO_SUCH_FILE
+        if where == ():
+            return _attrs(os.fstat(self._fds["inbox"]), "/")
+        if len(where) == 1:
+            return _attrs(os.fstat(self._fds[where[0]]), where[0])
+        found = self._file(path)
+        if isinstance(found, int):
+            return found
+        box, name = found
+        return _attrs(os.stat(name, dir_fd=self._fds[box], follow_symlinks=False), name)
+
+    lstat = stat  # symlinks are invisible, so both are the same
+
+    def canonicalize(self, path: str) -> str:
+        return canonical(path)
+
+    def list_folder(self, path: str) -> list[paramiko.SFTPAttributes] | int:
+        where = resolve(path)
+        if where == ():
+            return [_attrs(os.fstat(self._fds[box]), box) for box in BOXES]
+        if where is None or len(where) != 1:
+            return SFTP_NO_SUCH_FILE
+        box_fd = self._fds[where[0]]
+        listing_fd = os.open(".", _DIR, dir_fd=box_fd)  # own fd: listdir consumes its offset
+        try:
+            names = os.listdir(listing_fd)
+        finally:
+            os.close(listing_fd)
+        out = []
+        for name in sorted(names):
+            if not visible_name(name):
+                continue
+            try:
+                st = os.stat(name, dir_fd=box_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                out.append(_attrs(st, name))
+        return out
+
+    # -- files -------------------------------------------------------------------------
+
+    def open(self, path: str, flags: int, attr: paramiko.SFTPAttributes) -> Any:
+        self.session.touch()
+        where = resolve(path)
+        if where is None or len(where) != 2:
+            return SFTP_NO_SUCH_FILE if where is None else SFTP_PERMISSION_DENIED
+        box, name = where
+        if not visible_name(name):  # hidden: absent for reading, not creatable
+            return SFTP_NO_SUCH_FILE if box == "outbox" else SFTP_PERMISSION_DENIED
+        if box == "outbox":
+            return self._open_download(name, flags)
+        return self._open_upload(name, flags)
+
+    def _open_download(self, name: str, flags: int) -> Any:
+        writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+        if flags & writing:
+            return SFTP_PERMISSION_DENIED
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                         | os.O_CLOEXEC, dir_fd=self._fds["outbox"])
+        except OSError as exc:
+            return _errno_code(exc)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device planted on disk
+            os.close(fd)
+            return SFTP_NO_SUCH_FILE
+        return _Download(fd, self.session.limits)
+
+    def _open_upload(self, name: str, flags: int) -> Any:
+        if flags & (os.O_RDWR | os.O_WRONLY) != os.O_WRONLY:
+            return SFTP_PERMISSION_DENIED  # the inbox is write-only
+        exists = self._exists("inbox", name)
+        if exists and flags & os.O_EXCL:
+            return SFTP_FAILURE
+        if exists and not flags & os.O_TRUNC:
+            return SFTP_FAILURE  # resuming would edit a file the watcher may have seen
+        if not exists and not flags & os.O_CREAT:
+            return SFTP_NO_SUCH_FILE
+        temp = f".{name[:40]}.{secrets.token_hex(8)}.upload"
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o640, dir_fd=self._fds["inbox"])
+        except OSError as exc:
+            return _errno_code(exc)
+        return _Upload(self, fd, temp, name)
+
+    def remove(self, path: str) -> int:
+        found = self._file(path)
+        if isinstance(found, int):
+            return found
+        box, name = found
+        try:
+            os.unlink(name, dir_fd=self._fds[box])
+        except OSError as exc:
+            return _errno_code(exc)
+        _log().info("sftp.remove", tenant=self.session.tenant, box=box, file=name)
+        return SFTP_OK
+
+    def rename(self, oldpath: str, newpath: str) -> int:
+        """Within /inbox only, never onto an existing name (``x.filepart`` → ``x.persons``)."""
+        found = self._file(oldpath)
+        if isinstance(found, int):
+            return found
+        target = resolve(newpath)
+        if found[0] != "inbox" or target is None or len(target) != 2 or target[0] != "inbox":
+            return SFTP_PERMISSION_DENIED
+        old, new = found[1], target[1]
+        if not visible_name(new):
+            return SFTP_PERMISSION_DENIED
+        box = self._fds["inbox"]
+        try:
+            # link + unlink: atomic "fail if the new name exists", unlike rename(2).
+            os.link(old, new, src_dir_fd=box, dst_dir_fd=box, follow_symlinks=False)
+            os.unlink(old, dir_fd=box)
+        except FileExistsError:
+            return SFTP_FAILURE
+        except OSError as exc:
+            return _errno_code(exc)
+        _log().info("sftp.rename", tenant=self.session.tenant, file=new, renamed_from=old)
+        self.notify(new)
+        return SFTP_OK
+
+    posix_rename = rename  # same rule: never replace
+
+    def mkdir(self, path: str, attr: paramiko.SFTPAttributes) -> int:
+        return SFTP_PERMISSION_DENIED
+
+    def rmdir(self, path: str) -> int:
+        return SFTP_PERMISSION_DENIED
+
+    def chattr(self, path: str, attr: paramiko.SFTPAttributes) -> int:
+        return SFTP_OP_UNSUPPORTED
+
+    def symlink(self, target_path: str, path: str) -> int:
+        return SFTP_OP_UNSUPPORTED
+
+    def readlink(self, path: str) -> int:
+        return SFTP_OP_UNSUPPORTED
+
+
+class TenantSftp(paramiko.SFTPServer):  # type: ignore[misc]
+    """paramiko's SFTP subsystem with the caps and the CLOSE semantics we need."""
+
+    server: TenantFs
+    file_table: dict[bytes, Any]
+    folder_table: dict[bytes, Any]
+
+    def __init__(self, channel: paramiko.Channel, name: str, server: SessionSource,
+                 *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, name, server, *args, **kwargs)
+        server.subsystem_started(self)  # so the connection can join it on the way out
+
+    def finish_subsystem(self) -> None:
+        # paramiko ends the session (our directory fds) before closing the handles left
+        # open; abandoned uploads need the inbox fd to remove their temp files.
+        for handle in list(self.file_table.values()):
+            handle.close()
+        self.file_table = {}
+        super().finish_subsystem()
+
+    def _read_packet(self) -> tuple[int, bytes]:
+        head = self._read_all(4)
+        (size,) = struct.unpack(">I", head)
+        if size > _MAX_PACKET:
+            raise EOFError(f"sftp packet of {size} bytes")
+        data = self._read_all(size)
+        return (data[0], data[1:]) if data else (0, b"")
+
+    def _send_server_version(self) -> int:
+        # paramiko advertises check-file, whose loop never ends on a short read: no extensions.
+        t, data = self._read_packet()
+        if t != CMD_INIT:
+            raise EOFError("incompatible sftp protocol")
+        msg = paramiko.Message()
+        msg.add_int(_SFTP_VERSION)
+        self._send_packet(CMD_VERSION, msg)
+        return int(struct.unpack(">I", data[:4])[0])
+
+    def _process(self, t: int, request_number: int, msg: paramiko.Message) -> None:
+        self.server.session.touch()
+        if t in (CMD_OPEN, CMD_OPENDIR):
+            open_handles = len(self.file_table) + len(self.folder_table)
+            if open_handles >= self.server.session.limits.max_handles:
+                self._send_status(request_number, SFTP_FAILURE, "Too many open handles")
+                return
+        elif t == CMD_CLOSE:
+            handle = msg.get_binary()
+            item = self.file_table.pop(handle, None)
+            if isinstance(item, _Upload | _Download):
+                self._send_status(request_number, item.finish())
+                return
+            msg.rewind()
+            msg.get_int()
+        elif t == CMD_EXTENDED:
+            tag = msg.get_text()
+            if tag != "posix-rename@openssh.com":
+                self._send_status(request_number, SFTP_OP_UNSUPPORTED)
+                return
+            msg.rewind()
+            msg.get_int()
+        super()._process(t, request_number, msg)
+
+
+def sweep_stale_uploads(tenants_root: Path) -> int:
+    """Remove the temp files of uploads cut short by a previous run; how many."""
+    removed = 0
+    if not tenants_root.is_dir():
+        return 0
+    for tenant_dir in tenants_root.iterdir():
+        inbox = tenant_dir / "inbox"
+        if tenant_dir.is_symlink() or inbox.is_symlink() or not inbox.is_dir():
+            continue
+        for entry in os.scandir(inbox):
+            if UPLOAD_TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
+                try:
+                    os.unlink(entry.path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    if removed:
+        _log().info("sftp.stale_uploads_removed", count=removed)
+    return removed

@@ -1,0 +1,112 @@
+"""Engines, transactions and schema migrations.
+
+SQLite runs in WAL mode, so readers never wait for the writer. Transactions
+opened through ``write_tx`` start with ``BEGIN IMMEDIATE``: the write lock is
+taken at the start, so two writers queue on ``busy_timeout`` instead of one
+failing with "database is locked" when it upgrades from reading to writing.
+Every other transaction is a plain deferred ``BEGIN``: anything that writes
+must go through ``write_tx``.
+
+Several daemon instances may share one PostgreSQL database: migrations run
+under an advisory lock, import claims lock rows (``store.imports``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import DeclarativeBase
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Arbitrary constant shared by every instance: serialises concurrent upgrades.
+_MIGRATION_LOCK = 0x70657273_6F6E7364 & 0x7FFF_FFFF_FFFF_FFFF
+_WRITE_OPTION = "personsd_write"
+
+
+def connect(url: str) -> Engine:
+    """An engine for ``url`` (``sqlite:///…`` or ``postgresql+psycopg://…``)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: object) -> None:
+    # pysqlite's own transaction handling would BEGIN (deferred) by itself and
+    # COMMIT before DDL; we take over and emit BEGIN in _sqlite_on_begin.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get(_WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@contextmanager
+def write_tx(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: committed on normal exit, rolled back on an exception."""
+    with engine.connect() as conn:
+        conn.execution_options(**{_WRITE_OPTION: True})
+        with conn.begin():
+            yield conn
+
+
+def _alembic_config(conn: Connection | None = None) -> Config:
+    config = Config()
+    # Config values go through ConfigParser interpolation.
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    if conn is not None:
+        config.attributes["connection"] = conn
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest revision; does nothing when it is there."""
+    with write_tx(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+        command.upgrade(_alembic_config(conn), "head")
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The schema revision of the database, None when it has none."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision() -> str | None:
+    """The newest revision the code knows."""
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def dialect_insert(
+    conn: Connection, model: type[DeclarativeBase]
+) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT for ``model`` that knows ON CONFLICT on both databases."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(model)
+    return sqlite.insert(model)

@@ -1,0 +1,296 @@
+"""Import records: the queue, each import's status and its resumable checkpoint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    exists,
+    false,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import ColumnElement
+
+from personsd.errors import OperatorError
+from personsd.store.models import IMPORT_SOURCES, IMPORT_STATUSES, ImportRow, UtcDateTime
+
+# Arbitrary constant shared by every instance: serialises claims so that two
+# instances never start two imports of one tenant at once.
+_CLAIM_LOCK = 0x696D706F7274 & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _non_negative(obj: object, names: tuple[str, ...]) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Checkpoint:
+    """Where an import stands after its last committed chunk.
+
+    ``next_offset``/``next_line`` are None until the first chunk: the reader
+    then starts at the body of the file. ``errors_bytes``/``retry_bytes`` are
+    the committed lengths of the partial reports, to truncate to on resume.
+    """
+
+    next_offset: int | None = None
+    next_line: int | None = None
+    next_row: int = 0
+    rows_total: int = 0
+    rows_succeeded: int = 0
+    rows_failed: int = 0
+    rows_created: int = 0
+    rows_updated: int = 0
+    error_counts: Mapping[str, int] = field(default_factory=dict)
+    errors_bytes: int = 0
+    retry_bytes: int = 0
+    retry_rows: int = 0
+
+    def __post_init__(self) -> None:
+        _non_negative(self, tuple(f.name for f in fields(self) if f.name != "error_counts"))
+        object.__setattr__(self, "error_counts", dict(self.error_counts))
+        for name, value in self.error_counts.items():
+            if not isinstance(name, str) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"error_counts: bad entry {name!r}: {value!r}")
+
+
+_CHECKPOINT_FIELDS = tuple(f.name for f in fields(Checkpoint))
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ImportRecord:
+    """One row of the imports table."""
+
+    id: int
+    tenant_id: int
+    file_name: str
+    sha256: str
+    bytes: int
+    status: str
+    source: str
+    work_path: str
+    attempts: int
+    received_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duplicate_of: int | None
+    last_error: str | None
+    claimed_by: str | None
+    claimed_at: datetime | None
+    heartbeat_at: datetime | None
+    next_offset: int | None
+    next_line: int | None
+    next_row: int
+    rows_total: int
+    rows_succeeded: int
+    rows_failed: int
+    rows_created: int
+    rows_updated: int
+    error_counts: Mapping[str, int]
+    errors_bytes: int
+    retry_bytes: int
+    retry_rows: int
+    file_error_class: str | None
+    file_error_message: str | None
+    reports_published: bool
+
+    def __post_init__(self) -> None:
+        if self.status not in IMPORT_STATUSES:
+            raise ValueError(f"unknown import status {self.status!r}")
+        if self.source not in IMPORT_SOURCES:
+            raise ValueError(f"unknown import source {self.source!r}")
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(**{name: getattr(self, name) for name in _CHECKPOINT_FIELDS})
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(ImportRecord))
+_SELECT = select(*(getattr(ImportRow, name) for name in _RECORD_FIELDS))
+# Columns set_status may change; the identity of an import is fixed.
+_SETTABLE = frozenset(_RECORD_FIELDS) - {"id", "tenant_id", "status"}
+
+
+def _record(row: Any) -> ImportRecord:
+    values = dict(row._mapping)
+    values["error_counts"] = json.loads(values["error_counts"])
+    values["reports_published"] = bool(values["reports_published"])
+    return ImportRecord(**values)
+
+
+def create(
+    conn: Connection,
+    *,
+    tenant_id: int,
+    file_name: str,
+    sha256: str,
+    bytes: int,
+    source: str,
+    work_path: str,
+    status: str = "queued",
+    received_at: datetime,
+    duplicate_of: int | None = None,
+) -> int:
+    """Record a new import and return its id (ids are never reused)."""
+    if status not in IMPORT_STATUSES:
+        raise ValueError(f"unknown import status {status!r}")
+    if source not in IMPORT_SOURCES:
+        raise ValueError(f"unknown import source {source!r}")
+    counters = {
+        name: 0
+        for name in _CHECKPOINT_FIELDS
+        if name not in ("next_offset", "next_line", "error_counts")
+    }
+    stmt = (
+        insert(ImportRow)
+        .values(
+            tenant_id=tenant_id,
+            file_name=file_name,
+            sha256=sha256,
+            bytes=bytes,
+            status=status,
+            source=source,
+            work_path=work_path,
+            attempts=0,
+            received_at=received_at,
+            duplicate_of=duplicate_of,
+            error_counts="{}",
+            reports_published=False,
+            **counters,
+        )
+        .returning(ImportRow.id)
+    )
+    return int(conn.execute(stmt).scalar_one())
+
+
+def get(conn: Connection, import_id: int) -> ImportRecord:
+    """The import with this id; an unknown id is an OperatorError."""
+    row = conn.execute(_SELECT.where(ImportRow.id == import_id)).one_or_none()
+    if row is None:
+        raise OperatorError(f"import {import_id} does not exist")
+    return _record(row)
+
+
+def list_imports(conn: Connection, tenant_id: int | None = None) -> list[ImportRecord]:
+    """Every import (of one tenant, if given), oldest first."""
+    stmt = _SELECT.order_by(ImportRow.id)
+    if tenant_id is not None:
+        stmt = stmt.where(ImportRow.tenant_id == tenant_id)
+    return [_record(row) for row in conn.execute(stmt)]
+
+
+def save_checkpoint(conn: Connection, import_id: int, checkpoint: Checkpoint) -> None:
+    """Store the checkpoint (in the chunk's transaction); it doubles as a heartbeat."""
+    values: dict[str, Any] = {name: getattr(checkpoint, name) for name in _CHECKPOINT_FIELDS}
+    values["error_counts"] = json.dumps(dict(checkpoint.error_counts), sort_keys=True)
+    values["heartbeat_at"] = datetime.now(UTC)
+    _update(conn, import_id, values)
+
+
+def set_status(conn: Connection, import_id: int, status: str, **changes: Any) -> None:
+    """Set the status and any other columns (``finished_at=…``, ``last_error=…``)."""
+    if status not in IMPORT_STATUSES:
+        raise ValueError(f"unknown import status {status!r}")
+    unknown = set(changes) - _SETTABLE
+    if unknown:
+        raise ValueError(f"not a settable import column: {', '.join(sorted(unknown))}")
+    if "error_counts" in changes:
+        changes["error_counts"] = json.dumps(dict(changes["error_counts"]), sort_keys=True)
+    _update(conn, import_id, {"status": status, **changes})
+
+
+def _update(conn: Connection, import_id: int, values: Mapping[str, Any]) -> None:
+    result = conn.execute(update(ImportRow).where(ImportRow.id == import_id).values(**values))
+    if result.rowcount != 1:
+        raise OperatorError(f"import {import_id} does not exist")
+
+
+def find_duplicate(conn: Connection, tenant_id: int, sha256: str, before_id: int) -> int | None:
+    """The latest import of the tenant before ``before_id`` with the same content."""
+    stmt = (
+        select(ImportRow.id)
+        .where(
+            ImportRow.tenant_id == tenant_id,
+            ImportRow.sha256 == sha256,
+            ImportRow.id < before_id,
+        )
+        .order_by(ImportRow.id.desc())
+        .limit(1)
+    )
+    return conn.execute(stmt).scalar()
+
+
+def claim_next(
+    conn: Connection,
+    *,
+    instance: str,
+    tenants_busy: set[int],
+    stale_after: timedelta | None = None,
+) -> ImportRecord | None:
+    """Claim the next import to run, or None; call it in a write transaction.
+
+    Candidates are queued imports and abandoned running ones: claimed by this
+    ``instance`` (a name stable across restarts) but not in ``tenants_busy``
+    (the tenants it is working on now), or with no heartbeat for
+    ``stale_after``. A tenant with a live running import is skipped, so each
+    tenant has one import at a time. The oldest candidate wins (received_at,
+    then file name). Claiming sets it running and counts an attempt.
+    """
+    now = datetime.now(UTC)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK})")
+
+    def abandoned(row: Any) -> ColumnElement[bool]:
+        stale = false() if stale_after is None else row.heartbeat_at < now - stale_after
+        mine = and_(row.claimed_by == instance, row.tenant_id.not_in(tenants_busy))
+        return and_(row.status == "running", or_(mine, stale))
+
+    other = aliased(ImportRow)
+    live = exists().where(
+        other.tenant_id == ImportRow.tenant_id,
+        other.status == "running",
+        ~abandoned(other),
+    )
+    stmt = (
+        select(ImportRow.id)
+        .where(
+            or_(ImportRow.status == "queued", abandoned(ImportRow)),
+            ImportRow.tenant_id.not_in(tenants_busy),
+            ~live,
+        )
+        .order_by(ImportRow.received_at, ImportRow.file_name, ImportRow.id)
+        .limit(1)
+        .with_for_update(skip_locked=True, of=ImportRow)
+    )
+    import_id = conn.execute(stmt).scalar()
+    if import_id is None:
+        return None
+    conn.execute(
+        update(ImportRow)
+        .where(ImportRow.id == import_id)
+        .values(
+            status="running",
+            claimed_by=instance,
+            claimed_at=now,
+            heartbeat_at=now,
+            attempts=ImportRow.attempts + 1,
+            started_at=func.coalesce(ImportRow.started_at, bindparam(None, now, UtcDateTime())),
+        )
+    )
+    return get(conn, import_id)

@@ -1,0 +1,1 @@
+"""Alembic migrations (run programmatically by ``personsd.store.db.upgrade``)."""

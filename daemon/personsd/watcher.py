@@ -1,0 +1,494 @@
+"""Inbox watcher (SPEC 1.1, 5): reports each complete upload of every tenant inbox.
+
+Finding files
+    One recursive inotify watch (watchdog) covers ``tenants_root``, so a tenant
+    or an inbox created while running is watched as soon as its directory
+    appears; that inbox is then scanned at once for files written before its
+    watch existed. Events are only a wake-up, the scan is the truth: the kernel
+    drops events when its queue overflows and watchdog does not tell us, so
+    every inbox is scanned at start and every ``rescan_seconds``.
+
+When a file is complete
+    - The embedded SFTP server calls :meth:`InboxWatcher.notify_complete` when
+      the client closes the file: reported at once.
+    - Any other writer (OpenSSH, a local copy): after a close-write, a move
+      into the inbox or a scan, and then ``settle_seconds`` without a change
+      of (size, mtime, inode). A write seen after that (IN_MODIFY) means a
+      writer is still at it, so the file waits for its next close (or the next
+      scan); a metadata change (utime after ``put -p``, chmod) only restarts
+      the clock.
+    - Names SPEC 1.1 ignores (uploads in progress) are never stat'ed nor
+      reported. Other names that do not end in ``.persons`` are reported under
+      the same rule so that the queue can reject them. Only regular files
+      count (not directories, symlinks, FIFOs).
+
+Reported once per version
+    Each complete version of a file (size, mtime, inode) is reported once while
+    it stays in the inbox. A reported file still there at the next rescan,
+    unchanged, is NOT reported again: from the report on, the consumer owns it.
+    It is reported again only when it changes, when it leaves the inbox and
+    comes back, when ``on_ready`` raised (retried at the next rescan), or after
+    a restart (the initial scan reports the whole backlog).
+    Why not re-report at every rescan: the consumer claims a file by renaming
+    it out of the inbox. A second report of a file not yet claimed queues it
+    twice, and if the partner meanwhile uploads a new file under the same name
+    (OpenSSH writes in place), the stale entry would claim that upload before
+    it is complete. So the consumer must keep every report until it has
+    claimed the file or found it gone (a missing file is ignored: nothing is
+    lost, nothing imported twice), and should check just before its rename that
+    ``size``/``mtime_ns`` still match the report (if not, skip it: the new
+    version is reported once it is complete).
+
+``completed_at`` (wall clock, for the per-tenant import order): the time the
+current version was first seen by an event (the last write, close or move);
+for a file first met by a scan (the backlog at start, missed events), its
+mtime; for a file the SFTP server vouches for, the time of that call.
+
+``on_ready`` runs in the watcher's thread, in completion order; it must be
+quick (enqueue only).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import queue
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.api import BaseObserver
+
+from personsd.fileformat import classify_name
+
+log = structlog.get_logger("personsd.watcher")
+
+INBOX = "inbox"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReadyFile:
+    """A complete file in a tenant inbox, ready to be claimed."""
+
+    tenant: str
+    path: Path
+    completed_at: float  # wall clock; a tenant's files are imported in this order, ties by name
+    size: int
+    mtime_ns: int  # with size: lets the consumer check that it claims the version reported
+
+    def __post_init__(self) -> None:
+        if not self.tenant:
+            raise ValueError("tenant must not be empty")
+        if not self.path.is_absolute():
+            raise ValueError(f"path must be absolute, got {self.path}")
+        if self.size < 0:
+            raise ValueError(f"size must be >= 0, got {self.size}")
+
+
+class Seen(enum.Enum):
+    """What an observation says about the writer."""
+
+    WRITTEN = "written"  # created or written to: a writer is at work
+    CLOSED = "closed"  # closed after writing, moved into the inbox, or met by a scan
+    TOUCHED = "touched"  # metadata only (utime, chmod): restarts the clock, nothing more
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Stamp:
+    """Identifies one version of a file; any difference is a change."""
+
+    size: int
+    mtime_ns: int
+    inode: int = 0
+
+    def __post_init__(self) -> None:
+        if self.size < 0:
+            raise ValueError(f"size must be >= 0, got {self.size}")
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Stamp:
+        return cls(size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Settled:
+    """A file version found complete by :meth:`SettleTracker.due`."""
+
+    key: Path
+    stamp: Stamp
+    completed_at: float
+
+
+@dataclass(slots=True)
+class _Entry:
+    stamp: Stamp
+    since: float  # when this stamp was first seen: the settle clock starts here
+    completed_at: float
+    armed: bool  # a close, a move or a scan has been seen since the last write
+    trusted: bool = False
+    reported: bool = False
+
+
+class SettleTracker:
+    """Decides when a file is complete. Pure: no I/O, every time is given.
+
+    ``now`` is any monotonic clock; ``completed_at`` is carried through as
+    given (default: ``now``).
+    """
+
+    def __init__(self, settle_seconds: float) -> None:
+        if settle_seconds < 0:
+            raise ValueError(f"settle_seconds must be >= 0, got {settle_seconds}")
+        self._settle = settle_seconds
+        self._entries: dict[Path, _Entry] = {}
+
+    def observe(self, key: Path, stamp: Stamp, *, now: float, seen: Seen,
+                completed_at: float | None = None) -> None:
+        """An event or a scan saw ``key`` with ``stamp``."""
+        entry = self._entries.get(key)
+        if entry is None or entry.stamp != stamp:
+            armed = seen is Seen.CLOSED or (
+                seen is Seen.TOUCHED and entry is not None and entry.armed)
+            self._entries[key] = _Entry(
+                stamp=stamp, since=now, armed=armed,
+                completed_at=now if completed_at is None else completed_at)
+        elif seen is Seen.CLOSED:
+            entry.armed = True
+
+    def trusted(self, key: Path, stamp: Stamp, *, now: float,
+                completed_at: float | None = None) -> None:
+        """The embedded SFTP server says this version is complete: due at once."""
+        entry = self._entries.get(key)
+        if entry is None or entry.stamp != stamp:
+            entry = _Entry(stamp=stamp, since=now, armed=True,
+                           completed_at=now if completed_at is None else completed_at)
+            self._entries[key] = entry
+        entry.armed = entry.trusted = True
+
+    def forget(self, key: Path) -> None:
+        """The file left the inbox (or must be looked at afresh)."""
+        self._entries.pop(key, None)
+
+    def tracked(self) -> list[Path]:
+        return list(self._entries)
+
+    def due(self, now: float) -> list[Settled]:
+        """Versions complete at ``now``, each returned once, in completion order."""
+        ready = []
+        for key, entry in self._entries.items():
+            if self._is_due(entry, now):
+                entry.reported = True
+                ready.append(Settled(key=key, stamp=entry.stamp, completed_at=entry.completed_at))
+        ready.sort(key=lambda s: (s.completed_at, s.key.name, str(s.key)))
+        return ready
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which :meth:`due` may return something new."""
+        times = [e.since if e.trusted else e.since + self._settle
+                 for e in self._entries.values() if e.armed and not e.reported]
+        return min(times, default=None)
+
+    def _is_due(self, entry: _Entry, now: float) -> bool:
+        return (entry.armed and not entry.reported
+                and (entry.trusted or now - entry.since >= self._settle))
+
+
+# Messages from the observer and callers to the watcher thread, which alone
+# touches the tracker.
+@dataclass(frozen=True, slots=True)
+class _Saw:
+    path: str
+    seen: Seen
+
+
+@dataclass(frozen=True, slots=True)
+class _Gone:
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Scan:
+    inbox: Path | None  # None: every inbox
+
+
+@dataclass(frozen=True, slots=True)
+class _Trust:
+    path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class _Stop:
+    pass
+
+
+_Message = _Saw | _Gone | _Scan | _Trust | _Stop
+
+_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent, FileMovedEvent,
+    FileDeletedEvent, DirCreatedEvent, DirMovedEvent,
+]
+
+
+class _Handler(FileSystemEventHandler):
+    """Runs in watchdog's thread: filters and forwards, nothing more."""
+
+    def __init__(self, root: str, post: Callable[[_Message], None]) -> None:
+        super().__init__()
+        self._root = root
+        self._post = post
+
+    def _in_inbox(self, path: str) -> bool:
+        inbox = os.path.dirname(path)
+        tenant_dir = os.path.dirname(inbox)
+        return (os.path.basename(inbox) == INBOX and os.path.dirname(tenant_dir) == self._root
+                and not os.path.basename(tenant_dir).startswith(".")
+                and classify_name(os.path.basename(path)) != "ignore")
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        src = os.fsdecode(event.src_path)
+        dest = os.fsdecode(event.dest_path)
+        if event.is_directory:
+            if isinstance(event, DirCreatedEvent | DirMovedEvent):
+                self._new_dir(dest or src)
+            return
+        if isinstance(event, FileMovedEvent):
+            if src and self._in_inbox(src):
+                self._post(_Gone(src))
+            if dest and self._in_inbox(dest):
+                self._post(_Saw(dest, Seen.CLOSED))
+            return
+        if not self._in_inbox(src):
+            return
+        if isinstance(event, FileClosedEvent):
+            self._post(_Saw(src, Seen.CLOSED))
+        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
+            self._post(_Saw(src, Seen.WRITTEN))
+        elif isinstance(event, FileAttribEvent):
+            self._post(_Saw(src, Seen.TOUCHED))
+        elif isinstance(event, FileDeletedEvent):
+            self._post(_Gone(src))
+
+    def _new_dir(self, path: str) -> None:
+        # Files may have landed before watchdog added the new directory's watch.
+        if os.path.dirname(path) == self._root:
+            self._post(_Scan(Path(path, INBOX)))
+        elif (os.path.basename(path) == INBOX
+              and os.path.dirname(os.path.dirname(path)) == self._root):
+            self._post(_Scan(Path(path)))
+
+
+def _new_observer() -> BaseObserver:
+    try:
+        from watchdog.observers.inotify import InotifyObserver
+    except ImportError:  # not Linux: whatever watchdog offers, moves in may look like creations
+        from watchdog.observers import Observer
+
+        return Observer()
+    # Full events: a file moved in from outside the tree is a move (complete), not a creation.
+    return InotifyObserver(generate_full_events=True)
+
+
+class InboxWatcher:
+    """Watches every tenant inbox under ``tenants_root`` and reports complete files.
+
+    ``use_events=False`` relies on the rescans alone (filesystems without
+    inotify, e.g. NFS).
+    """
+
+    def __init__(self, *, tenants_root: Path, settle_seconds: float, rescan_seconds: float,
+                 on_ready: Callable[[ReadyFile], None], clock: Callable[[], float] = time.time,
+                 use_events: bool = True) -> None:
+        if rescan_seconds <= 0:
+            raise ValueError(f"rescan_seconds must be > 0, got {rescan_seconds}")
+        self._root = Path(os.path.abspath(tenants_root))
+        self._rescan_seconds = rescan_seconds
+        self._on_ready = on_ready
+        self._clock = clock
+        self._use_events = use_events
+        self._tracker = SettleTracker(settle_seconds)
+        # SimpleQueue.put is reentrant: rescan() may be called from a signal handler.
+        self._messages: queue.SimpleQueue[_Message] = queue.SimpleQueue()
+        self._observer: BaseObserver | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Watch, then scan every inbox (the backlog), then rescan periodically."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("InboxWatcher already started")
+            self._root.mkdir(parents=True, exist_ok=True)
+            if self._use_events:
+                self._observer = self._start_observer()
+            # Before the thread exists, so the tracker is still ours alone; after the
+            # watch, so that nothing falls between the two.
+            self._scan(None)
+            self._thread = threading.Thread(target=self._run, name="personsd-watcher",
+                                            daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop watching; returns once no callback can run any more."""
+        with self._lock:
+            if self._observer is not None:
+                self._observer.stop()
+                self._observer.join()
+                self._observer = None
+            if self._thread is not None and self._thread.is_alive():
+                self._messages.put(_Stop())
+                self._thread.join()
+
+    def notify_complete(self, tenant: str, path: Path) -> None:
+        """The embedded SFTP server closed ``path``: report it without waiting."""
+        path = Path(os.path.abspath(path))
+        if path.parent != self._root / tenant / INBOX:
+            raise ValueError(f"{path} is not in the inbox of tenant {tenant!r}")
+        if classify_name(path.name) != "ignore":
+            self._messages.put(_Trust(path))
+
+    def rescan(self) -> None:
+        """Scan every inbox now (in the watcher's thread)."""
+        self._messages.put(_Scan(None))
+
+    def _start_observer(self) -> BaseObserver | None:
+        observer = _new_observer()
+        try:
+            observer.schedule(_Handler(str(self._root), self._messages.put), str(self._root),
+                              recursive=True, event_filter=_EVENTS)
+            observer.start()
+        except OSError as exc:  # e.g. out of inotify watches: the rescans still find everything
+            log.warning("watcher.events_unavailable", root=str(self._root), error=str(exc))
+            observer.stop()
+            return None
+        return observer
+
+    def _run(self) -> None:
+        next_rescan = time.monotonic() + self._rescan_seconds
+        while True:
+            now = time.monotonic()
+            if now >= next_rescan:
+                self._scan(None)
+                next_rescan = now + self._rescan_seconds
+            self._report()
+            deadline = self._tracker.next_deadline()
+            wake = next_rescan if deadline is None else min(deadline, next_rescan)
+            try:
+                message = self._messages.get(timeout=max(0.0, wake - time.monotonic()))
+            except queue.Empty:
+                continue
+            while True:
+                if isinstance(message, _Stop):
+                    return
+                self._handle(message)
+                try:
+                    message = self._messages.get_nowait()
+                except queue.Empty:
+                    break
+
+    def _handle(self, message: _Message) -> None:
+        if isinstance(message, _Saw):
+            self._stat_and(Path(message.path), message.seen)
+        elif isinstance(message, _Gone):
+            self._tracker.forget(Path(message.path))
+        elif isinstance(message, _Scan):
+            self._scan(message.inbox)
+        elif isinstance(message, _Trust):
+            self._stat_and(message.path, None)
+
+    def _stat_and(self, path: Path, seen: Seen | None) -> None:
+        """Observe ``path`` as ``seen`` (None: trusted) after a fresh lstat."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            self._tracker.forget(path)
+            return
+        except OSError as exc:
+            log.warning("watcher.stat_failed", file=str(path), error=str(exc))
+            return
+        if not stat.S_ISREG(st.st_mode):
+            self._tracker.forget(path)
+        elif seen is None:
+            self._tracker.trusted(path, Stamp.of(st), now=time.monotonic(),
+                                  completed_at=self._clock())
+        else:
+            self._tracker.observe(path, Stamp.of(st), now=time.monotonic(), seen=seen,
+                                  completed_at=self._clock())
+
+    def _inboxes(self) -> list[Path]:
+        try:
+            with os.scandir(self._root) as entries:
+                tenants = [e.path for e in entries
+                           if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
+        except OSError as exc:
+            log.warning("watcher.scan_failed", dir=str(self._root), error=str(exc))
+            return []
+        return sorted(Path(t, INBOX) for t in tenants
+                      if os.path.isdir(os.path.join(t, INBOX))
+                      and not os.path.islink(os.path.join(t, INBOX)))
+
+    def _scan(self, inbox: Path | None) -> None:
+        """Observe every file of one inbox (or all) and forget those gone."""
+        inboxes = self._inboxes() if inbox is None else [inbox]
+        present: set[Path] = set()
+        for box in inboxes:
+            present.update(self._scan_inbox(box))
+        for key in self._tracker.tracked():
+            if key not in present and (inbox is None or key.parent == inbox):
+                self._tracker.forget(key)
+
+    def _scan_inbox(self, inbox: Path) -> list[Path]:
+        found = []
+        try:
+            with os.scandir(inbox) as entries:
+                for entry in entries:
+                    if classify_name(entry.name) == "ignore":
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    key = Path(entry.path)
+                    found.append(key)
+                    # Used only for a version no event showed us: its mtime is then the
+                    # best evidence of when it was done.
+                    self._tracker.observe(key, Stamp.of(st), now=time.monotonic(),
+                                          seen=Seen.CLOSED,
+                                          completed_at=min(st.st_mtime, self._clock()))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            log.warning("watcher.scan_failed", dir=str(inbox), error=str(exc))
+            # Unreadable for now: keep what we knew rather than forget it.
+            found.extend(k for k in self._tracker.tracked() if k.parent == inbox)
+        return found
+
+    def _report(self) -> None:
+        for settled in self._tracker.due(time.monotonic()):
+            ready = ReadyFile(tenant=settled.key.parent.parent.name, path=settled.key,
+                              completed_at=settled.completed_at, size=settled.stamp.size,
+                              mtime_ns=settled.stamp.mtime_ns)
+            log.info("file.detected", tenant=ready.tenant, file=ready.path.name, size=ready.size)
+            try:
+                self._on_ready(ready)
+            except Exception:  # the consumer's bug must not kill the watcher
+                log.exception("watcher.on_ready_failed", tenant=ready.tenant,
+                              file=ready.path.name)
+                self._tracker.forget(settled.key)  # the next scan offers it again

@@ -1,0 +1,228 @@
+"""Import workers: claim the next import, run it, archive or quarantine its file.
+
+One import per tenant at a time, oldest first (``store.imports.claim_next``),
+up to ``import.workers`` tenants in parallel. What the database says is the
+queue, so several daemons on one PostgreSQL share it safely.
+
+Failure policy (SPEC 5):
+- the partner's bad data never reaches here as an exception (rows go to the
+  report, a bad file is ``rejected``);
+- the database being unreachable is nobody's fault: the import is put back
+  without spending an attempt, and the worker waits with backoff;
+- anything else is our fault: the import is retried from its checkpoint up to
+  ``import.max_attempts`` times, then ``failed`` and its file quarantined.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from personsd import importer
+from personsd.config import Config
+from personsd.logging import get_logger
+from personsd.retry import RetryPolicy
+from personsd.store import imports as store_imports
+from personsd.store import tenants as store_tenants
+from personsd.store.db import write_tx
+from personsd.store.imports import ImportRecord
+
+log = get_logger("personsd.workers")
+
+# Another instance's running import with no heartbeat for this long is taken over.
+STALE_AFTER = timedelta(minutes=5)
+
+
+def instance_name(cfg: Config) -> str:
+    """Stable across restarts, distinct between hosts sharing one database."""
+    return f"{socket.gethostname()}:{cfg.root}"
+
+
+def is_db_unreachable(exc: BaseException) -> bool:
+    """True for connection-level database errors (worth waiting for, not our bug)."""
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OperationalError):
+        text = str(exc).lower()
+        return any(word in text for word in (
+            "connection", "connect", "server closed", "terminating", "database is locked",
+            "could not", "timeout", "shutting down",
+        ))
+    return False
+
+
+class Workers:
+    """``import.workers`` threads sharing one queue (the imports table)."""
+
+    def __init__(self, *, engine: Engine, cfg: Config, stop: threading.Event,
+                 on_activity: Callable[[str], object] | None = None,
+                 policy: RetryPolicy | None = None) -> None:
+        self.engine = engine
+        self.cfg = cfg
+        self.stop = stop
+        self.instance = instance_name(cfg)
+        self.on_activity = on_activity or (lambda _text: None)
+        self.policy = policy or RetryPolicy(base=0.5, cap=30.0)
+        self._wake = threading.Event()
+        self._busy: set[int] = set()
+        self._busy_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.last_beat = time.monotonic()
+
+    def start(self) -> None:
+        for index in range(self.cfg.imports.workers):
+            thread = threading.Thread(target=self._loop, name=f"worker-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def join(self, deadline: float) -> bool:
+        """Wait for the workers until ``deadline`` (monotonic); True if all stopped."""
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
+
+    def busy(self) -> int:
+        with self._busy_lock:
+            return len(self._busy)
+
+    def _claim(self) -> ImportRecord | None:
+        with self._busy_lock, write_tx(self.engine) as conn:
+            record = store_imports.claim_next(conn, instance=self.instance,
+                                              tenants_busy=set(self._busy),
+                                              stale_after=STALE_AFTER)
+            if record is not None:
+                self._busy.add(record.tenant_id)
+            return record
+
+    def _loop(self) -> None:
+        outages = 0
+        while not self.stop.is_set():
+            self.last_beat = time.monotonic()
+            try:
+                record = self._claim()
+            except Exception as exc:  # noqa: BLE001 -- database down: wait and retry
+                outages += 1
+                delay = self.policy.delay(outages)
+                log.warning("db.unavailable", error=repr(exc)[:300], retry_in=round(delay, 2))
+                self.stop.wait(delay)
+                continue
+            outages = 0
+            if record is None:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            try:
+                self._run(record)
+            finally:
+                with self._busy_lock:
+                    self._busy.discard(record.tenant_id)
+            self._wake.set()  # the tenant may have a next file
+
+    def _run(self, record: ImportRecord) -> None:
+        self.on_activity(f"importing {record.file_name} (#{record.id})")
+        try:
+            outcome = importer.run(self.engine, self.cfg, record.id, stop=self.stop,
+                                   on_chunk=lambda _rows, _done: self._beat())
+        except importer.Interrupted:
+            return  # still running and ours: resumed from its checkpoint after restart
+        except Exception as exc:  # noqa: BLE001 -- classified below
+            self._failed(record, exc)
+            return
+        if outcome.record.source != "cli":
+            self._move(record, self.cfg.archive_dir)
+        remove_work(self.cfg, record.id)
+
+    def _beat(self) -> None:
+        self.last_beat = time.monotonic()
+
+    def _failed(self, record: ImportRecord, exc: BaseException) -> None:
+        reason = repr(exc)
+        if is_db_unreachable(exc):
+            log.warning("import.waiting_for_database", import_id=record.id,
+                        file=record.file_name, error=reason[:300])
+            self._requeue(record, spend_attempt=False, reason=reason)
+            return
+        log.exception("import.attempt_failed", import_id=record.id, file=record.file_name,
+                      attempt=record.attempts, max_attempts=self.cfg.imports.max_attempts,
+                      exc_info=exc)
+        if record.attempts >= self.cfg.imports.max_attempts:
+            try:
+                importer.fail(self.engine, self.cfg, record.id, reason)
+            except Exception as final:  # noqa: BLE001 -- cannot even record it: retry later
+                log.error("import.fail_unrecorded", import_id=record.id, error=repr(final))
+                self._requeue(record, spend_attempt=False, reason=reason)
+                return
+            if record.source != "cli":
+                self._move(record, self.cfg.quarantine_dir)
+            return
+        self.stop.wait(self.policy.delay(record.attempts))
+        self._requeue(record, spend_attempt=True, reason=reason)
+
+    def _requeue(self, record: ImportRecord, *, spend_attempt: bool, reason: str) -> None:
+        outages = 0
+        while not self.stop.is_set():
+            try:
+                with write_tx(self.engine) as conn:
+                    current = store_imports.get(conn, record.id)
+                    attempts = current.attempts if spend_attempt else max(0, current.attempts - 1)
+                    store_imports.set_status(conn, record.id, "queued", attempts=attempts,
+                                             last_error=reason[:2000], claimed_by=None)
+                return
+            except Exception:  # noqa: BLE001 -- still down
+                outages += 1
+                self.stop.wait(self.policy.delay(outages))
+
+    def _move(self, record: ImportRecord, where: Path) -> None:
+        """Archive or quarantine the claimed file (``<dir>/<tenant>/<id>.<name>``)."""
+        source = Path(record.work_path)
+        if not source.exists():
+            return
+        with self.engine.connect() as conn:
+            tenant = next((t.name for t in store_tenants.list_tenants(conn)
+                           if t.id == record.tenant_id), str(record.tenant_id))
+        folder = where / tenant
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{record.id}.{record.file_name}"
+        os.replace(source, target)
+        # The archive's clock starts now, whatever the upload's mtime says.
+        os.utime(target)
+        with write_tx(self.engine) as conn:
+            store_imports.set_status(conn, record.id, store_imports.get(conn, record.id).status,
+                                     work_path=str(target))
+
+
+def sweep_archive(cfg: Config, now: float | None = None) -> int:
+    """Delete archived files older than ``archive.keep_days``; returns how many."""
+    limit = (now or time.time()) - cfg.archive.keep_days * 86400
+    removed = 0
+    if not cfg.archive_dir.is_dir():
+        return 0
+    for folder in cfg.archive_dir.iterdir():
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < limit:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+    return removed
+
+
+def remove_work(cfg: Config, import_id: int) -> None:
+    """Drop an import's partial reports once they are published and archived."""
+    shutil.rmtree(cfg.work_dir / str(import_id), ignore_errors=True)

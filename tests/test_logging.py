@@ -1,0 +1,221 @@
+"""Logs of SPEC section 9: event names, JSON lines, progress reports."""
+
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from personsd.logging import Event, ProgressReporter, configure, get_logger
+
+SPEC_EVENTS = {
+    "sftp.login", "sftp.login_failed", "sftp.upload", "file.detected", "import.queued",
+    "import.started", "import.progress", "import.completed", "import.rejected",
+    "import.failed", "import.resumed", "daemon.started", "daemon.stopping",
+}
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_event_names_are_spec_names() -> None:
+    """Event holds exactly the stable event names of SPEC 9."""
+    assert SPEC_EVENTS == set(Event.ALL)
+    assert len(SPEC_EVENTS) == len(Event.ALL)
+
+
+def test_capture_logs_with_context() -> None:
+    """A bound logger carries its context (tenant, import_id, file) into every event."""
+    log = get_logger("importer", tenant="acme", import_id=17, file="a.persons")
+    with capture_logs() as logs:
+        log.info(Event.IMPORT_STARTED, rows=0)
+    assert [
+        {"event": "import.started", "log_level": "info", "logger": "importer", "tenant": "acme",
+         "import_id": 17, "file": "a.persons", "rows": 0}
+    ] == logs
+
+
+def test_json_lines_in_a_subprocess() -> None:
+    """Not on a TTY (as under systemd), auto format writes one JSON object a line on stdout."""
+    code = (
+        "import logging\n"
+        "from personsd.logging import configure, get_logger\n"
+        "configure('auto', 'info')\n"
+        "log = get_logger(tenant='acme')\n"
+        "log.debug('hidden')\n"
+        "log.info('daemon.started', version='1')\n"
+        "logging.getLogger('paramiko.transport').info('noise')\n"
+        "logging.getLogger('paramiko.transport').warning('bad %s', 'banner')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    before = datetime.now(UTC).replace(microsecond=0)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=env, check=True, timeout=30)
+    after = datetime.now(UTC) + timedelta(seconds=1)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert 2 == len(lines), result.stdout
+    first, second = lines
+    assert {"event": "daemon.started", "level": "info", "tenant": "acme", "version": "1"} == {
+        k: v for k, v in first.items() if k != "timestamp"
+    }
+    assert first["timestamp"].endswith("Z")
+    stamp = datetime.fromisoformat(first["timestamp"].replace("Z", "+00:00"))
+    assert before <= stamp <= after
+    assert {"event": "bad banner", "level": "warning", "logger": "paramiko.transport"} == {
+        k: v for k, v in second.items() if k != "timestamp"
+    }
+    assert "" == result.stderr
+
+
+def test_console_format_is_not_json() -> None:
+    """The console format renders readable text, with the event name and context."""
+    out = io.StringIO()
+    configure("console", "info", stream=out)
+    get_logger().info(Event.DAEMON_STOPPING, reason="SIGTERM")
+    text = out.getvalue()
+    assert "daemon.stopping" in text and "reason=SIGTERM" in text
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+
+
+def test_level_filters_and_reconfigure_applies_to_existing_loggers() -> None:
+    """Loggers made before a reconfiguration (SIGHUP) follow the new level and stream."""
+    log = get_logger()
+    first, second = io.StringIO(), io.StringIO()
+    configure("json", "warning", stream=first)
+    log.info("dropped")
+    log.warning("kept")
+    configure("json", "debug", stream=second)
+    log.debug("now kept")
+    assert ["kept"] == [json.loads(line)["event"] for line in first.getvalue().splitlines()]
+    assert ["now kept"] == [json.loads(line)["event"] for line in second.getvalue().splitlines()]
+
+
+def test_exceptions_are_one_json_line() -> None:
+    """A logged exception stays inside its JSON line, as a string."""
+    out = io.StringIO()
+    configure("json", stream=out)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        get_logger().exception(Event.IMPORT_FAILED)
+    (line,) = out.getvalue().splitlines()
+    assert "RuntimeError: boom" in json.loads(line)["exception"]
+
+
+def test_configure_refuses_unknown_values() -> None:
+    """Unknown formats and levels are refused with a message naming them."""
+    with pytest.raises(ValueError, match="'xml'"):
+        configure("xml")
+    with pytest.raises(ValueError, match="'loud'"):
+        configure("json", "loud")
+
+
+def test_reconfigure_keeps_one_stdlib_handler() -> None:
+    """Configuring twice does not double the stdlib output."""
+    out = io.StringIO()
+    configure("json", stream=io.StringIO())
+    configure("json", stream=out)
+    logging.getLogger("paramiko").error("once")
+    assert 1 == len(out.getvalue().splitlines())
+
+
+# --- progress ----------------------------------------------------------------
+
+
+def test_progress_not_before_interval() -> None:
+    """No progress event before `interval` seconds, then one, then none until the next interval."""
+    clock = Clock()
+    reporter = ProgressReporter(1000, interval=5, clock=clock)
+    clock.now += 4.9
+    assert None is reporter.update(10, 100)
+    clock.now += 0.1
+    assert reporter.update(20, 200) is not None
+    clock.now += 4
+    assert None is reporter.update(30, 300)
+    clock.now += 1
+    assert reporter.update(40, 400) is not None
+
+
+def test_progress_values() -> None:
+    """rows, rows/s, percent of bytes and ETA from the byte rate."""
+    clock = Clock()
+    reporter = ProgressReporter(1000, clock=clock)
+    clock.now += 10
+    progress = reporter.update(500, 250)
+    assert progress is not None
+    assert {"rows": 500, "rows_per_s": 50.0, "percent": 25.0, "eta_seconds": 30} == (
+        progress.as_fields()
+    )
+
+
+def test_progress_resumed_counts_only_this_run() -> None:
+    """A resumed import's rate counts rows and bytes since the resume, not the earlier run's."""
+    clock = Clock()
+    reporter = ProgressReporter(1000, clock=clock, start_rows=400, start_bytes=500)
+    clock.now += 10
+    progress = reporter.measure(500, 600)
+    assert (500, 10.0, 60.0, 40) == (progress.rows, progress.rows_per_s, progress.percent,
+                                     progress.eta_seconds)
+
+
+def test_progress_edge_cases() -> None:
+    """No time elapsed: no rate and no ETA; an empty file is 100 % done."""
+    clock = Clock()
+    assert (0.0, None) == (lambda p: (p.rows_per_s, p.eta_seconds))(
+        ProgressReporter(1000, clock=clock).measure(0, 0)
+    )
+    empty = ProgressReporter(0, clock=clock).measure(0, 0)
+    assert (100.0, 0) == (empty.percent, empty.eta_seconds)
+
+
+@given(
+    total=st.integers(0, 10**12),
+    done=st.integers(0, 10**12),
+    rows=st.integers(0, 10**9),
+    elapsed=st.floats(0, 10**6),
+)
+def test_progress_bounds(total: int, done: int, rows: int, elapsed: float) -> None:
+    """Percent stays within 0..100, rate and ETA are never negative."""
+    clock = Clock()
+    reporter = ProgressReporter(total, clock=clock)
+    clock.now += elapsed
+    progress = reporter.measure(rows, done)
+    assert 0.0 <= progress.percent <= 100.0
+    assert progress.rows_per_s >= 0
+    assert progress.eta_seconds is None or progress.eta_seconds >= 0
+
+
+def test_progress_refuses_bad_arguments() -> None:
+    """Negative sizes and a non-positive interval are programming errors."""
+    with pytest.raises(ValueError, match="interval"):
+        ProgressReporter(10, interval=0)
+    with pytest.raises(ValueError, match=">= 0"):
+        ProgressReporter(-1)

@@ -1,0 +1,172 @@
+"""The SFTP server's pure parts: paths, throttling, passwords, host key, tenant records."""
+
+from __future__ import annotations
+
+import base64
+import stat
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from personsd.passwords import hash_password, verify_password
+from personsd.sftp import SftpLimits, TenantAuth, _Guard, load_or_create_host_key
+from personsd.sftpfs import canonical, resolve, visible_name
+
+# -- virtual paths --------------------------------------------------------------------------
+
+path_parts = st.sampled_from(["", ".", "..", "inbox", "outbox", "etc", "passwd", "a.persons",
+                              ".hidden", "beta", "/", "//", "\x00"])
+
+
+@given(st.lists(path_parts, max_size=8).map("/".join))
+def test_resolve_only_yields_the_two_boxes_and_plain_names(path: str) -> None:
+    """Whatever the path, it resolves to /, a box, or one plain name inside a box."""
+    where = resolve(path)
+    if where is None:
+        return
+    assert len(where) <= 2
+    if where:
+        assert where[0] in ("inbox", "outbox")
+    if len(where) == 2:
+        assert where[1] not in ("", ".", "..") and "/" not in where[1] and "\x00" not in where[1]
+
+
+@given(st.lists(path_parts, max_size=8).map("/".join))
+def test_canonical_is_absolute_and_normalised(path: str) -> None:
+    """REALPATH answers an absolute path with no ., .. or empty parts, and is idempotent."""
+    result = canonical(path)
+    assert result.startswith("/")
+    parts = result.split("/")[1:]
+    assert [] == [p for p in parts if p in (".", "..") or (p == "" and result != "/")]
+    assert result == canonical(result)
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/", ()),
+    ("..", ()),
+    ("/inbox", ("inbox",)),
+    ("inbox/a.persons", ("inbox", "a.persons")),
+    ("/inbox/../outbox/r.csv", ("outbox", "r.csv")),
+    ("/../../etc/passwd", None),
+    ("/inbox/../../beta/inbox/a", None),
+    ("/inbox/sub/a", None),
+    ("/inbox/a\x00b", None),
+])
+def test_resolve_examples(path: str, expected: tuple[str, ...] | None) -> None:
+    """.. stops at the virtual root, as in a chroot; deeper paths do not exist."""
+    assert expected == resolve(path)
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("a.persons", True), (".a.persons", False), ("a\nb", False), ("x" * 256, False),
+    ("ü" * 127, True), ("ü" * 128, False),
+])
+def test_visible_names(name: str, expected: bool) -> None:
+    """Hidden, control-character and over-long names are not the client's."""
+    assert expected == visible_name(name)
+
+
+# -- throttling -----------------------------------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failures_within_the_window_ban_then_the_ban_expires() -> None:
+    """max_failed_logins failures in the window ban the address for ban_seconds."""
+    clock = Clock()
+    guard = _Guard(SftpLimits(max_failed_logins=3, failed_window_seconds=60, ban_seconds=300),
+                   clock)
+    assert [False, False, True] == [guard.record_failure("10.0.0.1") for _ in range(3)]
+    assert "banned" == guard.admit("10.0.0.1")
+    assert None is guard.admit("10.0.0.2")
+    clock.now += 301
+    assert None is guard.admit("10.0.0.1")
+
+
+def test_failures_outside_the_window_do_not_add_up() -> None:
+    """Failures spread wider than the window never ban."""
+    clock = Clock()
+    guard = _Guard(SftpLimits(max_failed_logins=2, failed_window_seconds=10), clock)
+    results = []
+    for _ in range(5):
+        results.append(guard.record_failure("10.0.0.1"))
+        clock.now += 11
+    assert [False] * 5 == results
+    assert not guard.banned("10.0.0.1")
+
+
+def test_connection_slots_per_address() -> None:
+    """At most max_connections_per_ip at once; a released slot can be taken again."""
+    guard = _Guard(SftpLimits(max_connections_per_ip=2))
+    assert [None, None, "too_many_connections"] == [guard.admit("h") for _ in range(3)]
+    guard.release("h")
+    assert None is guard.admit("h")
+
+
+def test_limits_must_be_positive() -> None:
+    """A zero or negative cap is a configuration mistake, refused at once."""
+    with pytest.raises(ValueError, match="max_handles"):
+        SftpLimits(max_handles=0)
+
+
+# -- passwords ------------------------------------------------------------------------------
+
+@settings(max_examples=5)
+@given(st.text(max_size=40), st.text(max_size=40))
+def test_password_round_trip(password: str, other: str) -> None:
+    """A hash verifies its own password and no other."""
+    stored = hash_password(password)
+    assert verify_password(password, stored)
+    assert (other == password) == verify_password(other, stored)
+
+
+def test_hashes_are_salted_and_self_describing() -> None:
+    """Two hashes of one password differ and say scrypt$n$r$p$salt$hash."""
+    first, second = hash_password("pw"), hash_password("pw")
+    assert first != second
+    assert ["scrypt", "16384", "8", "1"] == first.split("$")[:4]
+    assert "pw" not in first
+
+
+@pytest.mark.parametrize("stored", [
+    "", "pw", "scrypt$16384$8$1$salt", "bcrypt$16384$8$1$c2FsdA$aGFzaA",
+    "scrypt$1000$8$1$c2FsdHNhbHQ$" + "A" * 43,  # n not a power of two
+    "scrypt$1073741824$8$1$c2FsdHNhbHQ$" + "A" * 43,  # absurd cost
+    "scrypt$16384$8$1$!!!$" + "A" * 43,
+])
+def test_malformed_hashes_never_verify(stored: str) -> None:
+    """A corrupt or hostile stored hash verifies nothing and costs nothing."""
+    assert not verify_password("pw", stored)
+
+
+# -- host key and tenant records ------------------------------------------------------------
+
+def test_host_key_is_created_once_and_kept(tmp_path: Path) -> None:
+    """The first call creates the key (0600, parent made); later calls load the same key."""
+    path = tmp_path / "state" / "ssh_host_ed25519_key"
+    first = load_or_create_host_key(path)
+    second = load_or_create_host_key(path)
+    assert first.get_fingerprint() == second.get_fingerprint()
+    assert 0o600 == stat.S_IMODE(path.stat().st_mode)
+    assert ["ssh_host_ed25519_key"] == [p.name for p in path.parent.iterdir()]
+
+
+def test_tenant_records_are_validated() -> None:
+    """Names that cannot be one directory and key blobs that lie about their type are refused."""
+    key = ("ssh-ed25519", base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519" + b"\x00" * 36)
+           .decode())
+    assert TenantAuth(name="acme", public_keys=(key,)).accepts(base64.b64decode(key[1]))
+    for name in ("", "..", ".x", "a/b"):
+        with pytest.raises(ValueError):
+            TenantAuth(name=name)
+    with pytest.raises(ValueError, match="not 'ssh-rsa'"):
+        TenantAuth(name="acme", public_keys=(("ssh-rsa", key[1]),))
+    with pytest.raises(ValueError, match="bad"):
+        TenantAuth(name="acme", public_keys=(("ssh-ed25519", "not base64!"),))

@@ -1,0 +1,127 @@
+"""store.db: engines, transactions and migrations, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect
+
+from personsd.store import db
+from personsd.store.models import metadata
+
+TABLES = {"alembic_version", "tenants", "tenant_keys", "custom_fields", "persons", "imports"}
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = db.connect(db_url)
+    yield engine
+    engine.dispose()
+
+
+def test_upgrade_creates_schema_at_head(engine: Engine) -> None:
+    """Migrations create every table and record the head revision."""
+    assert db.current_revision(engine) is None
+    db.upgrade(engine)
+    assert TABLES == set(inspect(engine).get_table_names())
+    assert db.head_revision() == db.current_revision(engine)
+
+
+def test_upgrade_is_idempotent(engine: Engine) -> None:
+    """Upgrading an up-to-date database changes nothing and does not fail."""
+    db.upgrade(engine)
+    db.upgrade(engine)
+    assert "0001" == db.current_revision(engine)
+    assert TABLES == set(inspect(engine).get_table_names())
+
+
+def test_migration_matches_models(engine: Engine) -> None:
+    """The hand-written migration builds exactly the schema the models describe."""
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert [] == compare_metadata(context, metadata)
+
+
+def test_postgresql_tables_land_in_search_path_schema(pg_url: str) -> None:
+    """With options=-csearch_path the tables, alembic's included, go to that schema."""
+    schema = pg_url.rsplit("%3D", 1)[1]
+    engine = db.connect(pg_url)
+    try:
+        db.upgrade(engine)
+        with engine.connect() as conn:
+            found = conn.exec_driver_sql(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %(s)s",
+                {"s": schema},
+            ).scalars()
+            assert TABLES == set(found)
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_pragmas_and_parent_directory(tmp_path: Path) -> None:
+    """SQLite: parent directory created, WAL, foreign keys on, synchronous NORMAL."""
+    path = tmp_path / "deep" / "er" / "persons.db"
+    engine = db.connect(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            pragmas = tuple(
+                conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                for name in ("journal_mode", "foreign_keys", "synchronous", "busy_timeout")
+            )
+        assert ("wal", 1, 1, db.SQLITE_BUSY_TIMEOUT_MS) == pragmas
+        assert path.exists()
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_write_tx_holds_write_lock_from_start(sqlite_url: str) -> None:
+    """SQLite write transactions begin IMMEDIATE: the write lock is held before any write."""
+    engine = db.connect(sqlite_url)
+    db.upgrade(engine)
+    path = sqlite_url.removeprefix("sqlite:///")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        with db.write_tx(engine) as conn:
+            conn.exec_driver_sql("SELECT count(*) FROM tenants").scalar()
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        engine.dispose()
+
+
+def test_sqlite_read_transaction_takes_no_write_lock(sqlite_url: str) -> None:
+    """SQLite plain transactions are deferred: a reader never blocks a writer."""
+    engine = db.connect(sqlite_url)
+    db.upgrade(engine)
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), timeout=0, isolation_level=None)
+    try:
+        with engine.connect() as conn, conn.begin():
+            conn.exec_driver_sql("SELECT count(*) FROM tenants").scalar()
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+    finally:
+        other.close()
+        engine.dispose()
+
+
+def test_write_tx_commits_or_rolls_back(engine: Engine) -> None:
+    """write_tx commits on normal exit and rolls back when the block raises."""
+    db.upgrade(engine)
+    insert = "INSERT INTO tenants (name, created_at) VALUES ('{}', CURRENT_TIMESTAMP)"
+    with db.write_tx(engine) as conn:
+        conn.exec_driver_sql(insert.format("kept"))
+    with pytest.raises(RuntimeError), db.write_tx(engine) as conn:
+        conn.exec_driver_sql(insert.format("dropped"))
+        raise RuntimeError("boom")
+    with engine.connect() as conn:
+        names = conn.exec_driver_sql("SELECT name FROM tenants").scalars().all()
+    assert ["kept"] == names

@@ -1,0 +1,201 @@
+"""store.imports: records, checkpoints, duplicates and claiming, on both databases."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Connection, Engine
+
+from personsd.errors import OperatorError
+from personsd.store import db, imports, tenants
+from personsd.store.imports import Checkpoint, ImportRecord
+
+T0 = datetime(2026, 11, 23, 2, 15, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = db.connect(db_url)
+    db.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def tenant_ids(engine: Engine) -> tuple[int, int]:
+    with db.write_tx(engine) as conn:
+        return tenants.add_tenant(conn, "acme"), tenants.add_tenant(conn, "beta")
+
+
+def queue(conn: Connection, tenant_id: int, name: str, minute: int, sha256: str = "a" * 64) -> int:
+    return imports.create(
+        conn,
+        tenant_id=tenant_id,
+        file_name=name,
+        sha256=sha256,
+        bytes=212,
+        source="watcher",
+        work_path=f"/state/work/{name}",
+        received_at=T0 + timedelta(minutes=minute),
+    )
+
+
+def test_create_and_get(engine: Engine, tenant_ids: tuple[int, int]) -> None:
+    """A new import reads back queued, with zero counters and an empty checkpoint."""
+    with db.write_tx(engine) as conn:
+        import_id = queue(conn, tenant_ids[0], "x.persons", 0)
+        record = imports.get(conn, import_id)
+    expected = ImportRecord(
+        id=import_id, tenant_id=tenant_ids[0], file_name="x.persons", sha256="a" * 64,
+        bytes=212, status="queued", source="watcher", work_path="/state/work/x.persons",
+        attempts=0, received_at=T0, started_at=None, finished_at=None, duplicate_of=None,
+        last_error=None, claimed_by=None, claimed_at=None, heartbeat_at=None,
+        next_offset=None, next_line=None, next_row=0, rows_total=0, rows_succeeded=0,
+        rows_failed=0, rows_created=0, rows_updated=0, error_counts={}, errors_bytes=0,
+        retry_bytes=0, retry_rows=0, file_error_class=None, file_error_message=None,
+        reports_published=False,
+    )  # fmt: skip
+    assert expected == record
+    assert Checkpoint() == record.checkpoint
+
+
+def test_checkpoint_round_trip(engine: Engine, tenant_ids: tuple[int, int]) -> None:
+    """A saved checkpoint reads back equal and refreshes the heartbeat."""
+    checkpoint = Checkpoint(
+        next_offset=10_000_000_000, next_line=5003, next_row=5000, rows_total=5000,
+        rows_succeeded=4990, rows_failed=10, rows_created=4000, rows_updated=990,
+        error_counts={"MobilePhoneErrors::InvalidMDNFormat": 7, "PG::UniqueViolation": 3},
+        errors_bytes=4096, retry_bytes=12, retry_rows=1,
+    )  # fmt: skip
+    with db.write_tx(engine) as conn:
+        import_id = queue(conn, tenant_ids[0], "x.persons", 0)
+        imports.save_checkpoint(conn, import_id, checkpoint)
+    with engine.connect() as conn:
+        record = imports.get(conn, import_id)
+    assert checkpoint == record.checkpoint
+    assert record.heartbeat_at is not None and record.heartbeat_at.tzinfo is UTC
+
+
+def test_checkpoint_refuses_negative_counts() -> None:
+    """Checkpoint counters are non-negative integers."""
+    with pytest.raises(ValueError, match="rows_failed"):
+        Checkpoint(rows_failed=-1)
+    with pytest.raises(ValueError, match="error_counts"):
+        Checkpoint(error_counts={"x": -1})
+
+
+def test_set_status_and_list(engine: Engine, tenant_ids: tuple[int, int]) -> None:
+    """set_status changes status and named columns; list_imports filters by tenant."""
+    acme, beta = tenant_ids
+    with db.write_tx(engine) as conn:
+        first = queue(conn, acme, "a.persons", 0)
+        second = queue(conn, beta, "b.persons", 1)
+        imports.set_status(
+            conn, first, "rejected", finished_at=T0, file_error_class="C",
+            file_error_message="M", reports_published=True, error_counts={"C": 1},
+        )  # fmt: skip
+        with pytest.raises(ValueError, match="tenant_id"):
+            imports.set_status(conn, first, "queued", tenant_id=beta)
+        with pytest.raises(ValueError, match="unknown import status"):
+            imports.set_status(conn, first, "done")
+    with engine.connect() as conn:
+        record = imports.get(conn, first)
+        every = [r.id for r in imports.list_imports(conn)]
+        of_beta = [r.id for r in imports.list_imports(conn, beta)]
+        with pytest.raises(OperatorError, match="import 999 does not exist"):
+            imports.get(conn, 999)
+    assert ("rejected", T0, "C", "M", True, {"C": 1}) == (
+        record.status, record.finished_at, record.file_error_class,
+        record.file_error_message, record.reports_published, record.error_counts,
+    )  # fmt: skip
+    assert ([first, second], [second]) == (every, of_beta)
+
+
+def test_find_duplicate(engine: Engine, tenant_ids: tuple[int, int]) -> None:
+    """The latest earlier import of the same tenant with the same sha256 is the duplicate."""
+    acme, beta = tenant_ids
+    with db.write_tx(engine) as conn:
+        one = queue(conn, acme, "1.persons", 0, "x" * 64)
+        queue(conn, acme, "2.persons", 1, "y" * 64)
+        three = queue(conn, acme, "3.persons", 2, "x" * 64)
+        other = queue(conn, beta, "4.persons", 3, "x" * 64)
+        four = queue(conn, acme, "5.persons", 4, "x" * 64)
+        found = (
+            imports.find_duplicate(conn, acme, "x" * 64, four),
+            imports.find_duplicate(conn, acme, "x" * 64, three),
+            imports.find_duplicate(conn, acme, "x" * 64, one),
+            imports.find_duplicate(conn, beta, "x" * 64, other),
+        )
+    assert (three, one, None, None) == found
+
+
+def claim(
+    engine: Engine, instance: str, busy: set[int] | None = None, stale: timedelta | None = None
+) -> ImportRecord | None:
+    with db.write_tx(engine) as conn:
+        return imports.claim_next(
+            conn, instance=instance, tenants_busy=busy or set(), stale_after=stale
+        )
+
+
+def test_claim_oldest_first_one_per_tenant(engine: Engine, tenant_ids: tuple[int, int]) -> None:
+    """Claims take the oldest queued import of a tenant with nothing running, by received_at."""
+    acme, beta = tenant_ids
+    with db.write_tx(engine) as conn:
+        a_late = queue(conn, acme, "a2.persons", 5)
+        a_early = queue(conn, acme, "a1.persons", 1)
+        b_tie_z = queue(conn, beta, "z.persons", 3)
+        b_tie_a = queue(conn, beta, "a.persons", 3)
+    got = [claim(engine, "i1"), claim(engine, "i2"), claim(engine, "i2", busy={beta})]
+    assert [a_early, b_tie_a, None] == [r.id if r else None for r in got]
+    first = got[0]
+    assert first is not None
+    assert ("running", "i1", 1) == (first.status, first.claimed_by, first.attempts)
+    assert first.started_at is not None
+    with db.write_tx(engine) as conn:
+        imports.set_status(conn, a_early, "completed")
+        imports.set_status(conn, b_tie_a, "completed")
+    order = [claim(engine, "i2"), claim(engine, "i2", busy={beta})]
+    assert [b_tie_z, a_late] == [r.id if r else None for r in order]
+
+
+def test_claim_resumes_abandoned_imports(engine: Engine, tenant_ids: tuple[int, int]) -> None:
+    """A running import is reclaimed by its restarted instance or, once stale, by another."""
+    acme, _ = tenant_ids
+    with db.write_tx(engine) as conn:
+        import_id = queue(conn, acme, "a.persons", 0)
+        queue(conn, acme, "b.persons", 1)
+    first = claim(engine, "i1")
+    assert first is not None
+    assert None is claim(engine, "i1", busy={acme})
+    assert None is claim(engine, "i2", stale=timedelta(hours=1))
+    again = claim(engine, "i1")
+    assert again is not None
+    assert (import_id, 2, first.started_at) == (again.id, again.attempts, again.started_at)
+    taken = claim(engine, "i2", stale=timedelta(0))
+    assert taken is not None
+    assert (import_id, "i2", 3) == (taken.id, taken.claimed_by, taken.attempts)
+
+
+def test_concurrent_claims_never_share_a_tenant(
+    engine: Engine, tenant_ids: tuple[int, int]
+) -> None:
+    """Two instances claiming at once get different tenants, never two imports of one."""
+    acme, beta = tenant_ids
+    with db.write_tx(engine) as conn:
+        a1 = queue(conn, acme, "a1.persons", 0)
+        queue(conn, acme, "a2.persons", 1)
+        b1 = queue(conn, beta, "b1.persons", 2)
+    results: list[ImportRecord | None] = []
+    with db.write_tx(engine) as conn:
+        first = imports.claim_next(conn, instance="i1", tenants_busy=set())
+        worker = threading.Thread(target=lambda: results.append(claim(engine, "i2")))
+        worker.start()
+        worker.join(0.3)  # blocked behind this uncommitted claim
+        assert worker.is_alive()
+    worker.join(10)
+    assert first is not None and results[0] is not None
+    assert (a1, b1) == (first.id, results[0].id)
