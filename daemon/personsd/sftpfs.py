@@ -10,7 +10,20 @@ upload temp files, the reports' temp files) are invisible and untouchable.
 
 Uploads are written to a hidden temp name and renamed to their name when the
 client closes the handle; a handle never closed (dropped connection) is
-removed. Only the client's explicit CLOSE finishes an upload.
+removed. Only the client's explicit CLOSE finishes an upload. Rules where
+SPEC is silent:
+
+* an upload onto a name still in the inbox (not yet claimed) replaces it
+  atomically on close; reopening an existing file without truncating it
+  (resume, append) is refused, since the watcher may already have seen it;
+* ``on_upload`` is called for each file that becomes complete under a name
+  the watcher does not ignore (SPEC 1.1): on close, and on a rename such as
+  ``x.filepart`` → ``x.persons``;
+* rename works only within ``/inbox``, from a visible file to a visible name
+  that does not exist yet (never replaces; ``posix-rename`` likewise);
+* the inbox is write-only (no download of one's own uploads); the outbox is
+  read-only; names starting with ``.`` or holding control characters cannot
+  be created; setstat, symlink, readlink, mkdir and rmdir are refused.
 """
 
 from __future__ import annotations

@@ -312,7 +312,10 @@ def _write_postgresql(
             "UPDATE persons AS p SET external_person_id = v.external_person_id, mdn = v.mdn,"
             " vibes_device_id = v.vibes_device_id, attributes = v.attributes,"
             f" updated_at = %(now)s FROM {_PG_UNNEST}"
-            " WHERE p.person_id = v.person_id AND p.tenant_id = %(t)s",
+            " WHERE p.person_id = v.person_id AND p.tenant_id = %(t)s"
+            # Redundant for the result; without it the planner hash-joins
+            # against a scan of all the tenant's persons.
+            " AND p.person_id = ANY(%(ids)b::bigint[])",
             {"t": tenant_id, "now": now, **_arrays(changed)},
         )
         _check_count(len(changed), result.rowcount)

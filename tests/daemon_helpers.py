@@ -1,0 +1,201 @@
+"""Run the real daemon (`python -m personsd run`) as a subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SEED_FIELDS = (
+    ("first_name", "string", None),
+    ("last_name", "string", None),
+    ("sport_interests", "multi_select", "football,hockey,soccer,golf,basketball"),
+)
+SEED_FILE = (
+    "mdn,first_name,last_name,sport_interests\n"
+    "+12995550005,John,Doe,football|hockey\n"
+    "+12995550006,Mary,Sue,soccer\n"
+    "+12995550007,Dave,Doe,golf|basketball|hockey\n"
+    "+12995550008,John,Smith,soccer|football\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
+             what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy; fail the test with ``what`` otherwise."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Daemon:
+    """A personsd home (config, tenants) and, when started, its daemon process."""
+
+    home: Path
+    db_url: str
+    port: int
+    extra: dict[str, dict[str, Any]] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.home / "personsd.toml"
+
+    @property
+    def root(self) -> Path:
+        return self.home / "var"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "daemon.log"
+
+    def write_config(self) -> None:
+        sections: dict[str, dict[str, Any]] = {
+            "database": {"url": self.db_url},
+            "paths": {"root": "var"},
+            "sftp": {"listen": f"127.0.0.1:{self.port}"},
+            "import": {"carrier_lookup": "none", "settle_seconds": 0.3, "rescan_seconds": 2,
+                       "workers": 2},
+            "log": {"format": "json", "level": "info"},
+        }
+        for name, values in self.extra.items():
+            sections.setdefault(name, {}).update(values)
+        lines = []
+        for name, values in sections.items():
+            lines.append(f"[{name}]")
+            lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
+        self.config.write_text("\n".join(lines) + "\n")
+
+    def cli(self, *args: str, stdin: str | None = None, check: bool = True
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "personsd", "--config", str(self.config), *args],
+            input=stdin, capture_output=True, text=True, check=check, timeout=120,
+        )
+
+    def add_tenant(self, name: str, *, key_file: Path | None = None,
+                   fields: tuple[tuple[str, str, str | None], ...] = SEED_FIELDS) -> None:
+        args = ["tenants", "add", name]
+        if key_file is not None:
+            args += ["--ssh-key", str(key_file)]
+        self.cli(*args)
+        for field_name, type_, options in fields:
+            extra = ["--options", options] if options else []
+            self.cli("fields", "add", "--tenant", name, field_name, "--type", type_, *extra)
+
+    def inbox(self, tenant: str) -> Path:
+        return self.root / "tenants" / tenant / "inbox"
+
+    def outbox(self, tenant: str) -> Path:
+        return self.root / "tenants" / tenant / "outbox"
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        self.write_config()
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "personsd", "--config", str(self.config), "run"],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+        log.close()
+        wait_for(lambda: self.has_event("daemon.started"), what="daemon.started")
+        if self.extra.get("sftp", {}).get("enabled", True):
+            wait_for(self._listening, what="the SFTP port")
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.log_path.exists():
+            return []
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    found.append(json.loads(line))
+                except ValueError:
+                    continue
+        return found
+
+    def has_event(self, name: str, **fields: Any) -> bool:
+        return any(e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
+                   for e in self.events())
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        """kill -9: no chance to clean up."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+    def summary(self, tenant: str, file: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait for the summary.json of ``file`` and return it."""
+        def find() -> Path | None:
+            found = sorted(self.outbox(tenant).glob(f"{file}.*.summary.json"))
+            return found[-1] if found else None
+        path = wait_for(find, timeout=timeout, what=f"summary of {file}")
+        return dict(json.loads(path.read_text()))
+
+    def export(self, tenant: str) -> str:
+        return self.cli("persons", "export", "--tenant", tenant).stdout
+
+
+def ssh_key(folder: Path, name: str = "id_ed25519") -> Path:
+    """A fresh ed25519 key pair from ssh-keygen; returns the private key path."""
+    path = folder / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+def sftp_batch(key: Path, port: int, user: str, commands: str, cwd: Path
+               ) -> subprocess.CompletedProcess[str]:
+    """Run the OpenSSH `sftp` binary with a batch of commands."""
+    batch = cwd / "batch.sftp"
+    batch.write_text(commands)
+    return subprocess.run(
+        ["sftp", "-b", str(batch), "-i", str(key), "-P", str(port),
+         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "BatchMode=yes", f"{user}@127.0.0.1"],
+        capture_output=True, text=True, cwd=cwd, timeout=60,
+    )
