@@ -8,18 +8,24 @@ must see the real console script, through ``python -m personsd``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import pytest
 from click.testing import CliRunner, Result
 
+from conftest import PG_URL, REQUIRE_PG, _pg_conninfo, _pg_unavailable
 from personsd.cli import main
 
 FIXED_COLUMNS = ["line", "row", "error_class", "error_message", "field", "value"]
@@ -37,6 +43,7 @@ def write_config(
     directory: Path,
     db_url: str,
     *,
+    name: str = "personsd.toml",
     carrier: str = "none",
     carrier_url: str = "",
     extra_import: Mapping[str, Any] | None = None,
@@ -55,7 +62,7 @@ def write_config(
     for key, value in (extra_import or {}).items():
         lines.append(f"{key} = {json.dumps(value)}")
     lines += ["[sftp]", f"host_key = {toml_string('var/host_key')}", "[log]", 'format = "json"']
-    path = directory / "personsd.toml"
+    path = directory / name
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -85,6 +92,7 @@ class Site:
 
     home: Path
     config: Path
+    db_url: str
     runner: CliRunner = field(default_factory=lambda: CliRunner(env=dict(CLEAN_ENV)))
 
     @property
@@ -105,6 +113,15 @@ class Site:
         if expect is not None:
             assert expect == result.exit_code, (argv, result.output)
         return result
+
+    def variant(self, *, carrier: str = "none", carrier_url: str = "",
+                extra_import: Mapping[str, Any] | None = None) -> Site:
+        """The same installation (root, database) under other ``[import]`` settings."""
+        settings = json.dumps([carrier, carrier_url, dict(extra_import or {})], sort_keys=True)
+        name = f"personsd-{hashlib.sha1(settings.encode()).hexdigest()[:12]}.toml"
+        config = write_config(self.home, self.db_url, name=name, carrier=carrier,
+                              carrier_url=carrier_url, extra_import=extra_import)
+        return Site(home=self.home, config=config, db_url=self.db_url)
 
     def add_tenant(self, name: str = "acme", fields: Sequence[Sequence[str]] = ()) -> None:
         """A tenant with custom fields: each ``(NAME, TYPE, *options)`` for ``fields add``."""
@@ -168,7 +185,33 @@ def make_site(home: Path, db_url: str, *, carrier: str = "none", carrier_url: st
     home.mkdir(parents=True, exist_ok=True)
     config = write_config(home, db_url, carrier=carrier, carrier_url=carrier_url,
                           extra_import=extra_import)
-    site = Site(home=home, config=config)
+    site = Site(home=home, config=config, db_url=db_url)
     if init:
         site.cli("init")
     return site
+
+
+@contextmanager
+def shared_database(kind: str, directory: Path) -> Iterator[str]:
+    """A database URL for tests that share one installation (module-scoped fixtures).
+
+    The same databases as conftest's ``db_url``: a SQLite file, or a private
+    PostgreSQL schema dropped afterwards.
+    """
+    if kind == "sqlite":
+        yield f"sqlite:///{directory / 'persons.db'}"
+        return
+    reason = _pg_unavailable()
+    if reason is not None:
+        if REQUIRE_PG:
+            pytest.fail(reason + " (PERSONSD_TEST_REQUIRE_PG is set)")
+        pytest.skip(reason)
+    schema = "t_" + uuid.uuid4().hex[:16]
+    with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as conn:
+        conn.execute(f'create schema "{schema}"')
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as conn:
+            conn.execute(f'drop schema "{schema}" cascade')

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from personsd.fieldtypes import CustomField, FieldType, StoredValue
-from personsd.fileformat import read_layout, iter_rows
+from personsd.fileformat import iter_rows, read_layout
 from personsd.phones import normalize_mdn
 
 BUILTINS = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from cli_helpers import FIXED_COLUMNS, Site, make_site
+from cli_helpers import FIXED_COLUMNS, Site, make_site, shared_database
 
 MDN_FORMAT = ("MobilePhoneErrors::InvalidMDNFormat",
               "The MDN is incorrectly formatted. It should be an E.164 MDN.")
@@ -141,11 +141,22 @@ def prepared(tmp_path: Path, db_url: str, *, carrier: str = "none",
     return site
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def shared(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """One prepared site per database for the cases that must leave it unchanged.
+
+    Sound to share: every case asserts that the export is the same after it.
+    """
+    home = tmp_path_factory.mktemp(f"catalogue-{request.param}")
+    with shared_database(request.param, home) as url:
+        yield prepared(home, url)
+
+
 @pytest.mark.parametrize("case", ROW_CASES.values(), ids=ROW_CASES.keys())
-def test_row_error_is_reported_and_changes_nothing(tmp_path: Path, db_url: str,
-                                                   case: RowCase) -> None:
+def test_row_error_is_reported_and_changes_nothing(shared: Site, case: RowCase) -> None:
     """SPEC 3/4: each row error with its exact class, message, field and value; row not applied."""
-    site = prepared(tmp_path, db_url, carrier=case.carrier, extra=case.extra)
+    site = shared.variant(carrier=case.carrier, extra_import=case.extra)
     persons = site.by_external_id()
     filled = {"p1_id": persons["p1"]["person_id"], "p2_id": persons["p2"]["person_id"],
               "p1_key_upper": persons["p1"]["person_key"].upper()}
@@ -263,9 +274,9 @@ FILE_CASES = {
 
 
 @pytest.mark.parametrize("case", FILE_CASES.values(), ids=FILE_CASES.keys())
-def test_file_error_rejects_the_file(tmp_path: Path, db_url: str, case: FileCase) -> None:
+def test_file_error_rejects_the_file(shared: Site, case: FileCase) -> None:
     """SPEC 1/3/4: a file-level error exits 3, status rejected, one-line errors.csv, no row."""
-    site = prepared(tmp_path, db_url)
+    site = shared
     before = site.export_text()
 
     done = site.import_bytes(case.name, case.data, expect=3)

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from personsd import phones
 from personsd.errors import RowError
 from personsd.phones import (
     HttpCarrierLookup,
@@ -279,3 +280,22 @@ def test_http_breaker_fails_fast_after_repeated_failures(service: Service) -> No
     check = lookup(service, retries=0, breaker_failures=2)
     assert [TRANSIENT] * 3 == [check(BROKEN), check(BROKEN), check(VALID)]
     assert Counter({BROKEN: 2}) == service.requests
+
+
+@given(st.integers(min_value=2_000_000_000, max_value=9_999_999_999))
+@settings(max_examples=2000)
+def test_offline_fast_path_agrees_with_phonenumbers(national: int) -> None:
+    """The NANP fast path of offline_lookup decides exactly as phonenumbers does."""
+    e164 = f"+1{national}"
+    expected = phones._reference_lookup(e164)
+    phones.offline_lookup.cache_clear()
+    assert expected == phones.offline_lookup(e164)
+
+
+@pytest.mark.parametrize("e164", ["+12125550123", "+12125551234", "+14165550123",
+                                  "+18095550123", "+16715550123", "+18005550123",
+                                  "+19005550123", "+12995550005", "+15147001234"])
+def test_offline_fast_path_examples(e164: str) -> None:
+    """US, Canada, Caribbean, Guam, toll-free, premium and invalid numbers agree."""
+    phones.offline_lookup.cache_clear()
+    assert phones._reference_lookup(e164) == phones.offline_lookup(e164)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import IntegrityError
 
+from personsd.errors import InternalError
 from personsd.fieldtypes import StoredValue
 from personsd.rules import Person
 from personsd.store import db, persons, tenants
@@ -116,10 +117,11 @@ def test_swap_and_hand_over_identifiers_in_one_chunk(engine: Engine, tenant: int
     a2, b2, c2 = a.copy(), b.copy(), c.copy()
     a2.external_person_id, b2.external_person_id = "e1", "e0"  # swap
     c2.external_person_id, c2.mdn = None, None  # cleared, then given away
-    b2.mdn = "+12295550009"
+    b2.mdn = "+12295550002"  # c's old MDN goes to an existing person...
     a2.attributes["7"] = "changed"
     with db.write_tx(engine) as conn:
-        [d] = make(conn, 1, external_person_id="e2", mdn="+12295550002")
+        # ...and c's old external id to a new one.
+        [d] = make(conn, 1, external_person_id="e2", mdn="+12295550009")
         persons.write(conn, tenant, [d], [(a, a2), (b, b2), (c, c2)])
     with engine.connect() as conn:
         stored = list(persons.iter_all(conn, tenant))
@@ -171,7 +173,7 @@ def test_update_of_a_vanished_person_fails(engine: Engine, tenant: int) -> None:
         persons.write(conn, other, [a], [])
     a2 = a.copy()
     a2.external_person_id = "f"
-    with pytest.raises(RuntimeError, match="instead of 1"), db.write_tx(engine) as conn:
+    with pytest.raises(InternalError, match="instead of 1"), db.write_tx(engine) as conn:
         persons.write(conn, tenant, [], [(a, a2)])
 
 
@@ -268,3 +270,24 @@ _attributes = st.dictionaries(
 def test_attributes_encoding_round_trips(attributes: dict[str, StoredValue]) -> None:
     """Stored custom values (text or tuple of keys) survive the JSON column unchanged."""
     assert attributes == persons._decode(persons._encode(attributes))
+
+
+def test_update_without_handover_is_one_statement(engine: Engine, tenant: int) -> None:
+    """Updates that hand no identifier to another person skip the NULL phase."""
+    with db.write_tx(engine) as conn:
+        created = make(conn, 3, external_person_id="e{i}")
+        persons.write(conn, tenant, created, [])
+    pairs = []
+    for before in created:
+        after = before.copy()
+        after.vibes_device_id = f"new-{before.person_id}"
+        after.external_person_id = f"x{before.person_id}"
+        pairs.append((before, after))
+    statements: list[str] = []
+    with db.write_tx(engine) as conn:
+        event.listen(conn, "before_cursor_execute", lambda *a: statements.append(a[2]))
+        persons.write(conn, tenant, [], pairs)
+    with engine.connect() as conn:
+        stored = list(persons.iter_all(conn, tenant))
+    assert 1 == len(statements)
+    assert [after for _, after in pairs] == stored

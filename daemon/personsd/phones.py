@@ -37,8 +37,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
 import phonenumbers
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneMetadata, PhoneNumberType
 
 from personsd.errors import ErrorKind, RowError
 
@@ -89,9 +91,8 @@ def no_lookup(e164: str) -> RowError | None:
     return None
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def offline_lookup(e164: str) -> RowError | None:
-    """``carrier_lookup = "offline"``: valid per phonenumbers and mobile-capable."""
+def _reference_lookup(e164: str) -> RowError | None:
+    """phonenumbers' own answer: the definition the fast path must agree with."""
     try:
         number = phonenumbers.parse(e164, None)
     except phonenumbers.NumberParseException:
@@ -101,6 +102,80 @@ def offline_lookup(e164: str) -> RowError | None:
     if phonenumbers.number_type(number) not in _MOBILE_TYPES:
         return _PERMANENT
     return None
+
+
+# phonenumbers recompiles (through re's cache) every pattern on every call and
+# works out a number's region and type several times per validity + type
+# question: about 70 µs a number, the largest cost of an initial load. For
+# NANP numbers (+1, ten digits, area code 2-9: the common case here), the same
+# decision is taken below with the same metadata, each pattern compiled once,
+# the region and type computed once. tests/test_phones.py checks the two
+# agree on generated numbers; anything else takes the reference path.
+_NANP = re.compile(r"\+1([2-9]\d{9})")
+_DESCS = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan",
+          "voicemail")
+
+
+@functools.cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _matches(nsn: str, desc: Any) -> bool:
+    if desc is None:
+        return False
+    lengths = desc.possible_length
+    if lengths and len(nsn) not in lengths:
+        return False
+    pattern = desc.national_number_pattern
+    return bool(pattern) and _compiled(pattern).fullmatch(nsn) is not None
+
+
+def _number_type(nsn: str, md: Any) -> PhoneNumberType:
+    """phonenumbers' ``_number_type_helper``, with compiled patterns."""
+    if not _matches(nsn, md.general_desc):
+        return PhoneNumberType.UNKNOWN
+    for name, kind in zip(_DESCS, _DESC_TYPES, strict=True):
+        if _matches(nsn, getattr(md, name)):
+            return kind
+    if _matches(nsn, md.fixed_line):
+        if md.same_mobile_and_fixed_line_pattern or _matches(nsn, md.mobile):
+            return PhoneNumberType.FIXED_LINE_OR_MOBILE
+        return PhoneNumberType.FIXED_LINE
+    if not md.same_mobile_and_fixed_line_pattern and _matches(nsn, md.mobile):
+        return PhoneNumberType.MOBILE
+    return PhoneNumberType.UNKNOWN
+
+
+_DESC_TYPES = (PhoneNumberType.PREMIUM_RATE, PhoneNumberType.TOLL_FREE,
+               PhoneNumberType.SHARED_COST, PhoneNumberType.VOIP,
+               PhoneNumberType.PERSONAL_NUMBER, PhoneNumberType.PAGER, PhoneNumberType.UAN,
+               PhoneNumberType.VOICEMAIL)
+
+
+def _nanp_type(nsn: str) -> PhoneNumberType:
+    """Region by phonenumbers' rule (leading digits, else full type), then the type."""
+    for region in COUNTRY_CODE_TO_REGION_CODE[1]:
+        md = PhoneMetadata.metadata_for_region(region.upper(), None)
+        if md is None:
+            continue
+        if md.leading_digits is not None:
+            if _compiled(md.leading_digits).match(nsn):
+                return _number_type(nsn, md)
+        else:
+            kind = _number_type(nsn, md)
+            if kind != PhoneNumberType.UNKNOWN:
+                return kind
+    return PhoneNumberType.UNKNOWN
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def offline_lookup(e164: str) -> RowError | None:
+    """``carrier_lookup = "offline"``: valid per phonenumbers and mobile-capable."""
+    nanp = _NANP.fullmatch(e164)
+    if nanp is None:
+        return _reference_lookup(e164)
+    return None if _nanp_type(nanp.group(1)) in _MOBILE_TYPES else _PERMANENT
 
 
 class HttpCarrierLookup:

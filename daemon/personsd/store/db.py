@@ -44,7 +44,9 @@ def connect(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    return create_engine(parsed, pool_pre_ping=True)
+    # An unreachable server must fail fast: the caller retries with backoff.
+    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
+    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: object) -> None:

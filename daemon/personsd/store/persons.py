@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from personsd.errors import InternalError
 from personsd.fieldtypes import StoredValue
 from personsd.rules import Person
 from personsd.store.models import sqlite_timestamp
@@ -163,7 +164,7 @@ def allocate_ids(conn: Connection, n: int) -> list[int]:
         (n,),
     ).scalar()
     if top is None:
-        raise RuntimeError("sqlite_sequence has no row for persons: was the schema migrated?")
+        raise InternalError("sqlite_sequence has no row for persons: was the schema migrated?")
     return list(range(int(top) - n + 1, int(top) + 1))
 
 
@@ -215,7 +216,7 @@ def _blocking(created: Sequence[Person], updated: Sequence[tuple[Person, Person]
 
 def _check_count(expected: int, actual: int) -> None:
     if expected != actual:
-        raise RuntimeError(
+        raise InternalError(
             f"updated {actual} persons instead of {expected}: a person vanished or moved tenant"
         )
 

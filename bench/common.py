@@ -1,0 +1,166 @@
+"""Plumbing shared by the benchmark's parts: measured subprocesses and scratch databases.
+
+Every measured thing runs in a child process of its own, and its peak RSS is
+the kernel's figure for that one child (``os.wait4``), so measurements never
+inherit each other's memory. A database server's own memory is not counted
+(it is the same server for every measurement).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+PG_URL = os.environ.get(
+    "PERSONSD_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+TENANT = "bench"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Measured:
+    """One child process: exit code, wall time, peak RSS, and what it printed."""
+
+    returncode: int
+    seconds: float
+    peak_rss_mb: float
+    stdout: str
+    stderr: str
+
+    def check(self, what: str) -> Measured:
+        if self.returncode != 0:
+            raise RuntimeError(f"{what} exited {self.returncode}:\n{self.stderr[-4000:]}")
+        return self
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def measure(argv: Sequence[str], *, cwd: Path | None = None,
+            env: dict[str, str] | None = None) -> Measured:
+    """Run ``argv`` to completion; its wall time and peak RSS (VmHWM, via wait4)."""
+    out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{uuid.uuid4().hex}"
+    with open(f"{out_path}.out", "w+b") as out, open(f"{out_path}.err", "w+b") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, cwd=cwd,
+                                env={**os.environ, **(env or {})})
+        # wait4 reaps the child itself and hands back that child's rusage.
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode("utf-8", "replace")
+        stderr = err.read().decode("utf-8", "replace")
+    for suffix in (".out", ".err"):
+        Path(f"{out_path}{suffix}").unlink(missing_ok=True)
+    return Measured(returncode=proc.returncode, seconds=seconds,
+                    peak_rss_mb=usage.ru_maxrss / 1024, stdout=stdout, stderr=stderr)
+
+
+def python(script: str, *args: str) -> list[str]:
+    """argv running a bench script with this interpreter."""
+    return [sys.executable, str(BENCH_DIR / script), *args]
+
+
+def pg_conninfo(url: str) -> str:
+    """A libpq URI for psycopg from a SQLAlchemy URL."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def pg_available() -> str | None:
+    """Why PostgreSQL cannot be used, or None."""
+    import psycopg
+
+    try:
+        with psycopg.connect(pg_conninfo(PG_URL), connect_timeout=3) as conn:
+            conn.execute("select 1")
+    except Exception as exc:  # any failure to connect means "not here"
+        return f"PostgreSQL at {PG_URL} unreachable: {exc}"
+    return None
+
+
+@contextmanager
+def scratch_db(kind: str, folder: Path) -> Iterator[str]:
+    """A SQLAlchemy URL of an empty database: a fresh SQLite file, or a fresh PG schema."""
+    if kind == "sqlite":
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"persons-{uuid.uuid4().hex[:8]}.db"
+        try:
+            yield f"sqlite:///{path}"
+        finally:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return
+    import psycopg
+
+    schema = "bench_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(pg_conninfo(PG_URL), autocommit=True) as conn:
+        conn.execute(f'create schema "{schema}"')
+    sep = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(pg_conninfo(PG_URL), autocommit=True) as conn:
+            conn.execute(f'drop schema "{schema}" cascade')
+
+
+def personsd_schema(url: str) -> int:
+    """Migrate ``url`` to personsd's schema and add the bench tenant; its id."""
+    from sqlalchemy import text
+
+    from personsd.store import db
+
+    engine = db.connect(url)
+    try:
+        db.upgrade(engine)
+        with db.write_tx(engine) as conn:
+            conn.execute(text("INSERT INTO tenants (name, created_at) VALUES (:n, :t)"),
+                         {"n": TENANT, "t": _now_param(conn.dialect.name)})
+            tenant_id = conn.execute(text("SELECT id FROM tenants WHERE name = :n"),
+                                     {"n": TENANT}).scalar_one()
+    finally:
+        engine.dispose()
+    return int(tenant_id)
+
+
+def _now_param(dialect: str) -> object:
+    from personsd.store.models import sqlite_timestamp
+
+    moment = datetime.now(UTC)
+    return sqlite_timestamp(moment) if dialect == "sqlite" else moment
+
+
+def versions() -> dict[str, str]:
+    """Python, SQLite, PostgreSQL and library versions, for the results page."""
+    import sqlite3
+
+    import phonenumbers
+    import sqlalchemy
+
+    found = {
+        "Python": sys.version.split()[0],
+        "SQLite": sqlite3.sqlite_version,
+        "SQLAlchemy": sqlalchemy.__version__,
+        "phonenumbers": phonenumbers.__version__,
+    }
+    if pg_available() is None:
+        import psycopg
+
+        with psycopg.connect(pg_conninfo(PG_URL)) as conn:
+            row = conn.execute("show server_version").fetchone()
+        found["PostgreSQL"] = str(row[0]) if row else "?"
+        found["psycopg"] = psycopg.__version__
+    return found
