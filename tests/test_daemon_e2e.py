@@ -69,9 +69,12 @@ def module_db_url(kind: str, folder: Path) -> Iterator[str]:
             conn.execute(f'drop schema "{schema}" cascade')
 
 
-def add_tenants(daemon: Daemon, names: tuple[str, ...], key: Path,
-                password: str | None = None) -> None:
-    """Tenants with the seed's custom fields, in process (the CLI costs seconds per call)."""
+Fields = tuple[tuple[str, str, str | None], ...]
+
+
+def add_tenants(daemon: Daemon, names: tuple[str, ...], key: Path, *,
+                password: str | None = None, fields: Fields = SEED_FIELDS) -> None:
+    """Tenants with custom fields, in process (the CLI costs seconds per call)."""
     public = key.with_name(key.name + ".pub").read_text().split()
     engine = db.connect(daemon.db_url)
     try:
@@ -81,7 +84,7 @@ def add_tenants(daemon: Daemon, names: tuple[str, ...], key: Path,
                 tenant_id = store_tenants.add_tenant(
                     conn, name, keys=[(public[0], public[1])],
                     password_hash=hash_password(password) if password else None)
-                for field_name, type_, options in SEED_FIELDS:
+                for field_name, type_, options in fields:
                     store_fields.add_field(conn, tenant_id, CustomField(
                         name=field_name, type=type_,  # type: ignore[arg-type]
                         options=tuple(options.split(",")) if options else ()))

@@ -131,7 +131,7 @@ def _matches(nsn: str, desc: Any) -> bool:
     return bool(pattern) and _compiled(pattern).fullmatch(nsn) is not None
 
 
-def _number_type(nsn: str, md: Any) -> PhoneNumberType:
+def _number_type(nsn: str, md: Any) -> int:
     """phonenumbers' ``_number_type_helper``, with compiled patterns."""
     if not _matches(nsn, md.general_desc):
         return PhoneNumberType.UNKNOWN
@@ -153,7 +153,7 @@ _DESC_TYPES = (PhoneNumberType.PREMIUM_RATE, PhoneNumberType.TOLL_FREE,
                PhoneNumberType.VOICEMAIL)
 
 
-def _nanp_type(nsn: str) -> PhoneNumberType:
+def _nanp_type(nsn: str) -> int:
     """Region by phonenumbers' rule (leading digits, else full type), then the type."""
     for region in COUNTRY_CODE_TO_REGION_CODE[1]:
         md = PhoneMetadata.metadata_for_region(region.upper(), None)
