@@ -36,6 +36,7 @@ class Measured:
     returncode: int
     seconds: float
     peak_rss_mb: float
+    cpu_seconds: float  # the child's own user + system time
     stdout: str
     stderr: str
 
@@ -49,13 +50,18 @@ class Measured:
 
 
 def measure(argv: Sequence[str], *, cwd: Path | None = None,
-            env: dict[str, str] | None = None) -> Measured:
-    """Run ``argv`` to completion; its wall time and peak RSS (VmHWM, via wait4)."""
+            env: dict[str, str | None] | None = None) -> Measured:
+    """Run ``argv`` to completion; its wall time and peak RSS (VmHWM, via wait4).
+
+    ``env`` adds variables to this process's environment; None removes one.
+    """
+    child_env = {**os.environ, **(env or {})}
+    environment = {name: value for name, value in child_env.items() if value is not None}
     out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{uuid.uuid4().hex}"
     with open(f"{out_path}.out", "w+b") as out, open(f"{out_path}.err", "w+b") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(list(argv), stdout=out, stderr=err, cwd=cwd,
-                                env={**os.environ, **(env or {})})
+                                env=environment)
         # wait4 reaps the child itself and hands back that child's rusage.
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
@@ -67,7 +73,9 @@ def measure(argv: Sequence[str], *, cwd: Path | None = None,
     for suffix in (".out", ".err"):
         Path(f"{out_path}{suffix}").unlink(missing_ok=True)
     return Measured(returncode=proc.returncode, seconds=seconds,
-                    peak_rss_mb=usage.ru_maxrss / 1024, stdout=stdout, stderr=stderr)
+                    peak_rss_mb=usage.ru_maxrss / 1024,
+                    cpu_seconds=usage.ru_utime + usage.ru_stime,
+                    stdout=stdout, stderr=stderr)
 
 
 def python(script: str, *args: str) -> list[str]:
@@ -87,7 +95,7 @@ def pg_available() -> str | None:
     try:
         with psycopg.connect(pg_conninfo(PG_URL), connect_timeout=3) as conn:
             conn.execute("select 1")
-    except Exception as exc:  # any failure to connect means "not here"
+    except psycopg.Error as exc:  # any failure to connect means "not here"
         return f"PostgreSQL at {PG_URL} unreachable: {exc}"
     return None
 

@@ -1,8 +1,8 @@
 """Deterministic ``.persons`` files for the benchmark, written as a stream.
 
-Row ``i`` depends only on the seed and ``i`` (one ``random.Random`` drawn in
-row order, and identifiers from fixed permutations), so the first N rows of
-any file of one seed are the same rows: a subset of a big file is a small
+The values come from one ``random.Random(seed)`` drawn in row order and the
+identifiers of row ``i`` from fixed permutations of ``i``, so the first N rows
+of any file of one seed are the same rows: a subset of a big file is a small
 file. Memory stays flat whatever the row count.
 
 MDNs must pass ``carrier_lookup = "offline"`` (phonenumbers: valid, mobile or
@@ -112,10 +112,12 @@ def external_id(i: int) -> str:
 
 
 def rows(count: int, seed: int = DEFAULT_SEED, start: int = 0) -> Iterator[str]:
-    """Lines (without newline) of data rows ``start`` .. ``start + count - 1``."""
-    rng = random.Random(seed)
-    for _ in range(start):  # keep rows a function of (seed, i) whatever the start
-        _draw(rng)
+    """Lines (without newline) of data rows ``start`` .. ``start + count - 1``.
+
+    Identifiers are a function of ``i`` alone; the other values come from one
+    stream per (seed, start), so only files that start at 0 share their rows.
+    """
+    rng = random.Random(seed if start == 0 else f"{seed}:{start}")
     for i in range(start, start + count):
         name, age, sports = _draw(rng)
         yield f"{external_id(i)},{mdn(i)},{name},{age},{sports}"

@@ -46,7 +46,7 @@ def _pg_unavailable() -> str | None:
             with psycopg.connect(_pg_conninfo(PG_URL), connect_timeout=3) as conn:
                 conn.execute("select 1")
             _pg_state["reason"] = None
-        except Exception as exc:  # any failure to connect means "not here"
+        except Exception as exc:  # noqa: BLE001 -- any failure to connect means "not here"
             _pg_state["reason"] = f"PostgreSQL at {PG_URL} unreachable: {exc}"
     return _pg_state["reason"]
 

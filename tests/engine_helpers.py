@@ -168,10 +168,11 @@ def fast_dir(fallback: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def fast_url(db_url: str) -> str:
-    """``db_url`` with PostgreSQL commits not waiting for the WAL flush (tests only)."""
-    if not db_url.startswith("postgresql"):
-        return db_url
+def fast_url(db_url: str, scratch: Path) -> str:
+    """``db_url`` for a test that commits a lot: SQLite moved into ``scratch``
+    (see :func:`fast_dir`), PostgreSQL commits not waiting for the WAL flush."""
+    if db_url.startswith("sqlite"):
+        return f"sqlite:///{scratch / 'persons.db'}"
     option = "-csynchronous_commit%3Doff"
     if "options=" in db_url:
         return db_url.replace("options=", f"options={option}%20", 1)

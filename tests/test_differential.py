@@ -91,27 +91,32 @@ def _cell(column: str) -> st.SearchStrategy[str]:
     return st.one_of(st.just(""), st.sampled_from(POOLS[column]))
 
 
+# Most rows are well-formed; a few have a field too few or too many, or are empty lines.
+_SHAPES = st.sampled_from(["ok"] * 12 + ["short", "long", "blank"])
+
+
 @st.composite
 def file_specs(draw: st.DrawFn) -> FileSpec:
     ids = draw(st.lists(st.sampled_from(IDENTIFIER_COLUMNS), min_size=1, max_size=5,
                         unique=True))
-    custom = draw(st.lists(st.sampled_from(CUSTOM_COLUMNS), min_size=0, max_size=4,
-                           unique=True))
+    custom = draw(st.lists(st.sampled_from(CUSTOM_COLUMNS), max_size=4, unique=True))
     unknown = draw(st.lists(st.sampled_from(UNKNOWN_COLUMNS), max_size=1))
-    columns = draw(st.permutations(ids + custom + unknown))
+    columns = tuple(draw(st.permutations(ids + custom + unknown)))
+    # 0-25 rows, averaging about 8: enough for in-file conflicts across chunks of 3.
+    size = draw(st.one_of(st.integers(0, 8), st.integers(0, 25)))
+    row = st.tuples(_SHAPES, st.tuples(*map(_cell, columns)))
+    drawn = draw(st.lists(row, min_size=size, max_size=size))
     rows = []
-    for _ in range(draw(st.integers(min_value=0, max_value=25))):
-        shape = draw(st.sampled_from(["ok"] * 12 + ["short", "long", "blank"]))
+    for shape, values in drawn:
         if shape == "blank":
             rows.append(())  # an empty line: skipped, counted in line numbers
-            continue
-        values = [draw(_cell(c)) for c in columns]
-        if shape == "short":
-            values = values[:-1]
+        elif shape == "short":
+            rows.append(values[:-1])
         elif shape == "long":
-            values.append("extra")
-        rows.append(tuple(values))
-    return FileSpec(columns=tuple(columns), rows=tuple(rows), crlf=draw(st.booleans()))
+            rows.append((*values, "extra"))
+        else:
+            rows.append(values)
+    return FileSpec(columns=columns, rows=tuple(rows), crlf=draw(st.booleans()))
 
 
 def render(spec: FileSpec, seeded: list[Person]) -> bytes:
@@ -152,7 +157,7 @@ def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
     # there is one) and let PostgreSQL commit without waiting for its WAL
     # flush. Neither changes what an import does, only how long it waits.
     with fast_dir(tmp_path) as root:
-        engine = db.connect(fast_url(db_url))
+        engine = db.connect(fast_url(db_url, root))
         db.upgrade(engine)
         configs = {n: make_config(root, db_url, chunk_rows=n) for n in CHUNK_SIZES}
         tenant = new_tenant_name()

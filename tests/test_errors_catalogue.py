@@ -352,19 +352,31 @@ RETRY_CASES = {
     "default-delimiters": (
         "external_person_id,mdn,nick,tags\np2,+12295550001,changed,a|b\np3,,new,\n",
         "external_person_id,mdn,nick,tags\np2,+12295550001,changed,a|b\n",
+        ("changed", "a|b"),
     ),
     "declared-delimiters": (
         "Delimiter: ;\nMulti-Select-Delimiter: /\n\n"
         "external_person_id;mdn;nick;tags\np2;+12295550001;changed;a/b\np3;;new;\n",
         "Delimiter: ;\nMulti-Select-Delimiter: /\n\n"
         "external_person_id;mdn;nick;tags\np2;+12295550001;changed;a/b\n",
+        ("changed", "a|b"),
+    ),
+    # No field-name row in the original: the retry file gets one, and keeps the quoting.
+    "fields-header-tab-quoted": (
+        "Fields: external_person_id, mdn, nick, tags\nDelimiter: tab\n\n"
+        'p2\t+12295550001\t"two\nlines, ""quoted"""\ta\np3\t\tnew\t\n',
+        "Delimiter: tab\n\n"
+        'external_person_id\tmdn\tnick\ttags\np2\t+12295550001\t"two\nlines, ""quoted"""\ta\n',
+        ('two\nlines, "quoted"', "a"),
     ),
 }
 
 
-@pytest.mark.parametrize(("body", "retry_body"), RETRY_CASES.values(), ids=RETRY_CASES.keys())
+@pytest.mark.parametrize(("body", "retry_body", "applied"), RETRY_CASES.values(),
+                         ids=RETRY_CASES.keys())
 def test_transient_lookup_failure_writes_a_retry_file(
-    tmp_path: Path, db_url: str, carrier_service: CarrierService, body: str, retry_body: str
+    tmp_path: Path, db_url: str, carrier_service: CarrierService, body: str, retry_body: str,
+    applied: tuple[str, str],
 ) -> None:
     """SPEC 2/4: 5xx after retries -> TransientLookupFailureError, row in a re-droppable file."""
     site = prepared(tmp_path, db_url, carrier="http", carrier_url=carrier_service.url)
@@ -396,7 +408,7 @@ def test_transient_lookup_failure_writes_a_retry_file(
     assert [] == again.errors
     assert None is again.summary["reports"]["retry"]
     p2 = site.by_external_id()["p2"]
-    assert ("+12295550001", "changed", "a|b") == (p2["mdn"], p2["nick"], p2["tags"])
+    assert ("+12295550001", *applied) == (p2["mdn"], p2["nick"], p2["tags"])
 
 
 def test_negative_http_answer_is_permanent(tmp_path: Path, db_url: str,

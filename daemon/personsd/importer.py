@@ -283,14 +283,14 @@ def _apply_chunk(
     with write_tx(engine) as conn:
         _lock_tenant(conn, record.tenant_id)
         loaded = store_persons.load(conn, record.tenant_id, lookups)
-        known = rules.PersonSet(loaded, new_ids=iter(()), new_key=_new_key)
+        held = {(column, getattr(person, column)) for person in loaded
+                for column in _CREATING_KEYS}
         creatable = {
             (change.key, change.key_value)
             for change in changes
             if isinstance(change, rules.RowChange)
             and change.key in _CREATING_KEYS
-            and change.key_value is not None
-            and known.find(change.key, change.key_value) is None
+            and (change.key, change.key_value) not in held
         }
         ids = store_persons.allocate_ids(conn, len(creatable)) if creatable else []
         persons = rules.PersonSet(loaded, new_ids=_ids(conn, ids), new_key=_new_key)

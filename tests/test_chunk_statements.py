@@ -1,0 +1,100 @@
+"""No per-row round trips (design: store.persons): the SQL statements an import
+sends per chunk do not grow with the chunk size, on both databases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event
+
+from engine_helpers import (
+    add_tenant,
+    fast_dir,
+    fast_url,
+    make_config,
+    new_tenant_name,
+    run_import,
+)
+from personsd.config import Config
+from personsd.store import db
+
+ROWS = 2000
+SMALL, LARGE = 10, 1000
+# BEGIN, tenant lock, one load per identifier column (3), id allocation,
+# at most three bulk writes, checkpoint: anything above is a per-row leak.
+MAX_PER_CHUNK = 10
+
+
+@dataclass
+class Counter:
+    """Counts statements sent to the database (an executemany counts once)."""
+
+    statements: int = 0
+
+    def __call__(self, *_: Any) -> None:
+        self.statements += 1
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Bench:
+    engine: Engine
+    root: Path
+    counter: Counter
+    configs: dict[int, Config]
+
+
+@pytest.fixture
+def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
+    with fast_dir(tmp_path) as root:
+        engine = db.connect(fast_url(db_url, root))
+        db.upgrade(engine)
+        counter = Counter()
+        event.listen(engine, "before_cursor_execute", counter)
+        configs = {n: make_config(root, db_url, chunk_rows=n) for n in (SMALL, LARGE)}
+        yield Bench(engine=engine, root=root, counter=counter, configs=configs)
+        engine.dispose()
+
+
+def write_file(path: Path, version: int) -> Path:
+    """ROWS persons keyed by external id; each version gives new devices and scores."""
+    lines = ["external_person_id,mdn,vibes_device_id,score,tags"]
+    lines += [f"e{i},+1202{i:07d},d{version}-{i},{version}.{i},a|b" for i in range(ROWS)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def per_chunk(bench: Bench, chunk_rows: int, tenant: str, path: Path) -> list[int]:
+    """Statements sent for each chunk after the first (the first also pays the set-up)."""
+    marks: list[int] = []
+
+    def on_chunk(_rows: int, _bytes: int) -> None:
+        marks.append(bench.counter.statements)
+
+    outcome = run_import(bench.engine, bench.configs[chunk_rows], tenant, path,
+                         on_chunk=on_chunk)
+    assert 0 == outcome.summary.rows.failed
+    assert ROWS // chunk_rows == len(marks)
+    return [b - a for a, b in zip(marks, marks[1:], strict=False)]
+
+
+def test_statements_per_chunk_do_not_grow_with_chunk_size(bench: Bench) -> None:
+    """A chunk of 1000 rows costs the same statements as a chunk of 10, whatever it does."""
+    scenarios = [("create", 1), ("unchanged update", 1), ("update moving devices", 2)]
+    counts: dict[int, dict[str, set[int]]] = {}
+    for chunk_rows in (SMALL, LARGE):
+        tenant = new_tenant_name()
+        add_tenant(bench.engine, tenant)
+        counts[chunk_rows] = {
+            name: set(per_chunk(bench, chunk_rows, tenant,
+                                write_file(bench.root / f"{tenant}.{name}.persons", version)))
+            for name, version in scenarios
+        }
+    for name, _ in scenarios:
+        small, large = counts[SMALL][name], counts[LARGE][name]
+        assert 1 == len(small), f"{name}: every chunk of {SMALL} costs the same: {small}"
+        assert small == large, f"{name}: chunks of {SMALL} vs {LARGE} rows"
+        assert max(small) <= MAX_PER_CHUNK, f"{name}: {small}"
