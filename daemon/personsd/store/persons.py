@@ -89,7 +89,8 @@ def load(conn: Connection, tenant_id: int, lookups: Iterable[tuple[str, object]]
                 {"t": tenant_id, "v": values},
             )
             for row in rows:
-                found.setdefault(row[0], _person(row))
+                if row[0] not in found:  # decode each person once
+                    found[row[0]] = _person(row)
             continue
         for start in range(0, len(values), _SQLITE_MAX_IN):
             batch = values[start : start + _SQLITE_MAX_IN]
@@ -99,7 +100,8 @@ def load(conn: Connection, tenant_id: int, lookups: Iterable[tuple[str, object]]
                 (tenant_id, *batch),
             )
             for row in rows:
-                found.setdefault(row[0], _person(row))
+                if row[0] not in found:
+                    found[row[0]] = _person(row)
     return [found[k] for k in sorted(found)]
 
 
