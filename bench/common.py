@@ -1,9 +1,10 @@
 """Plumbing shared by the benchmark's parts: measured subprocesses and scratch databases.
 
 Every measured thing runs in a child process of its own, and its peak RSS is
-the kernel's figure for that one child (``os.wait4``), so measurements never
-inherit each other's memory. A database server's own memory is not counted
-(it is the same server for every measurement).
+the kernel's figure for that one process (``wait4`` in a small launcher), so
+measurements never inherit each other's memory, nor this process's. A
+database server's own memory is not counted (the same server serves every
+measurement).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -19,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
@@ -27,6 +29,8 @@ PG_URL = os.environ.get(
     "PERSONSD_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 TENANT = "bench"
+# personsd reads these; a shell's own must not redirect the bench's sites.
+CLEAN_ENV: dict[str, str | None] = {"PERSONSD_CONFIG": None, "PERSONSD_DATABASE_URL": None}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -49,32 +53,75 @@ class Measured:
         return json.loads(self.stdout)
 
 
-def measure(argv: Sequence[str], *, cwd: Path | None = None,
-            env: dict[str, str | None] | None = None) -> Measured:
-    """Run ``argv`` to completion; its wall time and peak RSS (VmHWM, via wait4).
+# Linux gives a child the memory high-water mark of the image it exec'ed
+# from, so a child of this (large) process would report at least this
+# process's RSS. A small launcher, a bare interpreter, forks the measured
+# command from its own few MB and reports that grandchild's rusage.
+_LAUNCHER = """
+import os, signal, sys
+report, argv = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+for signum in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(signum, lambda signum, frame: os.kill(pid, signum))
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as fh:
+    fh.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Spawned:
+    """A command started through the launcher; ``finish`` reaps it."""
+
+    proc: subprocess.Popen[bytes]
+    report: Path
+    started: float
+
+    def finish(self, timeout: float | None = None) -> tuple[int, float, float, float]:
+        """(exit code, wall seconds, peak RSS MB, CPU seconds) of the measured command."""
+        code = self.proc.wait(timeout)
+        seconds = time.perf_counter() - self.started
+        try:
+            maxrss_kb, cpu = self.report.read_text().split()
+        finally:
+            self.report.unlink(missing_ok=True)
+        return code, seconds, int(maxrss_kb) / 1024, float(cpu)
+
+
+def spawn(argv: Sequence[str], *, stdout: IO[bytes] | int | None = None,
+          stderr: IO[bytes] | int | None = None, cwd: Path | None = None,
+          env: dict[str, str | None] | None = None) -> Spawned:
+    """Start ``argv`` under the launcher; signals to ``proc`` reach the command.
 
     ``env`` adds variables to this process's environment; None removes one.
     """
     child_env = {**os.environ, **(env or {})}
     environment = {name: value for name, value in child_env.items() if value is not None}
-    out_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{uuid.uuid4().hex}"
-    with open(f"{out_path}.out", "w+b") as out, open(f"{out_path}.err", "w+b") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, cwd=cwd,
-                                env=environment)
-        # wait4 reaps the child itself and hands back that child's rusage.
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    report = Path(tempfile.gettempdir()) / f"bench-rusage-{uuid.uuid4().hex}"
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, str(report), *argv],
+                            stdout=stdout, stderr=stderr, cwd=cwd, env=environment)
+    return Spawned(proc=proc, report=report, started=started)
+
+
+def measure(argv: Sequence[str], *, cwd: Path | None = None,
+            env: dict[str, str | None] | None = None) -> Measured:
+    """Run ``argv`` to completion: its wall time, peak RSS and CPU time, and its output."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        code, seconds, rss_mb, cpu = spawn(argv, stdout=out, stderr=err, cwd=cwd,
+                                           env=env).finish()
         out.seek(0)
         err.seek(0)
         stdout = out.read().decode("utf-8", "replace")
         stderr = err.read().decode("utf-8", "replace")
-    for suffix in (".out", ".err"):
-        Path(f"{out_path}{suffix}").unlink(missing_ok=True)
-    return Measured(returncode=proc.returncode, seconds=seconds,
-                    peak_rss_mb=usage.ru_maxrss / 1024,
-                    cpu_seconds=usage.ru_utime + usage.ru_stime,
+    return Measured(returncode=code, seconds=seconds, peak_rss_mb=rss_mb, cpu_seconds=cpu,
                     stdout=stdout, stderr=stderr)
 
 

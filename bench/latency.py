@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import socket
 import statistics
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import generate
-from common import TENANT
+from common import CLEAN_ENV, TENANT, Spawned, measure, spawn
 
 POLL_SECONDS = 0.005
 # Far past any size the files use, so these rows are new persons.
@@ -83,8 +82,8 @@ def measure_latency(home: Path, *, repeats: int, rows: int = 10) -> Latency:
     private, public = write_key(home)
 
     def cli(*args: str) -> None:
-        subprocess.run([sys.executable, "-m", "personsd", "--config", str(config), *args],
-                       check=True, capture_output=True, timeout=120)
+        measure([sys.executable, "-m", "personsd", "--config", str(config), *args],
+                env=CLEAN_ENV).check("personsd " + " ".join(args[:2]))
 
     cli("tenants", "add", TENANT, "--ssh-key", str(public))
     for name, type_, options in generate.CUSTOM_FIELDS:
@@ -92,32 +91,27 @@ def measure_latency(home: Path, *, repeats: int, rows: int = 10) -> Latency:
             *(["--options", options] if options else []))
     outbox = home / "var" / "tenants" / TENANT / "outbox"
     with (home / "daemon.log").open("ab") as log:
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "personsd", "--config", str(config), "run"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
+        daemon = spawn([sys.executable, "-m", "personsd", "--config", str(config), "run"],
+                       stdout=log, stderr=subprocess.STDOUT, env=CLEAN_ENV)
     try:
-        _wait_listening(port, daemon)
+        _wait_listening(port, daemon.proc)
         times = _uploads(home, port, private, outbox, repeats + 1, rows)
     finally:
-        usage = _stop(daemon)
+        rss_mb = _stop(daemon)
     return Latency(samples=tuple(times[1:]), warmup=times[0],
-                   daemon_peak_rss_mb=usage.ru_maxrss / 1024)
+                   daemon_peak_rss_mb=rss_mb)
 
 
-def _stop(daemon: subprocess.Popen[bytes], timeout: float = 30.0) -> resource.struct_rusage:
-    """SIGTERM, then SIGKILL after ``timeout``; the daemon's rusage (reaped here)."""
-    daemon.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(daemon.pid, os.WNOHANG)
-        if pid:
-            daemon.returncode = os.waitstatus_to_exitcode(status)
-            return usage
-        if time.monotonic() > deadline:
-            daemon.kill()
-            deadline = float("inf")
-        time.sleep(0.05)
+def _stop(daemon: Spawned, timeout: float = 30.0) -> float:
+    """SIGTERM (the launcher passes it on), SIGKILL after ``timeout``; peak RSS MB."""
+    daemon.proc.send_signal(signal.SIGTERM)
+    try:
+        return daemon.finish(timeout)[2]
+    except subprocess.TimeoutExpired:
+        children = Path(f"/proc/{daemon.proc.pid}/task/{daemon.proc.pid}/children")
+        for pid in children.read_text().split():
+            os.kill(int(pid), signal.SIGKILL)
+        return daemon.finish(timeout)[2]
 
 
 def _wait_listening(port: int, daemon: subprocess.Popen[bytes]) -> None:

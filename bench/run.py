@@ -26,6 +26,7 @@ import latency
 import report
 from common import (
     BENCH_DIR,
+    CLEAN_ENV,
     TENANT,
     Measured,
     measure,
@@ -102,7 +103,7 @@ def write_site(home: Path, url: str) -> Path:
 
 def personsd_cli(config: Path, *args: str) -> Measured:
     return measure([sys.executable, "-m", "personsd", "--config", str(config), *args],
-                   env={"PERSONSD_CONFIG": None, "PERSONSD_DATABASE_URL": None})
+                   env=CLEAN_ENV)
 
 
 def run_personsd(db: str, size: int, path: Path, work: Path) -> list[Result]:

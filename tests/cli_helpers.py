@@ -106,10 +106,15 @@ class Site:
         return self.root / "tenants" / tenant / "inbox"
 
     def cli(self, *args: str, input: str | bytes | None = None, expect: int | None = 0,
-            env: Mapping[str, str | None] | None = None, config: bool = True) -> Result:
-        """Run ``personsd [--config FILE] ARGS`` in process; check the exit code."""
+            env: Mapping[str, str | None] | None = None, config: bool = True,
+            catch: bool = False) -> Result:
+        """Run ``personsd [--config FILE] ARGS`` in process; check the exit code.
+
+        An exception escaping the command fails the test, unless ``catch``: then it is
+        in ``result.exception`` (as a real process would print a traceback and exit 1).
+        """
         argv = (["--config", str(self.config)] if config else []) + list(args)
-        result = self.runner.invoke(main, argv, input=input, env=env, catch_exceptions=False)
+        result = self.runner.invoke(main, argv, input=input, env=env, catch_exceptions=catch)
         if expect is not None:
             assert expect == result.exit_code, (argv, result.output)
         return result
@@ -177,6 +182,13 @@ class Site:
             input=input, capture_output=True, env=child_env, cwd=self.home, timeout=60,
             check=False,
         )
+
+
+def assert_clean_exit(result: Result, code: int) -> None:
+    """The command stopped on purpose with ``code`` and a message, not on a traceback."""
+    assert code == result.exit_code, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.stderr.startswith("personsd: "), result.stderr
 
 
 def make_site(home: Path, db_url: str, *, carrier: str = "none", carrier_url: str = "",

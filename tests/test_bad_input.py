@@ -243,6 +243,29 @@ def test_fields_header_with_tab_delimiter(tenant: Tenant) -> None:
         k: (p["nick"], p["tags"]) for k, p in persons.items()}
 
 
+def test_equal_delimiters_need_quoted_multi_select_values(tenant: Tenant) -> None:
+    """SPEC 1.2: with `Delimiter: |` a multi-select value is quoted, then split."""
+    data = ("Delimiter: |\n\nexternal_person_id|tags\n"
+            'g1|"a|b"\nb1|a|b\ng2|b\n')
+
+    done = tenant.run("pipes.persons", data)
+
+    assert [("5", "2", ROW_FORMAT, "Expected 2 fields, found 3", "", "")] == done.errors_at()
+    assert {"g1": "a|b", "g2": "b"} == {k: p["tags"] for k, p in tenant.persons().items()}
+
+
+@pytest.mark.parametrize("data", ["external_person_id,nick\n", "external_person_id,nick",
+                                  "external_person_id,nick\n\n\r\n"],
+                         ids=["newline", "no-newline", "blank-lines"])
+def test_field_names_without_rows_complete_with_zero_rows(tenant: Tenant, data: str) -> None:
+    """SPEC 1.3: a file with field names and no rows completes with 0 rows."""
+    done = tenant.run("none.persons", data)
+
+    assert "completed" == done.summary["status"]
+    assert counts(0, 0) == done.summary["rows"]
+    assert [] == done.errors
+
+
 def test_formula_cells_are_neutralised_in_errors_csv(tenant: Tenant) -> None:
     """SPEC 4: cells starting with =, @, TAB, CR or a sign not followed by a number get `'`."""
     site = tenant.site

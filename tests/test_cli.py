@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from cli_helpers import EXPORT_COLUMNS, Site, make_site, shared_database, write_config
+from cli_helpers import (
+    EXPORT_COLUMNS,
+    Site,
+    assert_clean_exit,
+    make_site,
+    shared_database,
+    write_config,
+)
 from personsd import config as config_mod
 from personsd import importer
 from personsd.passwords import verify_password
@@ -166,6 +173,29 @@ def test_bad_configuration_through_the_console_script(tmp_path: Path) -> None:
     assert "chunk_size" in stderr
     assert "Traceback" not in stderr
     assert b"" == done.stdout
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    """SPEC 8: relative paths (root, a SQLite URL) resolve next to the config, not the cwd."""
+    home = tmp_path / "etc"
+    home.mkdir()
+    site = Site(home=home, config=write_config(home, "sqlite:///data/persons.db"), db_url="")
+
+    site.cli("init")
+    site.cli("tenants", "add", "acme")
+
+    assert (home / "data" / "persons.db").is_file()
+    assert (home / "var" / "tenants" / "acme" / "inbox").is_dir()
+
+
+def test_unreachable_database_is_a_clean_error(tmp_path: Path) -> None:
+    """SPEC 7: a database that cannot be reached stops a command with exit 1 and a message."""
+    url = "postgresql+psycopg://personsd@127.0.0.1:1/nowhere?connect_timeout=2"
+    site = Site(home=tmp_path, config=write_config(tmp_path, url), db_url=url)
+
+    done = site.cli("tenants", "list", expect=None, catch=True)
+
+    assert_clean_exit(done, 1)
 
 
 def test_missing_config_file_exits_1(tmp_path: Path) -> None:
@@ -420,6 +450,17 @@ def test_persons_export_to_file_round_trips(shared: Site, tenant: str, tmp_path:
     assert target.read_text(encoding="utf-8") == shared.export_text(tenant)
 
 
+@pytest.mark.parametrize("target", ["missing-dir/all.persons", "."],
+                         ids=["missing-directory", "a-directory"])
+def test_persons_export_to_unwritable_output_exits_1(shared: Site, tenant: str,
+                                                     tmp_path: Path, target: str) -> None:
+    """SPEC 7: an --output that cannot be written is an error (exit 1, message), no traceback."""
+    done = shared.cli("persons", "export", "--tenant", tenant, "--output",
+                      str(tmp_path / target), expect=None, catch=True)
+
+    assert_clean_exit(done, 1)
+
+
 def test_persons_show_by_each_selector(shared: Site, tenant: str) -> None:
     """SPEC 7: `persons show` finds one person by id, key, external id or MDN (any format)."""
     export_tenant(shared, tenant)
@@ -574,6 +615,16 @@ def test_imports_retry_queues_a_failed_import_only(site: Site) -> None:
     assert "not failed" in site.cli("imports", "retry", str(done.summary["import_id"]),
                                     expect=1).stderr
     assert "does not exist" in site.cli("imports", "retry", "424242", expect=1).stderr
+
+
+@pytest.mark.parametrize("import_id", ["424242", str(2**63), str(10**30)],
+                         ids=["unknown", "past-bigint", "huge"])
+def test_imports_retry_of_unknown_id_exits_1(site: Site, import_id: str) -> None:
+    """SPEC 7: `imports retry` of an id that does not exist exits 1 with a message."""
+    done = site.cli("imports", "retry", import_id, expect=None, catch=True)
+
+    assert_clean_exit(done, 1)
+    assert "does not exist" in done.stderr
 
 
 def test_imports_retry_then_the_import_completes(site: Site) -> None:

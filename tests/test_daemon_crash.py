@@ -37,6 +37,7 @@ from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
 from personsd.store.imports import ImportRecord
+from personsd.store.tenants import KeySpec
 
 ROWS = 200_000
 CHUNK_ROWS = 5000
@@ -106,26 +107,46 @@ def published(outbox: Path, pattern: str) -> list[Path]:
     return sorted(outbox.glob(pattern))
 
 
-def site(home: Path, db_url: str) -> Daemon:
-    """A personsd home on ``db_url`` with the tenant and its fields (set up in process)."""
+def site(home: Path, db_url: str, *, tenants: tuple[str, ...] = (TENANT,),
+         extra: dict[str, dict[str, Any]] | None = None,
+         keys: tuple[KeySpec, ...] = ()) -> Daemon:
+    """A personsd home on ``db_url`` with tenants and their fields (set up in process)."""
     home.mkdir(parents=True, exist_ok=True)
-    daemon = Daemon(home=home, db_url=db_url, port=free_port(), extra={
+    config: dict[str, dict[str, Any]] = {
         "sftp": {"enabled": False},
         "import": {"chunk_rows": CHUNK_ROWS},
-    })
+    }
+    for name, values in (extra or {}).items():
+        config.setdefault(name, {}).update(values)
+    daemon = Daemon(home=home, db_url=db_url, port=free_port(), extra=config)
     daemon.write_config()
     engine = db.connect(db_url)
     try:
         db.upgrade(engine)
         with write_tx(engine) as conn:
-            tenant_id = store_tenants.add_tenant(conn, TENANT)
-            for field in FIELDS:
-                store_fields.add_field(conn, tenant_id, field)
+            for tenant in tenants:
+                tenant_id = store_tenants.add_tenant(conn, tenant, keys=keys)
+                for field in FIELDS:
+                    store_fields.add_field(conn, tenant_id, field)
     finally:
         engine.dispose()
-    for folder in (daemon.inbox(TENANT), daemon.outbox(TENANT)):
-        folder.mkdir(parents=True)
+    for tenant in tenants:
+        for folder in (daemon.inbox(tenant), daemon.outbox(tenant)):
+            folder.mkdir(parents=True)
     return daemon
+
+
+def start(daemon: Daemon) -> None:
+    """Start (or restart) the daemon and wait for *this* process's ``daemon.started``.
+
+    The log is appended across restarts, so ``Daemon.start`` alone would see
+    the previous process's event and return at once.
+    """
+    daemon.start()
+    assert daemon.proc is not None
+    pid = daemon.proc.pid
+    wait_for(lambda: daemon.has_event("daemon.started", pid=pid), timeout=60,
+             what=f"daemon.started of pid {pid}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -207,12 +228,20 @@ class Watch:
                  what=f"{at_least} rows committed")
 
 
-def kill_at_rows(daemon: Daemon, watch: Watch, at_least: int) -> int:
-    """Wait for ``at_least`` committed rows, kill -9, restart; the rows committed at the kill."""
+def kill_at_rows(daemon: Daemon, watch: Watch, at_least: int, *, into_chunk: float) -> int:
+    """kill -9 once ``at_least`` rows are committed, then restart; the rows committed then.
+
+    ``into_chunk`` is how far into the next chunk to kill, as a fraction of
+    the time the chunk before took: 0 right after a commit, 0.5 about halfway
+    through the next chunk (reading, validating or inside its transaction).
+    """
+    watch.wait_rows(at_least - CHUNK_ROWS)
+    before = time.monotonic()
     watch.wait_rows(at_least)
+    time.sleep((time.monotonic() - before) * into_chunk)
     daemon.kill()
     done = watch.rows_done()
-    daemon.start()
+    start(daemon)
     return done
 
 
@@ -259,7 +288,7 @@ def test_kill_and_sigterm_mid_import_end_like_an_uninterrupted_run(
 def crash_through_import(daemon: Daemon, watch: Watch, source: Path) -> list[tuple[str, int]]:
     """Drive the daemon's import through every kill point; returns (point, rows) per kill."""
     kills: list[tuple[str, int]] = []
-    daemon.start()
+    start(daemon)
     inbox_file = daemon.inbox(TENANT) / FILE
     staged = daemon.inbox(TENANT) / f".{FILE}.uploading"
     shutil.copyfile(source, staged)
@@ -269,10 +298,11 @@ def crash_through_import(daemon: Daemon, watch: Watch, source: Path) -> list[tup
     wait_for(lambda: not inbox_file.exists(), timeout=30, interval=0.001, what="the claim")
     daemon.kill()
     kills.append(("claim" if watch.current() is None else "claim+record", watch.rows_done()))
-    daemon.start()
+    start(daemon)
 
     # Mid-import: wherever the kill lands, inside a chunk or between two.
-    kills.append(("rows~15%", kill_at_rows(daemon, watch, ROWS * 15 // 100)))
+    kills.append(("rows 15%, at a commit",
+                  kill_at_rows(daemon, watch, ROWS * 15 // 100, into_chunk=0.0)))
 
     # SIGTERM: the current chunk finishes or rolls back; exit 0 within 10 s.
     watch.wait_rows(ROWS * 40 // 100)
@@ -281,9 +311,10 @@ def crash_through_import(daemon: Daemon, watch: Watch, source: Path) -> list[tup
     assert 0 == code
     assert elapsed < SIGTERM_LIMIT
     assert "running" == (watch.current() or pytest.fail("no import")).status
-    daemon.start()
+    start(daemon)
 
-    kills.append(("rows~70%", kill_at_rows(daemon, watch, ROWS * 70 // 100)))
+    kills.append(("rows 70%, inside a chunk",
+                  kill_at_rows(daemon, watch, ROWS * 70 // 100, into_chunk=0.6)))
 
     # As the last chunk commits: between checkpoint, completion and publication.
     watch.wait_rows(ROWS)
@@ -291,7 +322,7 @@ def crash_through_import(daemon: Daemon, watch: Watch, source: Path) -> list[tup
     record = watch.current()
     done = "summary" if published(daemon.outbox(TENANT), "*.summary.json") else "no summary"
     kills.append((f"end ({record.status if record else '?'}, {done})", watch.rows_done()))
-    daemon.start()
+    start(daemon)
     return kills
 
 

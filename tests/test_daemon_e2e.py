@@ -95,6 +95,26 @@ def add_tenants(daemon: Daemon, names: tuple[str, ...], key: Path, *,
         daemon.outbox(name).mkdir(parents=True, exist_ok=True)
 
 
+def start(daemon: Daemon, tenants: tuple[str, ...]) -> None:
+    """Start the daemon and wait until its SFTP server knows ``tenants``.
+
+    The server listens (and `daemon.started` is logged) before the tenants are read
+    from the database, so a login in between fails as `unknown_user`; the tenant
+    snapshot the daemon writes after that read is the only sign it is done.
+    """
+    daemon.start()
+    snapshot = daemon.root / "state" / "tenants.json"
+
+    def loaded() -> bool:
+        try:
+            names = {t["name"] for t in json.loads(snapshot.read_text())}
+        except (FileNotFoundError, ValueError):
+            return False
+        return set(tenants) <= names
+
+    wait_for(loaded, what="the daemon to load its tenants")
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Site:
     daemon: Daemon
@@ -118,7 +138,7 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         key = ssh_key(home)
         add_tenants(daemon, TENANTS, key)
         (work / "seed.persons").write_text(SEED)
-        daemon.start()
+        start(daemon, TENANTS)
         try:
             yield Site(daemon=daemon, key=key, work=work)
         finally:
@@ -215,10 +235,14 @@ def test_paramiko_default_put_confirms_the_upload(site: Site) -> None:
         transport.connect(username=tenant, pkey=paramiko.Ed25519Key(filename=str(site.key)))
         sftp = paramiko.SFTPClient.from_transport(transport)
         assert sftp is not None
-        # Several puts: the daemon claims a file within milliseconds of its close, so a
-        # server that forgets a claimed upload fails the confirming stat nearly every time.
-        sizes = [sftp.put(str(site.work / "seed.persons"), f"/inbox/confirm{i}.persons").st_size
-                 for i in range(5)]
+        # Several puts, each with the daemon idle: it claims a file within milliseconds of
+        # its close, so a server that forgets a claimed upload fails the confirming stat
+        # nearly every time.
+        sizes = []
+        for i in range(5):
+            time.sleep(0.2)
+            sizes.append(sftp.put(str(site.work / "seed.persons"),
+                                  f"/inbox/confirm{i}.persons").st_size)
     finally:
         transport.close()
     assert [len(SEED.encode())] * 5 == sizes

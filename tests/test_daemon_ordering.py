@@ -105,10 +105,10 @@ def big_file(rows: int) -> str:
 
 def test_large_file_of_one_tenant_does_not_delay_another(tmp_path: Path, db_url: str) -> None:
     """SPEC 5: with `workers = 2`, a small file of B completes while A's large file runs."""
-    # 100k rows take ~18 s here (~5.5k rows/s on SQLite with 500-row chunks): far longer
+    # 200k rows take ~35 s here (~5.5k rows/s on SQLite with 500-row chunks): far longer
     # than B needs. The test ends as soon as B is done; SIGTERM interrupts A between chunks.
     with running(tmp_path, db_url, ("big", "small"), workers=2, chunk_rows=500) as daemon:
-        drop(daemon, "big", "large.persons", big_file(100_000))
+        drop(daemon, "big", "large.persons", big_file(200_000))
         wait_for(lambda: daemon.has_event("import.started", tenant="big"), what="A started")
         drop(daemon, "small", "tiny.persons", "external_person_id,color\nq1,x\nq2,y\nq3,z\n")
         small = daemon.summary("small", "tiny.persons", timeout=20)

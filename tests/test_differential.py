@@ -87,7 +87,7 @@ class FileSpec:
 
 
 def _cell(column: str) -> st.SearchStrategy[str]:
-    # Blank about a third of the time: blanks are the commonest value in real files.
+    # Blank about half the time: blanks are the commonest value in real files.
     return st.one_of(st.just(""), st.sampled_from(POOLS[column]))
 
 
@@ -157,9 +157,10 @@ def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
     # there is one) and let PostgreSQL commit without waiting for its WAL
     # flush. Neither changes what an import does, only how long it waits.
     with fast_dir(tmp_path) as root:
-        engine = db.connect(fast_url(db_url, root))
+        url = fast_url(db_url, root)
+        engine = db.connect(url)
         db.upgrade(engine)
-        configs = {n: make_config(root, db_url, chunk_rows=n) for n in CHUNK_SIZES}
+        configs = {n: make_config(root, url, chunk_rows=n) for n in CHUNK_SIZES}
         tenant = new_tenant_name()
         tenant_id, fields = add_tenant(engine, tenant)
         (root / "seed.persons").write_bytes(SEED)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ class RowCase:
     field: str
     value: str
     carrier: str = "none"
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 ROW_CASES = {
@@ -213,6 +214,41 @@ def test_failed_row_leaves_earlier_and_later_rows_applied(tmp_path: Path, db_url
     assert "three" == persons["p3"]["nick"]
 
 
+SEQUENCE = (
+    "external_person_id,mdn,vibes_device_id,nick\n"
+    "n1,+12295550101,dn1,a\n"
+    "n2,229.555.0101,,b\n"
+    "n3,,dn1,c\n"
+    ",+12295550101,,d\n"
+    "n1,+12295550199,,e\n"
+    "n2,,dn2,f\n"
+    "n4,,dn2,g\n"
+)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 5000])
+def test_rows_see_the_rows_before_them_whatever_the_chunks(shared: Site,
+                                                           chunk_rows: int) -> None:
+    """SPEC 2: each row meets the database as the rows before it left it, across chunks."""
+    tenant = f"seq{chunk_rows}"
+    shared.add_tenant(tenant, [("nick", "string")])
+    site = shared.variant(extra_import={"chunk_rows": chunk_rows})
+
+    done = site.import_bytes("seq.persons", SEQUENCE, tenant)
+
+    assert [
+        ("3", "2", *ASSIGNED, "mdn", "229.555.0101"),
+        ("4", "3", *UNIQUE, "vibes_device_id", "dn1"),
+        ("6", "5", *MDN_CHANGE, "mdn", "+12295550199"),
+        ("8", "7", *UNIQUE, "vibes_device_id", "dn2"),
+    ] == done.errors_at()
+    assert {"total": 7, "succeeded": 3, "failed": 4, "created": 2, "updated": 1} == (
+        done.summary["rows"])
+    assert {"n1": ("+12295550101", "dn1", "d"), "n2": ("", "dn2", "f")} == {
+        k: (p["mdn"], p["vibes_device_id"], p["nick"])
+        for k, p in site.by_external_id(tenant).items()}
+
+
 # -- file-level errors -------------------------------------------------------------------------
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -257,6 +293,17 @@ FILE_CASES = {
                                error_class=FILE_FORMAT, message="nick", line="1", exact=False),
     "no-identifier": FileCase(name="f.persons", data=b"nick,color\nx,red\n",
                               error_class=FILE_FORMAT, message=NO_IDENTIFIER, line="1"),
+    "upper-case-identifier": FileCase(name="f.persons", data=b"MDN,nick\n+12295550001,x\n",
+                                      error_class=FILE_FORMAT, message=NO_IDENTIFIER,
+                                      line="1"),
+    "bom-only": FileCase(name="empty.persons", data=b"\xef\xbb\xbf", error_class=FILE_FORMAT,
+                         message="File is empty", line=""),
+    "blank-lines-only": FileCase(name="empty.persons", data=b"\n \r\n\n",
+                                 error_class=FILE_FORMAT, message="File is empty", line=""),
+    "invalid-utf8-field-names": FileCase(name="f.persons",
+                                         data=b"external_person_id,caf\xe9\np9,x\n",
+                                         error_class=ENCODING[0], message=ENCODING[1],
+                                         line="1"),
     "no-identifier-in-fields-header": FileCase(name="f.persons",
                                                data=b"Fields: nick\n\nx\n",
                                                error_class=FILE_FORMAT, message=NO_IDENTIFIER,

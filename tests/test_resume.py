@@ -85,9 +85,10 @@ class Bench:
 @pytest.fixture
 def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
     with fast_dir(tmp_path) as root:
-        engine = db.connect(fast_url(db_url, root))
+        url = fast_url(db_url, root)
+        engine = db.connect(url)
         db.upgrade(engine)
-        cfg = make_config(root, db_url, chunk_rows=CHUNK_ROWS)
+        cfg = make_config(root, url, chunk_rows=CHUNK_ROWS)
         path = root / "nightly.persons"
         make_file(path)
         tenant = new_tenant_name()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 
 from cli_helpers import FIXED_COLUMNS, Site, make_site
@@ -62,6 +64,12 @@ def test_seed_example_without_carrier_lookup_creates_four(tmp_path: Path, db_url
 
     assert 0 == done.exit_code
     summary = done.summary
+    assert ["import_id", "tenant", "file", "sha256", "bytes", "status", "received_at",
+            "started_at", "finished_at", "rows", "errors", "file_error", "reports",
+            "duplicate_of"] == list(summary)
+    for moment in ("received_at", "started_at", "finished_at"):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", summary[moment]), moment
+    assert hashlib.sha256(SEED.encode()).hexdigest() == summary["sha256"]
     assert ("completed", "acme", SEED_NAME, len(SEED)) == (
         summary["status"], summary["tenant"], summary["file"], summary["bytes"])
     assert {"total": 4, "succeeded": 4, "failed": 0, "created": 4, "updated": 0} == summary["rows"]

@@ -18,6 +18,7 @@ from typing import Any, NoReturn, TextIO
 
 import click
 from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 
 from personsd import config as config_mod
 from personsd import importer, logging, reports
@@ -59,6 +60,11 @@ class State:
             db.upgrade(self._engine)
         return self._engine
 
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
     def tenant(self, name: str) -> store_tenants.Tenant:
         with self.engine.connect() as conn:
             found = store_tenants.get_tenant(conn, name)
@@ -79,6 +85,8 @@ def errors_handled() -> Iterator[None]:
         yield
     except PersonsdError as exc:
         fail(str(exc))
+    except DBAPIError as exc:
+        fail(f"database unreachable or failing: {exc.orig}")
 
 
 def init_paths(cfg: Config) -> None:
@@ -104,6 +112,7 @@ def main(ctx: click.Context, config_path: str | None) -> None:
 def _state(ctx: click.Context) -> State:
     state = ctx.find_object(State)
     assert state is not None
+    ctx.call_on_close(state.close)
     with errors_handled():
         logging.configure(state.config.log.format, state.config.log.level, stream=sys.stderr)
     return state
@@ -396,8 +405,11 @@ def persons_export(ctx: click.Context, tenant: str, output: Path | None) -> None
         with state.engine.connect() as conn:
             custom = store_fields.list_fields(conn, found.id)  # sorted by name
             header = BUILTIN_COLUMNS + tuple(f.name for f in custom)
-            out = (output.open("w", encoding="utf-8", newline="") if output
-                   else sys.stdout)
+            try:
+                out = (output.open("w", encoding="utf-8", newline="") if output
+                       else sys.stdout)
+            except OSError as exc:
+                raise OperatorError(f"cannot write {output}: {exc.strerror}") from None
             try:
                 out.write(reports.persons_line(header, ","))
                 for person in store_persons.iter_all(conn, found.id):
@@ -484,6 +496,8 @@ def imports_retry(ctx: click.Context, import_id: int) -> None:
     """Queue a failed import again (it resumes from its checkpoint)."""
     state = _state(ctx)
     with errors_handled():
+        if not 0 < import_id < 2**63:  # beyond any id: not an error of the database's
+            raise OperatorError(f"import {import_id} does not exist")
         with db.write_tx(state.engine) as conn:
             record = store_imports.get(conn, import_id)
             if record.status != "failed":

@@ -115,7 +115,8 @@ class Intake:
 
     def _enqueue(self, tenant: str, claimed: Path, completed_at: float) -> int | None:
         name = claimed.name.split(".", 1)[1]
-        received = datetime.fromtimestamp(completed_at, UTC).replace(microsecond=0)
+        # Full precision: files completing within one second keep their order.
+        received = datetime.fromtimestamp(completed_at, UTC)
         try:
             import_id = importer.create(self.engine, tenant=tenant, path=claimed, source="sftp",
                                         file_name=name, received_at=received)

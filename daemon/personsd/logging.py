@@ -119,6 +119,12 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(STDLIB_LEVEL)
+    # paramiko logs a traceback at ERROR for every connection that never speaks
+    # SSH (health checks, port scans); sftp.py logs those as sftp.connection_error.
+    logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
+    # watchdog complains at ERROR about events queued while its thread stops.
+    logging.getLogger("watchdog.observers.inotify_buffer").setLevel(logging.CRITICAL)
+    logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)
 
 
 def get_logger(name: str | None = None, **context: Any) -> FilteringBoundLogger:

@@ -57,9 +57,25 @@ class TenantCache:
         self._lock = threading.Lock()
         self._load_snapshot()
 
+    engine: Engine | None = None
+
     def get(self, name: str) -> TenantAuth | None:
         with self._lock:
-            return self._tenants.get(name)
+            found = self._tenants.get(name)
+        if found is None and self.engine is not None:
+            # A tenant added since the last refresh (or before the first one).
+            try:
+                with self.engine.connect() as conn:
+                    tenant = store_tenants.get_tenant(conn, name)
+            except Exception as exc:  # noqa: BLE001 -- database down: the snapshot is all we have
+                log.warning("tenant.lookup_failed", tenant=name[:100], error=repr(exc)[:200])
+                return None
+            if tenant is not None:
+                found = TenantAuth(name=tenant.name, public_keys=tenant.keys,
+                                   password_hash=tenant.password_hash)
+                with self._lock:
+                    self._tenants[name] = found
+        return found
 
     def names(self) -> list[str]:
         with self._lock:
@@ -111,6 +127,7 @@ class Daemon:
             path.mkdir(parents=True, exist_ok=True)
         self.engine = db.connect(cfg.database.url)
         self.tenants = TenantCache(cfg.state_dir / "tenants.json")
+        self.tenants.engine = self.engine
         self.workers = Workers(engine=self.engine, cfg=cfg, stop=self.stop,
                                on_activity=notify.status)
         self.intake = Intake(engine=self.engine, cfg=cfg, on_queued=self.workers.wake)

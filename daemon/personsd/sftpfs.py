@@ -36,6 +36,7 @@ import secrets
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,7 @@ _MAX_PACKET = 1024 * 1024  # > OpenSSH's 256 KiB writes with headroom; paramiko 
 MAX_SUBSYSTEMS = 4  # SFTP sessions one connection may run at once (each: a thread, handles)
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SFTP_VERSION = 3
+DELIVERED_MEMORY_SECONDS = 60.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -269,6 +271,7 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
             return _errno_code(exc)
         with contextlib.suppress(OSError):
             os.fsync(box)  # the rename itself survives a crash too
+            self._fs.remember(self._name, os.stat(self._name, dir_fd=box, follow_symlinks=False))
         session = self._fs.session
         _log().info("sftp.upload", tenant=session.tenant, file=self._name, bytes=size,
                     ip=session.ip)
@@ -284,6 +287,9 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         self._source = server
         self.session = server.sftp_session()
         self._fds: dict[str, int] = {}
+        # Uploads this session delivered, by name: clients (paramiko's put) stat
+        # a file right after closing it, by when the daemon may have claimed it.
+        self._delivered: dict[str, tuple[float, os.stat_result]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -344,6 +350,12 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
             return False
         return True
 
+    def remember(self, name: str, st: os.stat_result) -> None:
+        now = time.monotonic()
+        self._delivered = {n: v for n, v in self._delivered.items()
+                           if now - v[0] < DELIVERED_MEMORY_SECONDS}
+        self._delivered[name] = (now, st)
+
     def stat(self, path: str) -> paramiko.SFTPAttributes | int:
         where = resolve(path)
         if where is None:
@@ -353,6 +365,10 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         if len(where) == 1:
             return _attrs(os.fstat(self._fds[where[0]]), where[0])
         found = self._file(path)
+        if found == SFTP_NO_SUCH_FILE and where[0] == "inbox" and where[1] in self._delivered:
+            when, st = self._delivered[where[1]]
+            if time.monotonic() - when < DELIVERED_MEMORY_SECONDS:
+                return _attrs(st, where[1])  # delivered, then claimed by the daemon
         if isinstance(found, int):
             return found
         box, name = found
