@@ -1,0 +1,136 @@
+"""Workers: a poison import is retried max_attempts times, failed, quarantined, retried by hand."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from personsd import config, importer
+from personsd.cli import main as cli_main
+from personsd.retry import RetryPolicy
+from personsd.store import db
+from personsd.store import imports as store_imports
+from personsd.store import tenants as store_tenants
+from personsd.workers import Workers, is_db_unreachable, sweep_archive
+
+GOOD = "external_person_id\nalice\nbob\n"
+
+
+@pytest.fixture
+def site(tmp_path: Path, db_url: str) -> Iterator[config.Config]:
+    cfg = config.parse(
+        {"paths": {"root": str(tmp_path / "var")}, "database": {"url": db_url},
+         "import": {"max_attempts": 2, "carrier_lookup": "none", "workers": 1}},
+        base=tmp_path, env={},
+    )
+    engine = db.connect(db_url)
+    db.upgrade(engine)
+    with db.write_tx(engine) as conn:
+        store_tenants.add_tenant(conn, "acme")
+    cfg.outbox("acme").mkdir(parents=True)
+    engine.dispose()
+    yield cfg
+
+
+def _status(cfg: config.Config, import_id: int) -> str:
+    engine = db.connect(cfg.database.url)
+    try:
+        with engine.connect() as conn:
+            return store_imports.get(conn, import_id).status
+    finally:
+        engine.dispose()
+
+
+def _wait(predicate: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
+
+
+def test_poison_import_fails_after_max_attempts_and_retry_completes_it(
+        site: config.Config, tmp_path: Path) -> None:
+    """An import that cannot be read fails after max_attempts; `imports retry` redoes it."""
+    cfg = site
+    claimed = cfg.work_dir / "claimed" / "acme" / "00001.nightly.persons"
+    claimed.parent.mkdir(parents=True)
+    claimed.write_text(GOOD)
+    engine = db.connect(cfg.database.url)
+    import_id = importer.create(engine, tenant="acme", path=claimed, source="sftp",
+                                file_name="nightly.persons")
+    # A directory where the file should be: every attempt fails with an OSError.
+    claimed.unlink()
+    claimed.mkdir()
+    stop = threading.Event()
+    workers = Workers(engine=engine, cfg=cfg, stop=stop,
+                      policy=RetryPolicy(base=0.01, cap=0.05))
+    workers.start()
+    try:
+        _wait(lambda: _status(cfg, import_id) == "failed")
+    finally:
+        stop.set()
+        workers.join(time.monotonic() + 10)
+    summary = json.loads((cfg.outbox("acme") / f"nightly.persons.{import_id}.summary.json")
+                         .read_text())
+    assert "failed" == summary["status"]
+    quarantined = cfg.quarantine_dir / "acme" / f"{import_id}.nightly.persons"
+    assert quarantined.is_dir()
+    with engine.connect() as conn:
+        record = store_imports.get(conn, import_id)
+    assert 2 == record.attempts
+    assert "IsADirectoryError" in (record.last_error or "")
+
+    # The operator mends the file and asks for a retry.
+    quarantined.rmdir()
+    quarantined.write_text(GOOD)
+    config_file = tmp_path / "personsd.toml"
+    config_file.write_text(f'[paths]\nroot = "{cfg.root}"\n[database]\nurl = '
+                           f'{json.dumps(cfg.database.url)}\n[import]\ncarrier_lookup = "none"\n')
+    result = CliRunner().invoke(cli_main, ["--config", str(config_file), "imports", "retry",
+                                           str(import_id)])
+    assert 0 == result.exit_code, result.output
+    stop = threading.Event()
+    workers = Workers(engine=engine, cfg=cfg, stop=stop)
+    workers.start()
+    try:
+        _wait(lambda: _status(cfg, import_id) == "completed")
+    finally:
+        stop.set()
+        workers.join(time.monotonic() + 10)
+    summary = json.loads((cfg.outbox("acme") / f"nightly.persons.{import_id}.summary.json")
+                         .read_text())
+    assert ("completed", 2) == (summary["status"], summary["rows"]["created"])
+    assert (cfg.archive_dir / "acme" / f"{import_id}.nightly.persons").is_file()
+    engine.dispose()
+
+
+def test_archive_sweep_deletes_only_files_older_than_keep_days(site: config.Config) -> None:
+    """archive.keep_days: older archived files go, younger ones stay."""
+    folder = site.archive_dir / "acme"
+    folder.mkdir(parents=True)
+    old, young = folder / "1.old.persons", folder / "2.young.persons"
+    old.write_text(GOOD)
+    young.write_text(GOOD)
+    now = time.time()
+    os.utime(old, (now - 31 * 86400, now - 31 * 86400))
+    assert 1 == sweep_archive(site, now=now)
+    assert (False, True) == (old.exists(), young.exists())
+
+
+def test_connection_errors_are_told_apart_from_bugs() -> None:
+    """A refused connection waits for the database; a programming error spends an attempt."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    refused = OperationalError("select 1", {}, Exception("connection refused"))
+    bug = ProgrammingError("select nope", {}, Exception("syntax error"))
+    assert (True, False, False) == (is_db_unreachable(refused), is_db_unreachable(bug),
+                                    is_db_unreachable(ValueError("x")))
