@@ -126,7 +126,7 @@ def run_personsd(db: str, size: int, path: Path, work: Path) -> list[Result]:
                 results.append(record(Result(
                     db=db, size=size, what=what, rows=int(counts["total"]),
                     seconds=measured.seconds, peak_rss_mb=measured.peak_rss_mb,
-                cpu_seconds=measured.cpu_seconds,
+                    cpu_seconds=measured.cpu_seconds,
                     failed=int(counts["failed"]))))
         finally:
             shutil.rmtree(home, ignore_errors=True)

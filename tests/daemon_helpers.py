@@ -116,7 +116,8 @@ class Daemon:
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )
         log.close()
-        wait_for(lambda: self.has_event("daemon.started"), what="daemon.started")
+        pid = self.proc.pid
+        wait_for(lambda: self.has_event("daemon.started", pid=pid), what="daemon.started")
         if self.extra.get("sftp", {}).get("enabled", True):
             wait_for(self._listening, what="the SFTP port")
 

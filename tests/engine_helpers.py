@@ -89,10 +89,18 @@ def persons_of(engine: Engine, tenant_id: int) -> list[Person]:
         return list(store_persons.iter_all(conn, tenant_id))
 
 
-def export(engine: Engine, tenant_id: int) -> list[list[str]]:
-    """The rows of ``personsd persons export`` (field-name row first)."""
+def export(
+    engine: Engine, tenant_id: int, fields: Sequence[CustomField] | None = None
+) -> list[list[str]]:
+    """The rows of ``personsd persons export`` (field-name row first).
+
+    ``fields``: the tenant's custom fields when the caller knows them already.
+    """
     with engine.connect() as conn:
-        custom = store_fields.list_fields(conn, tenant_id)
+        if fields is None:
+            custom = store_fields.list_fields(conn, tenant_id)
+        else:
+            custom = sorted(fields, key=lambda f: f.name)
         rows = [list(BUILTIN_COLUMNS) + [f.name for f in custom]]
         rows.extend(export_rows(p, custom) for p in store_persons.iter_all(conn, tenant_id))
     return rows

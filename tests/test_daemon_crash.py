@@ -18,8 +18,10 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +32,9 @@ import pytest
 from sqlalchemy import Engine
 
 from daemon_helpers import Daemon, free_port, wait_for
+from personsd import config
 from personsd.fieldtypes import CustomField, FieldType
+from personsd.intake import Intake
 from personsd.store import db
 from personsd.store import fields as store_fields
 from personsd.store import imports as store_imports
@@ -38,6 +42,7 @@ from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
 from personsd.store.imports import ImportRecord
 from personsd.store.tenants import KeySpec
+from personsd.watcher import ReadyFile
 
 ROWS = 200_000
 CHUNK_ROWS = 5000
@@ -337,3 +342,46 @@ def terminate(daemon: Daemon) -> tuple[int, float]:
     return code, elapsed
 
 
+
+
+def test_a_file_being_claimed_is_not_recovered_a_second_time(tmp_path: Path) -> None:
+    """SPEC 5 (none applied twice): recovery running during a claim does not queue it again.
+
+    ``Intake.claim`` renames the upload into ``claimed/``, hashes it and then
+    records the import; the daemon's periodic ``Intake.recover`` queues every
+    claimed file without a record. Here the claim's insert waits for the
+    database's write lock (held by the test) while recovery runs: recovery
+    sees a claimed file with no record and queues it too. Hashing a large
+    upload takes long enough for the same to happen without any lock.
+    """
+    url = f"sqlite:///{tmp_path / 'persons.db'}"
+    cfg = config.parse({"paths": {"root": str(tmp_path / "var")}, "database": {"url": url},
+                        "import": {"carrier_lookup": "none"}}, base=tmp_path, env={})
+    engine = db.connect(url)
+    db.upgrade(engine)
+    with write_tx(engine) as conn:
+        store_tenants.add_tenant(conn, TENANT)
+    upload = cfg.inbox(TENANT) / "night.persons"
+    upload.parent.mkdir(parents=True)
+    upload.write_text("external_person_id\ne1\n")
+    stat = upload.stat()
+    ready = ReadyFile(tenant=TENANT, path=upload, completed_at=time.time(), size=stat.st_size,
+                      mtime_ns=stat.st_mtime_ns)
+    intake = Intake(engine=engine, cfg=cfg, on_queued=lambda: None)
+
+    lock = sqlite3.connect(tmp_path / "persons.db", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    claim = threading.Thread(target=intake.claim, args=(ready,))
+    claim.start()
+    wait_for(lambda: not upload.exists(), what="the rename out of the inbox")
+    recovery = threading.Thread(target=intake.recover)
+    recovery.start()
+    time.sleep(1.0)  # recovery has listed the records and waits for the lock too
+    lock.execute("ROLLBACK")
+    lock.close()
+    claim.join(30)
+    recovery.join(30)
+    with engine.connect() as conn:
+        queued = [record.file_name for record in store_imports.list_imports(conn)]
+    engine.dispose()
+    assert ["night.persons"] == queued

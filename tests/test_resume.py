@@ -12,9 +12,10 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from structlog.testing import capture_logs
 
 from engine_helpers import (
@@ -101,18 +102,20 @@ def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
 
 
 class Crash(Exception):
-    """Stands for a process dying right after a chunk committed."""
+    """Stands for the process dying at a chosen point of an import."""
 
 
 def interrupted_run(
-    bench: Bench, stop_after: int, *, how: str = "stop",
+    bench: Bench, stop_after: int, *, how: Literal["stop", "crash", "rollback"] = "stop",
     between: Callable[[int], None] | None = None,
 ) -> tuple[Run, list[str]]:
     """Import the file on a fresh tenant, interrupted after chunk ``stop_after``, then resume.
 
-    ``how`` is "stop" (the stop event, as on SIGTERM) or "crash" (an exception
-    out of the chunk callback). ``between(import_id)`` runs between the
-    two runs. Returns the result and the events the resuming run logged.
+    ``how`` is "stop" (the stop event, as on SIGTERM), "crash" (an exception
+    out of the chunk callback, once the chunk committed) or "rollback" (the
+    next chunk fails on saving its checkpoint: its report lines are on disk,
+    its transaction rolls back). ``between(import_id)`` runs between the two
+    runs. Returns the result and the events the resuming run logged.
     """
     tenant = new_tenant_name()
     tenant_id, _ = add_tenant(bench.engine, tenant)
@@ -122,21 +125,38 @@ def interrupted_run(
 
     def on_chunk(rows: int, _bytes: int) -> None:
         done.append(rows)
-        if len(done) == stop_after:
+        if len(done) == stop_after and how != "rollback":
             if how == "crash":
                 raise Crash(f"after chunk {stop_after}")
             stop.set()
 
-    if stop_after == 0:
+    saves: list[str] = []
+
+    def fail_checkpoint(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        if statement.startswith("UPDATE imports") and "next_offset" in statement:
+            saves.append(statement)
+            if len(saves) == stop_after + 1:
+                raise Crash(f"saving the checkpoint of chunk {stop_after + 1}")
+
+    if stop_after == 0 and how == "stop":
         stop.set()
-    with pytest.raises(Crash if how == "crash" else importer.Interrupted):
-        importer.run(bench.engine, bench.cfg, import_id, stop=stop, on_chunk=on_chunk)
+    if how == "rollback":
+        event.listen(bench.engine, "before_cursor_execute", fail_checkpoint)
+    try:
+        with pytest.raises(importer.Interrupted if how == "stop" else Crash):
+            importer.run(bench.engine, bench.cfg, import_id, stop=stop, on_chunk=on_chunk)
+    finally:
+        if how == "rollback":
+            event.remove(bench.engine, "before_cursor_execute", fail_checkpoint)
     assert stop_after == len(done), "no chunk runs once the stop is asked for"
     with bench.engine.connect() as conn:
         record = store_imports.get(conn, import_id)
     assert "running" == record.status
     assert min(stop_after * CHUNK_ROWS, ROWS) == record.rows_total
     assert [] == sorted(bench.cfg.outbox(tenant).glob("*")), "nothing published before the end"
+    if how == "rollback":
+        errors_path, _ = importer.work_paths(bench.cfg, import_id)
+        assert errors_path.stat().st_size > record.errors_bytes, "lines past the checkpoint"
     if between is not None:
         between(import_id)
 
@@ -207,3 +227,12 @@ def test_crash_inside_a_chunk_then_resume(bench: Bench) -> None:
         run, events = interrupted_run(bench, k, between=crash_leftovers)
         assert_same(bench.baseline, run, k)
         assert "import.resumed" in events, f"after chunk {k}"
+
+
+def test_failure_inside_a_chunk_then_resume(bench: Bench) -> None:
+    """SPEC 5: a chunk that fails before its commit (report lines already written)
+    is redone whole on resume: no line missing, none repeated."""
+    for k in (0, 1, CHUNKS // 2, CHUNKS - 1):
+        run, events = interrupted_run(bench, k, how="rollback")
+        assert_same(bench.baseline, run, k)
+        assert "import.completed" in events, f"after chunk {k}"

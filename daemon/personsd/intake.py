@@ -49,6 +49,9 @@ class Intake:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._seq = 0
+        # Held from the rename out of the inbox until the import record exists,
+        # so that recover() never takes a file being claimed for an orphan.
+        self._claiming = threading.Lock()
 
     @property
     def claimed_dir(self) -> Path:
@@ -110,8 +113,9 @@ class Intake:
         self._seq += 1
         stamp = f"{int(ready.completed_at * 1e6):017d}{self._seq % 1000:03d}"
         claimed = folder / f"{stamp}.{ready.path.name}"
-        os.rename(ready.path, claimed)
-        return self._enqueue(ready.tenant, claimed, ready.completed_at)
+        with self._claiming:
+            os.rename(ready.path, claimed)
+            return self._enqueue(ready.tenant, claimed, ready.completed_at)
 
     def _enqueue(self, tenant: str, claimed: Path, completed_at: float) -> int | None:
         name = claimed.name.split(".", 1)[1]
@@ -133,6 +137,10 @@ class Intake:
         """Queue every claimed file that has no import record (crash or outage)."""
         if not self.claimed_dir.is_dir():
             return 0
+        with self._claiming:
+            return self._recover()
+
+    def _recover(self) -> int:
         with self.engine.connect() as conn:
             known = set(conn.execute(select(ImportRow.work_path)).scalars())
         recovered = 0

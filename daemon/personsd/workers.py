@@ -117,7 +117,8 @@ class Workers:
                 outages += 1
                 delay = self.policy.delay(outages)
                 log.warning("db.unavailable", error=repr(exc)[:300], retry_in=round(delay, 2))
-                self.stop.wait(delay)
+                self._wake.wait(delay)  # a queued file or a stop ends the wait early
+                self._wake.clear()
                 continue
             outages = 0
             if record is None:

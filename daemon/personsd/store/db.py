@@ -45,7 +45,12 @@ def connect(url: str) -> Engine:
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     # An unreachable server must fail fast: the caller retries with backoff.
-    connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
+    connect_args: dict[str, object] = (
+        {} if "connect_timeout" in parsed.query else {"connect_timeout": 10})
+    # No server-side prepared statements: a generic plan made while the persons
+    # table was small (the first chunks of an initial load) would be kept for
+    # the whole import, scanning the tenant instead of probing its indexes.
+    connect_args["prepare_threshold"] = None
     return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 

@@ -83,9 +83,15 @@ def load(conn: Connection, tenant_id: int, lookups: Iterable[tuple[str, object]]
     for column, values in _wanted(lookups).items():
         if postgres:
             array = "bigint[]" if column == "person_id" else "text[]"
+            # One index probe per value, whatever the statistics say: with
+            # `= ANY(array)` or a plain join the planner scans the whole table
+            # (hash join) once it believes the chunk's values are many, which
+            # makes every chunk of a large import read every person. LIMIT 1
+            # (the index is unique) keeps the subquery from being flattened.
             rows: Iterable[Sequence[Any]] = conn.exec_driver_sql(
-                f"SELECT {_COLUMNS} FROM persons"
-                f" WHERE tenant_id = %(t)s AND {column} = ANY(%(v)b::{array})",
+                f"SELECT p.* FROM unnest(%(v)b::{array}) AS v(val) CROSS JOIN LATERAL"
+                f" (SELECT {_COLUMNS} FROM persons"
+                f" WHERE tenant_id = %(t)s AND {column} = v.val LIMIT 1) AS p",
                 {"t": tenant_id, "v": values},
             )
             for row in rows:
@@ -322,3 +328,18 @@ def _write_postgresql(
             {"t": tenant_id, "now": now, **_arrays(changed)},
         )
         _check_count(len(changed), result.rowcount)
+
+
+def planner_rows(conn: Connection) -> float | None:
+    """PostgreSQL's idea of the persons table's size (None elsewhere, or unknown)."""
+    if conn.dialect.name != "postgresql":
+        return None
+    tuples = conn.exec_driver_sql(
+        "SELECT reltuples FROM pg_class WHERE oid = 'persons'::regclass").scalar()
+    return None if tuples is None or tuples < 0 else float(tuples)
+
+
+def analyze(conn: Connection) -> None:
+    """Refresh PostgreSQL's statistics of persons (see ``importer`` for when)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ANALYZE persons")
