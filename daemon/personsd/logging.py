@@ -121,10 +121,20 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     root.setLevel(STDLIB_LEVEL)
     # paramiko logs a traceback at ERROR for every connection that never speaks
     # SSH (health checks, port scans); sftp.py logs those as sftp.connection_error.
-    logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
+    transport = logging.getLogger("paramiko.transport")
+    for old_filter in [f for f in transport.filters if isinstance(f, _DropErrors)]:
+        transport.removeFilter(old_filter)
+    transport.addFilter(_DropErrors())
     # watchdog complains at ERROR about events queued while its thread stops.
     logging.getLogger("watchdog.observers.inotify_buffer").setLevel(logging.CRITICAL)
     logging.getLogger("watchdog.observers.inotify").setLevel(logging.CRITICAL)
+
+
+class _DropErrors(logging.Filter):
+    """paramiko's per-connection error tracebacks; sftp.py logs those events itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
 
 
 def get_logger(name: str | None = None, **context: Any) -> FilteringBoundLogger:
