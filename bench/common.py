@@ -191,6 +191,25 @@ def personsd_schema(url: str) -> int:
     return int(tenant_id)
 
 
+# What a SQLite connection's speed depends on; foreign_keys so the limit checks
+# the tenant reference as personsd's writes do.
+SQLITE_PRAGMAS = ("journal_mode", "synchronous", "foreign_keys", "cache_size", "temp_store",
+                  "mmap_size", "locking_mode")
+
+
+def sqlite_pragmas(url: str) -> list[str]:
+    """``NAME=VALUE`` of each of ``SQLITE_PRAGMAS`` on a connection personsd opens."""
+    from personsd.store import db
+
+    engine = db.connect(url)
+    try:
+        with engine.connect() as conn:
+            return [f"{name}={conn.exec_driver_sql(f'PRAGMA {name}').scalar()}"
+                    for name in SQLITE_PRAGMAS]
+    finally:
+        engine.dispose()
+
+
 def _now_param(dialect: str) -> object:
     from personsd.store.models import sqlite_timestamp
 

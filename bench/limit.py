@@ -3,12 +3,12 @@
 Runs as a child of ``run.py`` against personsd's own ``persons`` table (same
 columns, the same unique indexes and foreign key), created beforehand by the
 parent. PostgreSQL: one ``COPY ... FROM STDIN``. SQLite: one ``executemany``
-INSERT in one transaction, with the pragmas personsd uses (WAL,
-``synchronous=NORMAL``, foreign keys on). Every row still gets what a stored
-person has (a person_key, its attributes as JSON, timestamps), so the rows
-are as wide as personsd's.
+INSERT in one transaction, with the pragmas a personsd connection has (the
+parent reads them from one and hands them in: WAL, ``synchronous``, cache).
+Every row still gets what a stored person has (a person_key, its attributes
+as JSON, timestamps), so the rows are as wide as personsd's.
 
-    python bench/limit.py --url URL --tenant-id N FILE [--rows N]
+    python bench/limit.py --url URL --tenant-id N FILE [--rows N] [--pragma NAME=VALUE]...
 
 Prints ``{"rows": N, "seconds": S}`` (S: the load itself, after start-up).
 """
@@ -60,14 +60,14 @@ def load_postgresql(url: str, path: Path, tenant_id: int, limit: int | None) -> 
     return count
 
 
-def load_sqlite(url: str, path: Path, tenant_id: int, limit: int | None) -> int:
+def load_sqlite(url: str, path: Path, tenant_id: int, limit: int | None,
+                pragmas: list[str]) -> int:
     database = url.removeprefix("sqlite:///")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     conn = sqlite3.connect(database, isolation_level=None)
     try:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA foreign_keys=ON")
+        for pragma in pragmas:
+            conn.execute(f"PRAGMA {pragma}")
         conn.execute("BEGIN IMMEDIATE")
         before = conn.total_changes
         conn.executemany(
@@ -87,10 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True)
     parser.add_argument("--tenant-id", type=int, required=True)
     parser.add_argument("--rows", type=int, default=None, help="only the first N rows")
+    parser.add_argument("--pragma", action="append", default=[],
+                        help="SQLite: a PRAGMA to set first, NAME=VALUE (repeatable)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    load = load_sqlite if args.url.startswith("sqlite") else load_postgresql
-    count = load(args.url, args.file, args.tenant_id, args.rows)
+    if args.url.startswith("sqlite"):
+        count = load_sqlite(args.url, args.file, args.tenant_id, args.rows, args.pragma)
+    else:
+        count = load_postgresql(args.url, args.file, args.tenant_id, args.rows)
     print(json.dumps({"rows": count, "seconds": time.perf_counter() - start}))
     return 0
 

@@ -34,6 +34,7 @@ from common import (
     pg_available,
     python,
     scratch_db,
+    sqlite_pragmas,
 )
 from report import Result
 
@@ -56,7 +57,9 @@ def record(result: Result) -> Result:
 def run_limit(db: str, size: int, path: Path, work: Path) -> Result:
     with scratch_db(db, work) as url:
         tenant_id = personsd_schema(url)
+        pragmas = sqlite_pragmas(url) if db == "sqlite" else []
         measured = measure(python("limit.py", "--url", url, "--tenant-id", str(tenant_id),
+                                  *(f"--pragma={p}" for p in pragmas),
                                   str(path))).check(f"limit on {db}")
     rows = int(measured.json()["rows"])
     return record(Result(db=db, size=size, what="limit", rows=rows, seconds=measured.seconds,

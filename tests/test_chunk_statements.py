@@ -23,8 +23,8 @@ from engine_helpers import (
 from personsd.config import Config
 from personsd.store import db
 
-ROWS = 2000
-SMALL, LARGE = 10, 1000
+ROWS = 1000
+SMALL, LARGE = 10, 500
 # BEGIN or the tenant lock, one load per identifier column (3), id allocation,
 # at most three bulk writes, the checkpoint: anything above is a per-row leak.
 MAX_PER_CHUNK = 9

@@ -13,6 +13,7 @@ database kind.
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
@@ -82,6 +83,7 @@ def persons_rows(rows: int) -> Iterator[str]:
 
 def write_persons_file(path: Path, rows: int) -> Path:
     """A deterministic ``.persons`` file of ``rows`` data rows, written aside then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name("." + path.name + ".tmp")
     with temp.open("w", encoding="ascii") as out:
         out.write("external_person_id,mdn,first_name,sport_interests\n")
@@ -196,9 +198,56 @@ class Uninterrupted:
             self.proc.wait()
 
 
+class SharedReference:
+    """The uninterrupted result, computed once per test session across xdist workers.
+
+    The first worker to take the lock runs the reference import (alongside its
+    own crash run) and leaves the result on disk; the others read it there.
+    """
+
+    def __init__(self, shared: Path, folder: Path) -> None:
+        shared.mkdir(parents=True, exist_ok=True)
+        self.path = shared / "result.json"
+        self.lock = (shared / "lock").open("a+")
+        self.mine: Uninterrupted | None = None
+        # Deterministic, so each worker writes its own copy to feed its daemon.
+        self.source = write_persons_file(folder / "source" / FILE, ROWS)
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # another worker is computing it
+        if not self.path.exists():
+            self.mine = Uninterrupted(folder)
+        else:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+
+    def result(self) -> Result:
+        if self.mine is not None:
+            result = self.mine.result()
+            self.path.write_text(json.dumps({"summary": result.summary,
+                                             "errors_csv": result.errors_csv.decode(),
+                                             "export": result.export}))
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+            return result
+        fcntl.flock(self.lock, fcntl.LOCK_EX)  # waits for the worker computing it
+        fcntl.flock(self.lock, fcntl.LOCK_UN)
+        data = json.loads(self.path.read_text())
+        return Result(summary=data["summary"], errors_csv=data["errors_csv"].encode(),
+                      export=data["export"])
+
+    def close(self) -> None:
+        if self.mine is not None:
+            self.mine.close()
+        self.lock.close()
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Uninterrupted]:
-    reference = Uninterrupted(tmp_path_factory.mktemp("uninterrupted"))
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedReference]:
+    # Under xdist the session's base directory is per worker and its parent is
+    # the session's; without xdist the base directory is the session's.
+    base = tmp_path_factory.getbasetemp()
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "crash-ref"
+    reference = SharedReference(shared, tmp_path_factory.mktemp("uninterrupted"))
     try:
         yield reference
     finally:
@@ -255,7 +304,7 @@ def kill_at_rows(daemon: Daemon, watch: Watch, at_least: int, *, into_chunk: flo
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_kill_and_sigterm_mid_import_end_like_an_uninterrupted_run(
-    db_url: str, tmp_path: Path, uninterrupted: Uninterrupted
+    db_url: str, tmp_path: Path, uninterrupted: SharedReference
 ) -> None:
     """SPEC 5: kill -9 at any point or SIGTERM mid-import ends like an uninterrupted run."""
     daemon = site(tmp_path, db_url)
