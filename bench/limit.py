@@ -10,7 +10,8 @@ as JSON, timestamps), so the rows are as wide as personsd's.
 
     python bench/limit.py --url URL --tenant-id N FILE [--rows N] [--pragma NAME=VALUE]...
 
-Prints ``{"rows": N, "seconds": S}`` (S: the load itself, after start-up).
+Prints ``{"rows": N, "seconds": S}``. S times the database's work only: the rows
+are parsed and encoded beforehand (not timed), so this is the ceiling, not a rival.
 """
 
 from __future__ import annotations
@@ -45,40 +46,65 @@ def records(path: Path, tenant_id: int, limit: int | None,
                    json.dumps(attributes, ensure_ascii=False), stamp, stamp)
 
 
-def load_postgresql(url: str, path: Path, tenant_id: int, limit: int | None) -> int:
+def _copy_text(value: object) -> str:
+    if value is None:
+        return "\\N"
+    text = str(value)
+    return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+            .replace("\r", "\\r"))
+
+
+def load_postgresql(url: str, path: Path, tenant_id: int, limit: int | None) -> tuple[int, float]:
+    """COPY of rows encoded beforehand: only the database's ingest is timed."""
     import psycopg
 
-    stamp = datetime.now(UTC)
+    stamp = datetime.now(UTC).isoformat()
     count = 0
+    staged = path.with_name(f".{path.name}.{tenant_id}.copy")
+    with staged.open("w", encoding="utf-8") as out:
+        for record in records(path, tenant_id, limit, stamp):
+            out.write("\t".join(_copy_text(v) for v in record) + "\n")
+            count += 1
     conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
-    with psycopg.connect(conninfo) as conn, conn.cursor() as cur:
-        with cur.copy(f"COPY persons ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-            for record in records(path, tenant_id, limit, stamp):
-                copy.write_row(record)
-                count += 1
-        conn.commit()
-    return count
+    try:
+        with psycopg.connect(conninfo) as conn, conn.cursor() as cur, staged.open("rb") as src:
+            start = time.perf_counter()
+            with cur.copy(f"COPY persons ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                while block := src.read(1 << 20):
+                    copy.write(block)
+            conn.commit()
+            seconds = time.perf_counter() - start
+    finally:
+        staged.unlink(missing_ok=True)
+    return count, seconds
 
 
 def load_sqlite(url: str, path: Path, tenant_id: int, limit: int | None,
-                pragmas: list[str]) -> int:
+                pragmas: list[str]) -> tuple[int, float]:
+    """executemany of rows built beforehand (in batches): only the inserts are timed."""
     database = url.removeprefix("sqlite:///")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     conn = sqlite3.connect(database, isolation_level=None)
+    seconds = 0.0
+    sql = (f"INSERT INTO persons ({', '.join(COLUMNS)})"
+           f" VALUES ({', '.join('?' * len(COLUMNS))})")
     try:
         for pragma in pragmas:
             conn.execute(f"PRAGMA {pragma}")
         conn.execute("BEGIN IMMEDIATE")
         before = conn.total_changes
-        conn.executemany(
-            f"INSERT INTO persons ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
-            records(path, tenant_id, limit, stamp),
-        )
+        rows = records(path, tenant_id, limit, stamp)
+        while batch := list(itertools.islice(rows, 50_000)):
+            start = time.perf_counter()
+            conn.executemany(sql, batch)
+            seconds += time.perf_counter() - start
+        start = time.perf_counter()
         count = conn.total_changes - before
         conn.execute("COMMIT")
+        seconds += time.perf_counter() - start
     finally:
         conn.close()
-    return count
+    return count, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,12 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pragma", action="append", default=[],
                         help="SQLite: a PRAGMA to set first, NAME=VALUE (repeatable)")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
     if args.url.startswith("sqlite"):
-        count = load_sqlite(args.url, args.file, args.tenant_id, args.rows, args.pragma)
+        count, seconds = load_sqlite(args.url, args.file, args.tenant_id, args.rows, args.pragma)
     else:
-        count = load_postgresql(args.url, args.file, args.tenant_id, args.rows)
-    print(json.dumps({"rows": count, "seconds": time.perf_counter() - start}))
+        count, seconds = load_postgresql(args.url, args.file, args.tenant_id, args.rows)
+    print(json.dumps({"rows": count, "seconds": seconds}))
     return 0
 
 
