@@ -14,18 +14,15 @@ import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import pytest
 from click.testing import CliRunner, Result
 
-from conftest import PG_URL, REQUIRE_PG, _pg_conninfo, _pg_unavailable
+from conftest import database_url
 from personsd.cli import main
 
 FIXED_COLUMNS = ["line", "row", "error_class", "error_message", "field", "value"]
@@ -203,27 +200,6 @@ def make_site(home: Path, db_url: str, *, carrier: str = "none", carrier_url: st
     return site
 
 
-@contextmanager
-def shared_database(kind: str, directory: Path) -> Iterator[str]:
-    """A database URL for tests that share one installation (module-scoped fixtures).
-
-    The same databases as conftest's ``db_url``: a SQLite file, or a private
-    PostgreSQL schema dropped afterwards.
-    """
-    if kind == "sqlite":
-        yield f"sqlite:///{directory / 'persons.db'}"
-        return
-    reason = _pg_unavailable()
-    if reason is not None:
-        if REQUIRE_PG:
-            pytest.fail(reason + " (PERSONSD_TEST_REQUIRE_PG is set)")
-        pytest.skip(reason)
-    schema = "t_" + uuid.uuid4().hex[:16]
-    with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as conn:
-        conn.execute(f'create schema "{schema}"')
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as conn:
-            conn.execute(f'drop schema "{schema}" cascade')
+def shared_database(kind: str, directory: Path) -> AbstractContextManager[str]:
+    """A database URL for tests that share one installation (module-scoped fixtures)."""
+    return database_url(kind, directory)

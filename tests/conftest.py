@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -51,9 +52,16 @@ def _pg_unavailable() -> str | None:
     return _pg_state["reason"]
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL URL whose search_path is a fresh, private schema."""
+@contextmanager
+def database_url(kind: str, folder: Path) -> Iterator[str]:
+    """A fresh database: a SQLite file in ``folder``, or a private PostgreSQL schema.
+
+    For fixtures of any scope; the schema is dropped afterwards. PostgreSQL
+    being unreachable skips, or fails when ``PERSONSD_TEST_REQUIRE_PG`` is set.
+    """
+    if kind == "sqlite":
+        yield f"sqlite:///{folder / 'persons.db'}"
+        return
     reason = _pg_unavailable()
     if reason is not None:
         if REQUIRE_PG:
@@ -70,6 +78,13 @@ def pg_url() -> Iterator[str]:
     finally:
         with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as conn:
             conn.execute(f'drop schema "{schema}" cascade')
+
+
+@pytest.fixture
+def pg_url(tmp_path: Path) -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh, private schema."""
+    with database_url("postgresql", tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

@@ -11,18 +11,16 @@ import io
 import json
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paramiko
-import psycopg
 import pytest
 
-from conftest import PG_URL, REQUIRE_PG, _pg_conninfo, _pg_unavailable
+from conftest import database_url
 from daemon_helpers import SEED_FIELDS, SEED_FILE, Daemon, free_port, sftp_batch, ssh_key, wait_for
 from personsd.fieldtypes import CustomField
 from personsd.passwords import hash_password
@@ -47,26 +45,9 @@ QUIET = 1.5  # > settle_seconds + 2 * RESCAN: "never" has had its chances
 
 # -- a daemon per database, for the module --------------------------------------------------
 
-@contextmanager
-def module_db_url(kind: str, folder: Path) -> Iterator[str]:
+def module_db_url(kind: str, folder: Path) -> AbstractContextManager[str]:
     """Like conftest's ``db_url``, but for a module: SQLite file or a private PG schema."""
-    if kind == "sqlite":
-        yield f"sqlite:///{folder / 'persons.db'}"
-        return
-    reason = _pg_unavailable()
-    if reason is not None:
-        if REQUIRE_PG:
-            pytest.fail(reason + " (PERSONSD_TEST_REQUIRE_PG is set)")
-        pytest.skip(reason)
-    schema = "t_" + uuid.uuid4().hex[:16]
-    with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as conn:
-        conn.execute(f'create schema "{schema}"')
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as conn:
-            conn.execute(f'drop schema "{schema}" cascade')
+    return database_url(kind, folder)
 
 
 Fields = tuple[tuple[str, str, str | None], ...]
