@@ -26,11 +26,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+import structlog
 from sqlalchemy import Connection, Engine, text
 
 from personsd import fileformat, reports, rules
 from personsd.config import Config
-from personsd.errors import ErrorKind, FileRejected, InternalError, RowError
+from personsd.errors import ErrorKind, FileRejected, InternalError, OperatorError, RowError
 from personsd.fileformat import Layout, RawRow
 from personsd.logging import Event, ProgressReporter, get_logger
 from personsd.phones import CarrierCheck, carrier_check
@@ -98,8 +99,6 @@ def create(
     with write_tx(engine) as conn:
         found = store_tenants.get_tenant(conn, tenant)
         if found is None:
-            from personsd.errors import OperatorError
-
             raise OperatorError(f"unknown tenant {tenant!r}")
         import_id = store_imports.create(
             conn,
@@ -165,7 +164,7 @@ def run(
             _import_rows(engine, cfg, record, layout, fh, carrier or carrier_for(cfg),
                          stop, on_chunk, bound)
     except FileRejected as rejected:
-        return _reject(engine, cfg, record, rejected, bound)
+        return _reject(engine, cfg, record, rejected)
 
     with write_tx(engine) as conn:
         store_imports.set_status(conn, import_id, "completed", finished_at=now())
@@ -183,8 +182,8 @@ def _tenant_name(conn: Connection, tenant_id: int) -> str:
     raise InternalError(f"import of unknown tenant id {tenant_id}")
 
 
-def _reject(engine: Engine, cfg: Config, record: ImportRecord, rejected: FileRejected,
-            bound: object) -> Outcome:
+def _reject(engine: Engine, cfg: Config, record: ImportRecord,
+            rejected: FileRejected) -> Outcome:
     errors_path, _ = work_paths(cfg, record.id)
     errors_path.parent.mkdir(parents=True, exist_ok=True)
     reports.rejected_report(errors_path, rejected.error_class, rejected.message, rejected.line)
@@ -218,7 +217,7 @@ def _import_rows(
     carrier: CarrierCheck,
     stop: threading.Event | None,
     on_chunk: Callable[[int, int], None] | None,
-    bound: object,
+    bound: structlog.typing.FilteringBoundLogger,
 ) -> None:
     errors_path, retry_path = work_paths(cfg, record.id)
     errors_path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,8 +252,7 @@ def _import_rows(
                 on_chunk(point.rows_total, point.next_offset or 0)
             shown = progress.update(point.rows_total, point.next_offset or 0)
             if shown is not None:
-                log.info(Event.IMPORT_PROGRESS, tenant=schema_tenant(bound),
-                         import_id=record.id, file=record.file_name, **shown.as_fields())
+                bound.info(Event.IMPORT_PROGRESS, **shown.as_fields())
 
 
 class _Statistics:
@@ -286,12 +284,6 @@ class _Statistics:
         self.created_at_analyze = created
 
 
-def schema_tenant(bound: object) -> str | None:
-    """The tenant bound into a logger's context (for events logged unbound)."""
-    context = getattr(bound, "_context", None)
-    return None if context is None else context.get("tenant")
-
-
 def _apply_chunk(
     engine: Engine,
     record: ImportRecord,
@@ -314,14 +306,14 @@ def _apply_chunk(
     with write_tx(engine) as conn:
         _lock_tenant(conn, record.tenant_id)
         loaded = store_persons.load(conn, record.tenant_id, lookups)
-        held = {(column, getattr(person, column)) for person in loaded
+        held = {column: {getattr(person, column) for person in loaded}
                 for column in _CREATING_KEYS}
         creatable = {
             (change.key, change.key_value)
             for change in changes
             if isinstance(change, rules.RowChange)
-            and change.key in _CREATING_KEYS
-            and (change.key, change.key_value) not in held
+            and change.key in held
+            and change.key_value not in held[change.key]
         }
         ids = store_persons.allocate_ids(conn, len(creatable)) if creatable else []
         persons = rules.PersonSet(loaded, new_ids=_ids(conn, ids), new_key=_new_key)

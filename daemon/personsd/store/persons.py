@@ -80,7 +80,17 @@ def load(conn: Connection, tenant_id: int, lookups: Iterable[tuple[str, object]]
     """The tenant's persons matching any (column, value) lookup, by person_id."""
     found: dict[int, Person] = {}
     postgres = conn.dialect.name == "postgresql"
-    for column, values in _wanted(lookups).items():
+    wanted = _wanted(lookups)
+    for column in LOOKUP_COLUMNS:
+        if column not in wanted:
+            continue
+        # Identifiers are unique per tenant: a value some loaded person holds
+        # is held by nobody else, so it needs no query (a file naming persons
+        # by external id and mdn costs one query's rows, not two).
+        held = {getattr(p, column) for p in found.values()}
+        values = [v for v in wanted[column] if v not in held]
+        if not values:
+            continue
         if postgres:
             array = "bigint[]" if column == "person_id" else "text[]"
             # One index probe per value, whatever the statistics say: with
@@ -93,7 +103,7 @@ def load(conn: Connection, tenant_id: int, lookups: Iterable[tuple[str, object]]
                 f" (SELECT {_COLUMNS} FROM persons"
                 f" WHERE tenant_id = %(t)s AND {column} = v.val LIMIT 1) AS p",
                 {"t": tenant_id, "v": values},
-            )
+            ).all()
             for row in rows:
                 if row[0] not in found:  # decode each person once
                     found[row[0]] = _person(row)
@@ -104,7 +114,7 @@ def load(conn: Connection, tenant_id: int, lookups: Iterable[tuple[str, object]]
             rows = conn.exec_driver_sql(
                 f"SELECT {_COLUMNS} FROM persons WHERE tenant_id = ? AND {column} IN ({marks})",
                 (tenant_id, *batch),
-            )
+            ).all()
             for row in rows:
                 if row[0] not in found:
                     found[row[0]] = _person(row)
