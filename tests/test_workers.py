@@ -134,3 +134,18 @@ def test_connection_errors_are_told_apart_from_bugs() -> None:
     bug = ProgrammingError("select nope", {}, Exception("syntax error"))
     assert (True, False, False) == (is_db_unreachable(refused), is_db_unreachable(bug),
                                     is_db_unreachable(ValueError("x")))
+
+
+def test_a_cli_import_is_never_claimed_by_a_daemon(site: config.Config, tmp_path: Path) -> None:
+    """`personsd import` records its import as running, so no worker can take it meanwhile."""
+    source = tmp_path / "now.persons"
+    source.write_text(GOOD)
+    engine = db.connect(site.database.url)
+    import_id = importer.create(engine, tenant="acme", path=source, source="cli",
+                                claimed_by="cli:host:1")
+    with db.write_tx(engine) as conn:
+        claimed = store_imports.claim_next(conn, instance="host:/var/lib/personsd",
+                                           tenants_busy=set())
+        record = store_imports.get(conn, import_id)
+    engine.dispose()
+    assert (None, "running", 1) == (claimed, record.status, record.attempts)

@@ -8,7 +8,9 @@ progress bar go to stderr.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -163,7 +165,8 @@ def import_(ctx: click.Context, file: Path, tenant: str) -> None:
         init_paths(cfg)
         state.tenant(tenant)
         import_id = importer.create(state.engine, tenant=tenant, path=file.resolve(),
-                                    source="cli")
+                                    source="cli",
+                                    claimed_by=f"cli:{socket.gethostname()}:{os.getpid()}")
         outcome = _run_with_attempts(state, import_id, file.stat().st_size)
         if outcome.summary.status != "failed":
             shutil.rmtree(cfg.work_dir / str(import_id), ignore_errors=True)

@@ -93,8 +93,14 @@ def create(
     source: str,
     file_name: str | None = None,
     received_at: datetime | None = None,
+    claimed_by: str | None = None,
 ) -> int:
-    """Record a queued import of ``path`` for ``tenant``; returns its id."""
+    """Record an import of ``path`` for ``tenant``; returns its id.
+
+    It is queued for the daemon's workers, or, with ``claimed_by``, running at
+    once for the caller (``personsd import``), so no daemon sharing the
+    database can claim it between its creation and its run.
+    """
     digest, size = sha256_of(path)
     with write_tx(engine) as conn:
         found = store_tenants.get_tenant(conn, tenant)
@@ -111,7 +117,12 @@ def create(
             received_at=received_at or now(),
         )
         duplicate = store_imports.find_duplicate(conn, found.id, digest, import_id)
-        if duplicate is not None:
+        if claimed_by is not None:
+            moment = now()
+            store_imports.set_status(conn, import_id, "running", duplicate_of=duplicate,
+                                     claimed_by=claimed_by, claimed_at=moment,
+                                     heartbeat_at=moment, started_at=moment, attempts=1)
+        elif duplicate is not None:
             store_imports.set_status(conn, import_id, "queued", duplicate_of=duplicate)
     return import_id
 
