@@ -136,6 +136,18 @@ def test_connection_errors_are_told_apart_from_bugs() -> None:
                                     is_db_unreachable(ValueError("x")))
 
 
+def test_disk_full_waits_instead_of_spending_attempts() -> None:
+    """Disk full (SPEC 5): the import pauses and retries; it is not the file's fault."""
+    import errno
+
+    from personsd.errors import TransientError
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    assert (True, True, False) == (is_db_unreachable(full),
+                                   is_db_unreachable(TransientError("disk full")),
+                                   is_db_unreachable(OSError(errno.EACCES, "denied")))
+
+
 def test_a_cli_import_is_never_claimed_by_a_daemon(site: config.Config, tmp_path: Path) -> None:
     """`personsd import` records its import as running, so no worker can take it meanwhile."""
     source = tmp_path / "now.persons"

@@ -187,10 +187,10 @@ def run(
 
 
 def _tenant_name(conn: Connection, tenant_id: int) -> str:
-    for tenant in store_tenants.list_tenants(conn):
-        if tenant.id == tenant_id:
-            return tenant.name
-    raise InternalError(f"import of unknown tenant id {tenant_id}")
+    name = store_tenants.tenant_name(conn, tenant_id)
+    if name is None:
+        raise InternalError(f"import of unknown tenant id {tenant_id}")
+    return name
 
 
 def _reject(engine: Engine, cfg: Config, record: ImportRecord,

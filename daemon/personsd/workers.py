@@ -15,6 +15,7 @@ Failure policy (SPEC 5):
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -29,6 +30,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from personsd import importer
 from personsd.config import Config
+from personsd.errors import TransientError
 from personsd.logging import get_logger
 from personsd.retry import RetryPolicy
 from personsd.store import imports as store_imports
@@ -49,6 +51,10 @@ def instance_name(cfg: Config) -> str:
 
 def is_db_unreachable(exc: BaseException) -> bool:
     """True for connection-level database errors (worth waiting for, not our bug)."""
+    if isinstance(exc, TransientError):
+        return True  # e.g. disk full while publishing: wait, as for the database
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     if isinstance(exc, OperationalError):
@@ -192,8 +198,7 @@ class Workers:
         if not source.exists():
             return
         with self.engine.connect() as conn:
-            tenant = next((t.name for t in store_tenants.list_tenants(conn)
-                           if t.id == record.tenant_id), str(record.tenant_id))
+            tenant = store_tenants.tenant_name(conn, record.tenant_id) or str(record.tenant_id)
         folder = where / tenant
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{record.id}.{record.file_name}"

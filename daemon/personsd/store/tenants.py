@@ -151,3 +151,9 @@ def _keys(conn: Connection, tenant_ids: list[int] | None) -> dict[int, tuple[tup
     for tenant_id, key_type, key_data in conn.execute(stmt):
         found.setdefault(tenant_id, []).append((key_type, key_data))
     return {t: tuple(keys) for t, keys in found.items()}
+
+
+def tenant_name(conn: Connection, tenant_id: int) -> str | None:
+    """The name of the tenant with ``tenant_id``, or None."""
+    name = conn.execute(select(TenantRow.name).where(TenantRow.id == tenant_id)).scalar()
+    return None if name is None else str(name)
