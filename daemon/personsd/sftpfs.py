@@ -365,14 +365,17 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         if len(where) == 1:
             return _attrs(os.fstat(self._fds[where[0]]), where[0])
         found = self._file(path)
+        if not isinstance(found, int):
+            box, name = found
+            try:
+                return _attrs(os.stat(name, dir_fd=self._fds[box], follow_symlinks=False), name)
+            except FileNotFoundError:
+                found = SFTP_NO_SUCH_FILE  # claimed by the daemon in between
         if found == SFTP_NO_SUCH_FILE and where[0] == "inbox" and where[1] in self._delivered:
             when, st = self._delivered[where[1]]
             if time.monotonic() - when < DELIVERED_MEMORY_SECONDS:
                 return _attrs(st, where[1])  # delivered, then claimed by the daemon
-        if isinstance(found, int):
-            return found
-        box, name = found
-        return _attrs(os.stat(name, dir_fd=self._fds[box], follow_symlinks=False), name)
+        return found
 
     lstat = stat  # symlinks are invisible, so both are the same
 
