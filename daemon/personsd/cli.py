@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 from personsd import config as config_mod
 from personsd import importer, logging, reports
 from personsd.config import Config
-from personsd.errors import InternalError, OperatorError, PersonsdError
+from personsd.errors import OperatorError, PersonsdError
 from personsd.fieldtypes import Charset, CustomField, FieldType, format_value
 from personsd.phones import normalize_mdn
 from personsd.retry import RetryPolicy
@@ -187,9 +187,9 @@ def _run_with_attempts(state: State, import_id: int, size: int) -> importer.Outc
             attempt += 1
             try:
                 return importer.run(state.engine, cfg, import_id, on_chunk=on_chunk)
-            except (InternalError, OSError, Exception) as exc:
-                if isinstance(exc, OperatorError):
-                    raise
+            except OperatorError:
+                raise
+            except Exception as exc:  # noqa: BLE001 -- our fault: retry from the checkpoint
                 if attempt >= cfg.imports.max_attempts:
                     return importer.fail(state.engine, cfg, import_id, repr(exc))
                 time.sleep(policy.delay(attempt))

@@ -21,7 +21,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from sqlalchemy import Engine, make_url
 
@@ -286,5 +285,6 @@ class Daemon:
         return 0
 
 
-def main(cfg: Config, **_: Any) -> int:
+def main(cfg: Config) -> int:
+    """``personsd run``: returns the exit code."""
     return Daemon(cfg).run()
