@@ -342,6 +342,8 @@ def test_file_error_rejects_the_file(shared: Site, case: FileCase) -> None:
         summary["reports"])
     assert FIXED_COLUMNS == done.errors_header
     assert [[case.line, "", case.error_class, message, "", ""]] == done.errors
+    # SPEC 4: `errors` counts the report's error lines by class.
+    assert {case.error_class: 1} == summary["errors"]
     assert before == site.export_text()
     listed = json.loads(site.cli("imports", "list", "--tenant", "acme", "--json").stdout)
     assert "rejected" == next(i for i in listed if i["import_id"] == summary["import_id"])[

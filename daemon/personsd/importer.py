@@ -418,7 +418,9 @@ def summary_of(record: ImportRecord, tenant: str) -> reports.Summary:
             created=record.rows_created,
             updated=record.rows_updated,
         ),
-        errors={k: v for k, v in record.error_counts.items() if v},
+        # SPEC 4 counts error lines by class; a rejected file's report has one.
+        errors=({file_error.error_class: 1} if file_error is not None
+                else {k: v for k, v in record.error_counts.items() if v}),
         file_error=file_error,
         reports=reports.Reports.of(record.file_name, record.id, retry=record.retry_rows > 0),
         duplicate_of=record.duplicate_of,
