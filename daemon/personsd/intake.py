@@ -1,6 +1,6 @@
 """Intake: a complete upload becomes a queued import (SPEC section 5).
 
-Claiming is a rename out of the inbox into ``state/work/claimed/<tenant>/``
+Claiming is a rename out of the inbox into ``state/work/claimed/<host>/<tenant>/``
 (same filesystem, so atomic), *then* an import record. The order matters for
 "nothing is lost": a crash or a database outage between the two leaves a
 claimed file without a record, and :meth:`Intake.recover` turns every such
@@ -15,6 +15,7 @@ retried with capped exponential backoff.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections import deque
@@ -55,7 +56,9 @@ class Intake:
 
     @property
     def claimed_dir(self) -> Path:
-        return self.cfg.work_dir / "claimed"
+        # Per host: instances sharing one tree (and database) each heal only
+        # their own interrupted claims, never one another's in flight.
+        return self.cfg.work_dir / "claimed" / socket.gethostname()
 
     def offer(self, ready: ReadyFile) -> None:
         """Called by the watcher's thread: just enqueue."""
