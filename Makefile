@@ -17,10 +17,12 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m personsd.firstrun
 
+# Four workers on two cores: most end-to-end tests wait on subprocesses,
+# sockets and settle timers, so more workers overlap the waiting.
 test: $(STAMP)
 	$(BIN)/ruff check daemon tests bench
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 --durations=10 $(PYTEST_ARGS)
+	$(BIN)/pytest -n 4 --durations=10 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
