@@ -90,6 +90,7 @@ class _AppendFile:
         self._header = header
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         self._fh: IO[bytes] = os.fdopen(fd, "r+b")
+        self._synced = -1  # length at the last fsync (none yet)
         self._fh.seek(0, os.SEEK_END)
         if self._fh.tell() < len(header):
             # New, or a crash cut the header short: (re)start with the header.
@@ -112,6 +113,7 @@ class _AppendFile:
             length = 0
         self._fh.truncate(length)
         self._fh.seek(length)
+        self._synced = -1  # a truncation must reach the disk too
         if length == 0:
             self._fh.write(self._header)
 
@@ -121,8 +123,12 @@ class _AppendFile:
     def flush_and_sync(self) -> int:
         """Make everything written durable; the length to store in the checkpoint."""
         self._fh.flush()
-        os.fsync(self._fh.fileno())
-        return self._fh.tell()
+        length = self._fh.tell()
+        # Most chunks add no report line: what is on disk is durable already.
+        if length != self._synced:
+            os.fsync(self._fh.fileno())
+            self._synced = length
+        return length
 
     def size(self) -> int:
         self._fh.flush()
