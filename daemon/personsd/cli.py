@@ -496,7 +496,10 @@ def imports_list(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
 @click.argument("import_id", type=int)
 @click.pass_context
 def imports_retry(ctx: click.Context, import_id: int) -> None:
-    """Queue a failed import again (it resumes from its checkpoint)."""
+    """Queue a failed import again (it resumes from its checkpoint).
+
+    Its file stays where the worker put it (the quarantine): work_path says where.
+    """
     state = _state(ctx)
     with errors_handled():
         if not 0 < import_id < 2**63:  # beyond any id: not an error of the database's
@@ -507,19 +510,7 @@ def imports_retry(ctx: click.Context, import_id: int) -> None:
                 raise OperatorError(f"import {import_id} is {record.status}, not failed")
             store_imports.set_status(conn, import_id, "queued", attempts=0, finished_at=None,
                                      reports_published=False, claimed_by=None)
-        _restore_quarantined(state.config, record)
     click.echo(f"import {import_id} queued again")
-
-
-def _restore_quarantined(cfg: Config, record: store_imports.ImportRecord) -> None:
-    """A quarantined source goes back to the work area the worker reads from."""
-    path = Path(record.work_path)
-    if path.exists():
-        return
-    for candidate in cfg.quarantine_dir.glob(f"*/{record.id}.*"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        candidate.rename(path)
-        return
 
 
 # -- db --------------------------------------------------------------------
