@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import phonenumbers
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -299,3 +300,24 @@ def test_offline_fast_path_examples(e164: str) -> None:
     """US, Canada, Caribbean, Guam, toll-free, premium and invalid numbers agree."""
     phones.offline_lookup.cache_clear()
     assert phones._reference_lookup(e164) == phones.offline_lookup(e164)
+
+
+def test_nanp_type_matches_phonenumbers_for_every_area_code() -> None:
+    """The combined type pattern names the type phonenumbers finds, area code by area code."""
+    mismatches = []
+    for area in range(200, 1000):
+        for exchange in ("201", "555", "987"):
+            nsn = f"{area}{exchange}1234"
+            expected = phonenumbers.number_type(phonenumbers.parse(f"+1{nsn}", None))
+            actual = phones._nanp_type(nsn)
+            if expected != actual:
+                mismatches.append((nsn, expected, actual))
+    assert [] == mismatches
+
+
+@given(st.integers(min_value=2_000_000_000, max_value=9_999_999_999))
+@settings(max_examples=500)
+def test_nanp_type_matches_phonenumbers(national: int) -> None:
+    """Any ten-digit NANP number gets the type phonenumbers gives it."""
+    expected = phonenumbers.number_type(phonenumbers.parse(f"+1{national}", None))
+    assert expected == phones._nanp_type(str(national))

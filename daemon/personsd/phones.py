@@ -37,6 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import phonenumbers
@@ -121,30 +122,68 @@ def _compiled(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-def _matches(nsn: str, desc: Any) -> bool:
-    if desc is None:
-        return False
+def _applies(desc: Any, length: int) -> str | None:
+    """The pattern of ``desc`` if numbers of ``length`` digits can match it."""
+    if desc is None or not desc.national_number_pattern:
+        return None
     lengths = desc.possible_length
-    if lengths and len(nsn) not in lengths:
-        return False
-    pattern = desc.national_number_pattern
-    return bool(pattern) and _compiled(pattern).fullmatch(nsn) is not None
+    if lengths and length not in lengths:
+        return None
+    return str(desc.national_number_pattern)
 
 
-def _number_type(nsn: str, md: Any) -> int:
-    """phonenumbers' ``_number_type_helper``, with compiled patterns."""
-    if not _matches(nsn, md.general_desc):
-        return PhoneNumberType.UNKNOWN
-    for name, kind in zip(_DESCS, _DESC_TYPES, strict=True):
-        if _matches(nsn, getattr(md, name)):
-            return kind
-    if _matches(nsn, md.fixed_line):
-        if md.same_mobile_and_fixed_line_pattern or _matches(nsn, md.mobile):
-            return PhoneNumberType.FIXED_LINE_OR_MOBILE
-        return PhoneNumberType.FIXED_LINE
-    if not md.same_mobile_and_fixed_line_pattern and _matches(nsn, md.mobile):
-        return PhoneNumberType.MOBILE
-    return PhoneNumberType.UNKNOWN
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _TypeMatcher:
+    """phonenumbers' ``_number_type_helper`` for one region and one length, in two matches.
+
+    The descriptions phonenumbers tries one after another (premium rate, toll
+    free, ..., fixed line, mobile) become the alternatives of one pattern, in
+    the same order: ``re`` takes the first alternative that matches the whole
+    number, so the group that matched names the type phonenumbers would find.
+    """
+
+    general: re.Pattern[str] | None
+    kinds: re.Pattern[str] | None
+    mobile: re.Pattern[str] | None
+    same_mobile_and_fixed: bool
+
+    @classmethod
+    def build(cls, md: Any, length: int) -> _TypeMatcher:
+        general = _applies(md.general_desc, length)
+        alternatives = [
+            (f"t{kind}", pattern)
+            for kind, name in (*zip(_DESC_TYPES, _DESCS, strict=True),
+                               (PhoneNumberType.FIXED_LINE, "fixed_line"),
+                               (PhoneNumberType.MOBILE, "mobile"))
+            if (pattern := _applies(getattr(md, name), length)) is not None
+        ]
+        combined = "|".join(f"(?P<{group}>{pattern})" for group, pattern in alternatives)
+        mobile = _applies(md.mobile, length)
+        return cls(
+            general=re.compile(general) if general else None,
+            kinds=re.compile(combined) if combined else None,
+            mobile=re.compile(mobile) if mobile else None,
+            same_mobile_and_fixed=bool(md.same_mobile_and_fixed_line_pattern),
+        )
+
+    def type_of(self, nsn: str) -> int:
+        if self.general is None or self.general.fullmatch(nsn) is None:
+            return PhoneNumberType.UNKNOWN
+        found = self.kinds.fullmatch(nsn) if self.kinds is not None else None
+        if found is None:
+            return PhoneNumberType.UNKNOWN
+        # The outer group closes last, so it is `lastgroup`; groupdict covers any surprise.
+        group = found.lastgroup or next(n for n, v in found.groupdict().items() if v is not None)
+        kind = int(group[1:])
+        if kind == PhoneNumberType.FIXED_LINE:
+            if self.same_mobile_and_fixed or (
+                self.mobile is not None and self.mobile.fullmatch(nsn) is not None
+            ):
+                return PhoneNumberType.FIXED_LINE_OR_MOBILE
+            return PhoneNumberType.FIXED_LINE
+        if kind == PhoneNumberType.MOBILE and self.same_mobile_and_fixed:
+            return PhoneNumberType.UNKNOWN  # phonenumbers never asks the mobile pattern then
+        return kind
 
 
 _DESC_TYPES = (PhoneNumberType.PREMIUM_RATE, PhoneNumberType.TOLL_FREE,
@@ -153,17 +192,27 @@ _DESC_TYPES = (PhoneNumberType.PREMIUM_RATE, PhoneNumberType.TOLL_FREE,
                PhoneNumberType.VOICEMAIL)
 
 
-def _nanp_type(nsn: str) -> int:
-    """Region by phonenumbers' rule (leading digits, else full type), then the type."""
+@functools.cache
+def _nanp_regions() -> tuple[tuple[re.Pattern[str] | None, _TypeMatcher], ...]:
+    """Every +1 region in phonenumbers' order: its leading digits and its type matcher."""
+    regions = []
     for region in COUNTRY_CODE_TO_REGION_CODE[1]:
         md = PhoneMetadata.metadata_for_region(region.upper(), None)
         if md is None:
             continue
-        if md.leading_digits is not None:
-            if _compiled(md.leading_digits).match(nsn):
-                return _number_type(nsn, md)
+        leading = _compiled(md.leading_digits) if md.leading_digits is not None else None
+        regions.append((leading, _TypeMatcher.build(md, 10)))
+    return tuple(regions)
+
+
+def _nanp_type(nsn: str) -> int:
+    """Region by phonenumbers' rule (leading digits, else full type), then the type."""
+    for leading, matcher in _nanp_regions():
+        if leading is not None:
+            if leading.match(nsn):
+                return matcher.type_of(nsn)
         else:
-            kind = _number_type(nsn, md)
+            kind = matcher.type_of(nsn)
             if kind != PhoneNumberType.UNKNOWN:
                 return kind
     return PhoneNumberType.UNKNOWN
