@@ -16,7 +16,6 @@ accounting, quarantine and archive are the caller's.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import threading
 from collections import Counter
@@ -24,17 +23,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
 
 import structlog
 from sqlalchemy import Connection, Engine, text
 
-from personsd import fileformat, reports, rules
+from personsd import fileformat, reports, rules, validation
 from personsd.config import Config
 from personsd.errors import ErrorKind, FileRejected, InternalError, OperatorError, RowError
-from personsd.fileformat import Layout, RawRow
+from personsd.fileformat import Layout
 from personsd.logging import Event, ProgressReporter, get_logger
-from personsd.phones import CarrierCheck, carrier_check
+from personsd.phones import CarrierCheck, carrier_check, offline_lookup
 from personsd.store import fields as store_fields
 from personsd.store import imports as store_imports
 from personsd.store import persons as store_persons
@@ -139,10 +137,13 @@ def run(
     carrier: CarrierCheck | None = None,
     stop: threading.Event | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
+    validate_in: validation.Mode = "auto",
 ) -> Outcome:
     """Run (or resume) an import to its end and publish its reports.
 
     ``on_chunk(rows_done, bytes_done)`` is called after every committed chunk.
+    ``validate_in`` says where rows are read and validated (see ``validation``):
+    ``auto`` takes a second process for big files on a multi-core machine.
     Raises :class:`Interrupted` when ``stop`` is set between chunks, and any
     internal error as is (the data of the failing chunk rolled back).
     """
@@ -172,8 +173,8 @@ def run(
         fileformat.check_name(record.file_name)
         with open(record.work_path, "rb", buffering=_READ_BUFFER) as fh:
             layout = fileformat.read_layout(fh, max_row_bytes=cfg.imports.max_row_bytes)
-            _import_rows(engine, cfg, record, layout, fh, carrier or carrier_for(cfg),
-                         stop, on_chunk, bound)
+        _import_rows(engine, cfg, record, layout, carrier or carrier_for(cfg),
+                     stop, on_chunk, bound, validate_in)
     except FileRejected as rejected:
         return _reject(engine, cfg, record, rejected)
 
@@ -214,50 +215,51 @@ def _reject(engine: Engine, cfg: Config, record: ImportRecord,
     return outcome
 
 
-def _chunks(rows: Iterator[RawRow], size: int) -> Iterator[list[RawRow]]:
-    while chunk := list(itertools.islice(rows, size)):
-        yield chunk
-
-
 def _import_rows(
     engine: Engine,
     cfg: Config,
     record: ImportRecord,
     layout: Layout,
-    fh: BinaryIO,
     carrier: CarrierCheck,
     stop: threading.Event | None,
     on_chunk: Callable[[int, int], None] | None,
     bound: structlog.typing.FilteringBoundLogger,
+    validate_in: validation.Mode,
 ) -> None:
     errors_path, retry_path = work_paths(cfg, record.id)
     errors_path.parent.mkdir(parents=True, exist_ok=True)
     with engine.connect() as conn:
-        schema = rules.Schema(fields=store_fields.list_fields(conn, record.tenant_id))
+        fields = tuple(store_fields.list_fields(conn, record.tenant_id))
     point = record.checkpoint
+    job = validation.Job(
+        path=record.work_path,
+        layout=layout,
+        fields=fields,
+        offset=point.next_offset,
+        line=point.next_line,
+        row=point.next_row,
+        chunk_rows=cfg.imports.chunk_rows,
+        max_row_bytes=cfg.imports.max_row_bytes,
+        # The offline check is pure: the validator process runs it for every
+        # MDN ahead, so only the (rare) failures cost this process anything.
+        precheck=carrier is offline_lookup,
+    )
     with (
         reports.ErrorsWriter(errors_path, layout.fields) as errors_out,
         reports.RetryWriter(retry_path, layout) as retry_out,
+        validation.open_chunks(job, validate_in, file_bytes=record.bytes) as chunks,
     ):
         # Whatever a crashed run appended after its last checkpoint goes.
         errors_out.truncate(point.errors_bytes)
         retry_out.truncate(point.retry_bytes)
-        rows = fileformat.iter_rows(
-            fh,
-            layout,
-            max_row_bytes=cfg.imports.max_row_bytes,
-            offset=point.next_offset,
-            line=point.next_line,
-            row=point.next_row,
-        )
         progress = ProgressReporter(record.bytes, start_rows=point.rows_total,
                                     start_bytes=point.next_offset or 0)
         statistics = _Statistics(engine)
-        for chunk in _chunks(rows, cfg.imports.chunk_rows):
+        for chunk in chunks:
             if stop is not None and stop.is_set():
                 raise Interrupted(f"import {record.id} stopped at row {point.next_row}")
             statistics.grown(point.rows_created)
-            point = _apply_chunk(engine, record, layout, schema, carrier, chunk, point,
+            point = _apply_chunk(engine, record, chunk, chunk.carrier(carrier), point,
                                  errors_out, retry_out)
             if on_chunk is not None:
                 on_chunk(point.rows_total, point.next_offset or 0)
@@ -298,17 +300,15 @@ class _Statistics:
 def _apply_chunk(
     engine: Engine,
     record: ImportRecord,
-    layout: Layout,
-    schema: rules.Schema,
+    chunk: validation.ValidatedChunk,
     carrier: CarrierCheck,
-    chunk: list[RawRow],
     point: Checkpoint,
     errors_out: reports.ErrorsWriter,
     retry_out: reports.RetryWriter,
 ) -> Checkpoint:
-    changes = [rules.validate(raw, layout, schema) for raw in chunk]
-    lookups = {pair for change in changes if isinstance(change, rules.RowChange)
-               for pair in change.lookups}
+    rows = chunk.rows
+    changes = [row for row in rows if isinstance(row, rules.RowChange)]
+    lookups = {pair for change in changes for pair in change.lookups}
     report: list[reports.ReportLine] = []
     retry: list[tuple[str, ...]] = []
     counts = Counter[str]()
@@ -322,39 +322,39 @@ def _apply_chunk(
         creatable = {
             (change.key, change.key_value)
             for change in changes
-            if isinstance(change, rules.RowChange)
-            and change.key in held
-            and change.key_value not in held[change.key]
+            if change.key in held and change.key_value not in held[change.key]
         }
         ids = store_persons.allocate_ids(conn, len(creatable)) if creatable else []
         persons = rules.PersonSet(loaded, new_ids=_ids(conn, ids), new_key=_new_key)
 
-        for raw, change in zip(chunk, changes, strict=True):
+        for row in rows:
             outcome: rules.Applied | tuple[RowError, ...]
-            outcome = change if isinstance(change, tuple) else rules.apply(persons, change, carrier)
-            if isinstance(outcome, rules.Applied):
-                counts[outcome.value] += 1
-                continue
+            if isinstance(row, rules.RowChange):
+                outcome = rules.apply(persons, row, carrier)
+                if isinstance(outcome, rules.Applied):
+                    counts[outcome.value] += 1
+                    continue
+            else:
+                outcome = row.errors
             counts["failed"] += 1
             for error in outcome:
-                report.append(reports.ReportLine(line=raw.line, row=raw.row, error=error,
-                                                 values=raw.values))
+                report.append(reports.ReportLine(line=row.line, row=row.row, error=error,
+                                                 values=row.values))
                 error_counts[error.error_class] += 1
             if any(error.error_class == _TRANSIENT for error in outcome):
-                retry.append(raw.values)
+                retry.append(row.values)
 
         store_persons.write(conn, record.tenant_id, persons.created, persons.updated())
         if report:
             errors_out.append(report)
         if retry:
             retry_out.append(retry)
-        last = chunk[-1]
         succeeded = counts["created"] + counts["updated"]
         point = Checkpoint(
-            next_offset=last.end,
-            next_line=last.next_line,
-            next_row=last.row,
-            rows_total=point.rows_total + len(chunk),
+            next_offset=chunk.end,
+            next_line=chunk.next_line,
+            next_row=chunk.last_row,
+            rows_total=point.rows_total + len(rows),
             rows_succeeded=point.rows_succeeded + succeeded,
             rows_failed=point.rows_failed + counts["failed"],
             rows_created=point.rows_created + counts["created"],
