@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 
@@ -270,6 +271,13 @@ _attributes = st.dictionaries(
 def test_attributes_encoding_round_trips(attributes: dict[str, StoredValue]) -> None:
     """Stored custom values (text or tuple of keys) survive the JSON column unchanged."""
     assert attributes == persons._decode(persons._encode(attributes))
+
+
+@given(_attributes)
+def test_attributes_are_stored_as_before(attributes: dict[str, StoredValue]) -> None:
+    """The stored JSON text is exactly what earlier releases wrote (json.dumps, compact, sorted)."""
+    expected = json.dumps(attributes, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    assert expected == persons._encode(attributes)
 
 
 def test_update_without_handover_is_one_statement(engine: Engine, tenant: int) -> None:
