@@ -23,7 +23,7 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from personsd import config as config_mod
-from personsd import importer, logging, reports
+from personsd import importer, logging, reports, validation
 from personsd.config import Config
 from personsd.errors import OperatorError, PersonsdError
 from personsd.fieldtypes import Charset, CustomField, FieldType, format_value
@@ -108,6 +108,7 @@ def tenant_dirs(cfg: Config, name: str) -> None:
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
     """personsd: SFTP inbox daemon importing partners' .persons files."""
+    validation.tune_gc()
     ctx.obj = State(config_path)
 
 

@@ -28,6 +28,7 @@ broken pipe when its parent dies.
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import os
 import pickle
@@ -56,6 +57,18 @@ PROCESS_MIN_BYTES = 2 << 20
 _READ_BUFFER = 1 << 20
 _FRAME = struct.Struct("!Q")
 _PICKLE = pickle.HIGHEST_PROTOCOL
+
+
+# An import allocates millions of short-lived containers (rows, persons,
+# attribute dicts) and keeps a chunk's worth alive: with the default young
+# generation of 700 objects, the cycle collector ran often enough over those
+# to cost about a fifth of a delta load. None of them form cycles.
+GC_THRESHOLDS = (50_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Set this process's collector for import work (personsd's entry points call it)."""
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -127,6 +140,8 @@ def validate_chunk(
 
 
 def _offline_failures(rows: Sequence[ValidatedRow]) -> frozenset[str]:
+    # Past the cache: a file's MDNs are distinct, so it would only miss and evict.
+    check = offline_lookup.__wrapped__
     failing = set()
     for change in rows:
         if isinstance(change, RowFailure):
@@ -134,7 +149,7 @@ def _offline_failures(rows: Sequence[ValidatedRow]) -> frozenset[str]:
         for column, value in change.lookups + change.identifiers:
             if column == MDN and value is not None:
                 assert isinstance(value, str)
-                if offline_lookup(value) is not None:
+                if check(value) is not None:
                     failing.add(value)
     return frozenset(failing)
 
@@ -324,6 +339,7 @@ def main() -> int:
     """The validator process: a pickled :class:`Job` on stdin, frames on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    tune_gc()
     # Frames own the real stdout; a stray print must not corrupt them.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
