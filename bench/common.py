@@ -56,9 +56,12 @@ class Measured:
 # Linux gives a child the memory high-water mark of the image it exec'ed
 # from, so a child of this (large) process would report at least this
 # process's RSS. A small launcher, a bare interpreter, forks the measured
-# command from its own few MB and reports that grandchild's rusage.
+# command from its own few MB and reports that grandchild's rusage. The
+# kernel's peak is per process (personsd's validator process is a second
+# one), so the launcher also samples the RSS of the command's whole process
+# tree every 100 ms and reports the larger of the two peaks.
 _LAUNCHER = """
-import os, signal, sys
+import os, signal, sys, threading
 report, argv = sys.argv[1], sys.argv[2:]
 pid = os.fork()
 if pid == 0:
@@ -68,9 +71,30 @@ if pid == 0:
         os._exit(127)
 for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, lambda signum, frame: os.kill(pid, signum))
+
+def tree_rss_kb(root):
+    total, todo = 0, [root]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                total += next((int(l.split()[1]) for l in fh if l.startswith("VmRSS:")), 0)
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except (OSError, ValueError):
+            pass
+    return total
+
+peak, done = [0], threading.Event()
+def sample():
+    while not done.wait(0.1):
+        peak[0] = max(peak[0], tree_rss_kb(pid))
+threading.Thread(target=sample, daemon=True).start()
 _, status, usage = os.wait4(pid, 0)
+done.set()
 with open(report, "w") as fh:
-    fh.write(f"{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
+    fh.write(f"{max(usage.ru_maxrss, peak[0])} {usage.ru_utime + usage.ru_stime}")
 code = os.waitstatus_to_exitcode(status)
 sys.exit(code if code >= 0 else 128 - code)
 """

@@ -200,7 +200,9 @@ def render(results: Sequence[Result], lat: LatencyLike | None, *, argv: Sequence
         "",
         "Every line is one child process: rows/s is rows / its wall time, start-up",
         "included (the `personsd fixed cost` line is an import of a file with no rows);",
-        "peak RSS is the child's own (`wait4`), the database server's not counted.",
+        "CPU s counts the child and its children (personsd's validator process);",
+        "peak RSS is the child's process tree (the larger of `wait4`'s peak and the",
+        "tree's sum sampled every 100 ms), the database server's not counted.",
         f"The alternative imports the first {alt_rows:,} rows of the smallest file.",
     ]
     if lat is not None:
