@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +39,34 @@ def test_upgrade_is_idempotent(engine: Engine) -> None:
     db.upgrade(engine)
     db.upgrade(engine)
     assert "0001" == db.current_revision(engine)
+    assert TABLES == set(inspect(engine).get_table_names())
+
+
+def test_head_revision_constant_is_alembics_head() -> None:
+    """db.HEAD_REVISION, which spares alembic's import, names the newest migration."""
+    assert db.head_revision() == db.HEAD_REVISION
+
+
+def test_a_database_at_head_is_opened_without_alembic(db_url: str) -> None:
+    """A CLI start against an up-to-date database does not import alembic."""
+    engine = db.connect(db_url)
+    try:
+        db.upgrade(engine)
+    finally:
+        engine.dispose()
+    script = ("import sys; from personsd.store import db; e = db.connect(sys.argv[1]); "
+              "db.upgrade(e); print(db.current_revision(e) if 'alembic' in sys.modules "
+              "else 'no alembic')")
+    checked = subprocess.run([sys.executable, "-c", script, db_url], capture_output=True,
+                             text=True, timeout=60, check=True)
+    assert "no alembic" == checked.stdout.strip()
+
+
+def test_a_database_behind_head_is_upgraded_through_alembic(engine: Engine) -> None:
+    """The fast check only skips alembic at head: an empty database still gets every table."""
+    assert db._stored_revision(engine) is None
+    db.upgrade(engine)
+    assert db.HEAD_REVISION == db._stored_revision(engine)
     assert TABLES == set(inspect(engine).get_table_names())
 
 

@@ -16,17 +16,21 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The newest migration's revision (tests/test_store_db.py checks it against
+# alembic's head). A database already there is known without importing
+# alembic, a fifth of every CLI command's start-up.
+HEAD_REVISION = "0001"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Arbitrary constant shared by every instance: serialises concurrent upgrades.
 _MIGRATION_LOCK = 0x70657273_6F6E7364 & 0x7FFF_FFFF_FFFF_FFFF
@@ -86,6 +90,8 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
 
 
 def _alembic_config(conn: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     # Config values go through ConfigParser interpolation.
     config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
@@ -96,20 +102,38 @@ def _alembic_config(conn: Connection | None = None) -> Config:
 
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision; does nothing when it is there."""
+    if _stored_revision(engine) == HEAD_REVISION:
+        return
+    from alembic import command
+
     with write_tx(engine) as conn:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
         command.upgrade(_alembic_config(conn), "head")
 
 
+def _stored_revision(engine: Engine) -> str | None:
+    """alembic's version row, read directly; None when there is none (or no table)."""
+    try:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+    except DBAPIError:
+        return None  # no table yet (or anything odd): let alembic decide
+    return str(rows[0][0]) if len(rows) == 1 else None
+
+
 def current_revision(engine: Engine) -> str | None:
     """The schema revision of the database, None when it has none."""
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
 def head_revision() -> str | None:
     """The newest revision the code knows."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
