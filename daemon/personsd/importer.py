@@ -267,6 +267,7 @@ def _import_rows(
             shown = progress.update(point.rows_total, point.next_offset or 0)
             if shown is not None:
                 bound.info(Event.IMPORT_PROGRESS, **shown.as_fields())
+            del chunk  # freed before the next one is read, not after
 
 
 class _Statistics:

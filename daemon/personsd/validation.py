@@ -162,7 +162,12 @@ def iter_chunks(
     if size < 1:
         raise ValueError("chunk size must be at least 1")
     while raws := list(itertools.islice(rows, size)):
-        yield validate_chunk(raws, layout, schema, precheck=precheck)
+        chunk = validate_chunk(raws, layout, schema, precheck=precheck)
+        # Not held while the consumer works and the next chunk is read: one
+        # chunk of raw rows alive at a time, not two.
+        del raws
+        yield chunk
+        del chunk
 
 
 # --------------------------------------------------------------------------- wire form
@@ -347,7 +352,10 @@ def main() -> int:
         job: Job = pickle.loads(sys.stdin.buffer.read())
         with open(job.path, "rb", buffering=_READ_BUFFER) as fh:
             for chunk in job.chunks(fh):
-                _write_frame(out, b"c", encode(chunk))
+                frame = encode(chunk)
+                del chunk  # the frame is all that is needed while the pipe is full
+                _write_frame(out, b"c", frame)
+                del frame
         _write_frame(out, b"e", b"")
     except BrokenPipeError:
         return 0  # the parent no longer wants the chunks (stopped, or gone)
