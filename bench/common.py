@@ -58,8 +58,10 @@ class Measured:
 # process's RSS. A small launcher, a bare interpreter, forks the measured
 # command from its own few MB and reports that grandchild's rusage. The
 # kernel's peak is per process (personsd's validator process is a second
-# one), so the launcher also samples the RSS of the command's whole process
-# tree every 100 ms and reports the larger of the two peaks.
+# one), so the launcher also samples the memory of the command's whole
+# process tree every 100 ms (the sum of each process's PSS: private pages,
+# plus shared ones divided among the processes sharing them) and reports the
+# larger of the two peaks.
 _LAUNCHER = """
 import os, signal, sys, threading
 report, argv = sys.argv[1], sys.argv[2:]
@@ -72,13 +74,22 @@ if pid == 0:
 for signum in (signal.SIGTERM, signal.SIGINT):
     signal.signal(signum, lambda signum, frame: os.kill(pid, signum))
 
-def tree_rss_kb(root):
+def memory_kb(p):
+    # Pss: shared pages (the interpreter, libraries) counted once across the tree.
+    for name, key in ((f"/proc/{p}/smaps_rollup", "Pss:"), (f"/proc/{p}/status", "VmRSS:")):
+        try:
+            with open(name) as fh:
+                return next(int(l.split()[1]) for l in fh if l.startswith(key))
+        except (OSError, StopIteration, ValueError):
+            continue
+    return 0
+
+def tree_kb(root):
     total, todo = 0, [root]
     while todo:
         p = todo.pop()
+        total += memory_kb(p)
         try:
-            with open(f"/proc/{p}/status") as fh:
-                total += next((int(l.split()[1]) for l in fh if l.startswith("VmRSS:")), 0)
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as fh:
                     todo.extend(int(c) for c in fh.read().split())
@@ -89,7 +100,7 @@ def tree_rss_kb(root):
 peak, done = [0], threading.Event()
 def sample():
     while not done.wait(0.1):
-        peak[0] = max(peak[0], tree_rss_kb(pid))
+        peak[0] = max(peak[0], tree_kb(pid))
 threading.Thread(target=sample, daemon=True).start()
 _, status, usage = os.wait4(pid, 0)
 done.set()

@@ -202,7 +202,7 @@ def render(results: Sequence[Result], lat: LatencyLike | None, *, argv: Sequence
         "included (the `personsd fixed cost` line is an import of a file with no rows);",
         "CPU s counts the child and its children (personsd's validator process);",
         "peak RSS is the child's process tree (the larger of `wait4`'s peak and the",
-        "tree's sum sampled every 100 ms), the database server's not counted.",
+        "tree's summed PSS sampled every 100 ms), the database server's not counted.",
         f"The alternative imports the first {alt_rows:,} rows of the smallest file.",
     ]
     if lat is not None:
