@@ -7,12 +7,13 @@ import operator
 import time
 import uuid
 
-from personsd.importer import _new_key
+from personsd.importer import _Keys
 
 
 def test_new_keys_are_lowercase_version_7_uuids() -> None:
     """SPEC 1.4: person_key is a lowercase UUID; ours are time-ordered (version 7, RFC 9562)."""
-    keys = [_new_key() for _ in range(20_000)]
+    new_key = _Keys()  # one maker across many batches of random bits
+    keys = [new_key() for _ in range(20_000)]
     parsed = [uuid.UUID(k) for k in keys]
     assert keys == [str(u) for u in parsed]
     assert {7} == {u.version for u in parsed}
@@ -23,9 +24,10 @@ def test_new_keys_are_lowercase_version_7_uuids() -> None:
 def test_new_keys_lead_with_the_time_in_milliseconds() -> None:
     """Keys made later sort after keys made earlier (by their millisecond), so inserts append."""
     before = time.time_ns() // 1_000_000
+    new_key = _Keys()
     keys = []
     for _ in range(5):
-        keys.append(_new_key())
+        keys.append(new_key())
         time.sleep(0.002)
     after = time.time_ns() // 1_000_000
     stamps = [uuid.UUID(k).int >> 80 for k in keys]
@@ -37,6 +39,7 @@ def test_new_keys_lead_with_the_time_in_milliseconds() -> None:
 
 def test_new_keys_differ_in_their_random_bits() -> None:
     """Keys of one millisecond still differ: every one of the 62 low random bits gets set."""
-    bits = [uuid.UUID(_new_key()).int & ((1 << 62) - 1) for _ in range(2000)]
+    new_key = _Keys()
+    bits = [uuid.UUID(new_key()).int & ((1 << 62) - 1) for _ in range(2000)]
     assert len(set(bits)) == len(bits)
     assert (1 << 62) - 1 == functools.reduce(operator.or_, bits)

@@ -4,6 +4,7 @@ wire form round-trips, and every way the process can end is handled."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import signal
 import subprocess
@@ -360,3 +361,50 @@ def test_killed_validator_fails_the_run_and_resume_is_exact(site: tuple[Engine, 
     assert baseline[1].errors == again.errors
     assert baseline[1].stable_summary() == again.stable_summary()
     assert baseline[1].summary["rows"]["failed"] > 0
+
+
+def test_advice_turns_the_offline_precheck_off_and_on(tmp_path: Path) -> None:
+    """The importer's advice reaches the validator within two chunks and changes nothing else."""
+    path = tmp_path / "big.persons"
+    awkward_file(path, rows=20_000)
+    job = job_for(path, chunk_rows=500, precheck=True)  # ~80 KB frames: the pipe holds one
+    checked: list[bool] = []
+    with validation.Chunks(job, "process") as chunks:
+        got = []
+        for n, chunk in enumerate(chunks):
+            got.append(chunk)
+            checked.append(chunk.carrier_failures is not None)
+            if n == 3:
+                chunks.advise(precheck=False)
+            if n == 20:
+                chunks.advise(precheck=True)
+    assert all(checked[:4])
+    assert not any(checked[7:21]), checked
+    assert all(checked[24:]), checked
+    inline = chunks_of(job, "inline")
+    assert [c.rows for c in inline] == [c.rows for c in got]
+
+
+def test_advice_is_read_without_waiting_and_the_last_word_counts() -> None:
+    """No advice yet: check ahead; then the latest byte decides, also after the pipe closes."""
+    read, write = os.pipe()
+    with os.fdopen(read, "rb", buffering=0) as stream:
+        advice = validation._Advice(stream)
+        assert advice() is True
+        os.write(write, b"0")
+        assert advice() is False
+        os.write(write, b"01")
+        assert advice() is True
+        os.write(write, b"0")
+        os.close(write)
+        assert advice() is False
+        assert advice() is False
+
+
+def test_inline_chunks_ignore_advice(tmp_path: Path) -> None:
+    """Inline validation takes the importer's carrier check as is: advice is a no-op."""
+    path = tmp_path / "awkward.persons"
+    awkward_file(path, rows=50)
+    with validation.Chunks(job_for(path, chunk_rows=10, precheck=False), "inline") as chunks:
+        chunks.advise(precheck=False)
+        assert all(c.carrier_failures is None for c in chunks)

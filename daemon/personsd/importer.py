@@ -260,14 +260,29 @@ def _import_rows(
             if stop is not None and stop.is_set():
                 raise Interrupted(f"import {record.id} stopped at row {point.next_row}")
             statistics.grown(point.rows_created)
-            point = _apply_chunk(engine, record, chunk, chunk.carrier(carrier), point,
-                                 errors_out, retry_out)
+            lookups = _CountingCheck(chunk.carrier(carrier))
+            point = _apply_chunk(engine, record, chunk, lookups, point, errors_out, retry_out)
+            chunks.advise(precheck=lookups.calls > 0)
             if on_chunk is not None:
                 on_chunk(point.rows_total, point.next_offset or 0)
             shown = progress.update(point.rows_total, point.next_offset or 0)
             if shown is not None:
                 bound.info(Event.IMPORT_PROGRESS, **shown.as_fields())
             del chunk  # freed before the next one is read, not after
+
+
+class _CountingCheck:
+    """A carrier check that counts its calls: did the chunk assign new MDNs?"""
+
+    __slots__ = ("calls", "check")
+
+    def __init__(self, check: CarrierCheck) -> None:
+        self.check = check
+        self.calls = 0
+
+    def __call__(self, e164: str) -> RowError | None:
+        self.calls += 1
+        return self.check(e164)
 
 
 class _Statistics:
@@ -310,7 +325,7 @@ def _apply_chunk(
 ) -> Checkpoint:
     rows = chunk.rows
     changes = [row for row in rows if isinstance(row, rules.RowChange)]
-    lookups = {pair for change in changes for pair in change.lookups}
+    lookups = [pair for change in changes for pair in change.lookups]
     report: list[reports.ReportLine] = []
     retry: list[tuple[str, ...]] = []
     counts = Counter[str]()
@@ -327,7 +342,7 @@ def _apply_chunk(
             if change.key in held and change.key_value not in held[change.key]
         }
         ids = store_persons.allocate_ids(conn, len(creatable)) if creatable else []
-        persons = rules.PersonSet(loaded, new_ids=_ids(conn, ids), new_key=_new_key)
+        persons = rules.PersonSet(loaded, new_ids=_ids(conn, ids), new_key=_Keys())
 
         for row in rows:
             outcome: rules.Applied | tuple[RowError, ...]
@@ -383,20 +398,35 @@ def _ids(conn: Connection, reserved: list[int]) -> Iterator[int]:
         yield from store_persons.allocate_ids(conn, 16)
 
 
-def _new_key() -> str:
-    """A new person_key: a lowercase, time-ordered UUID (version 7, RFC 9562).
+class _Keys:
+    """New person keys: lowercase, time-ordered UUIDs (version 7, RFC 9562).
 
     Random keys (version 4) land all over the person_key index, so once the
     index outgrows the cache every chunk of an initial load dirties (and
     writes, at its commit) a page per new person. Keys led by the time in
     milliseconds go to the end of the index. 74 random bits remain: keys are
     no easier to guess, and a key tells only when its person was created.
+    The random bits of 256 keys come from one call to urandom; one instance
+    per chunk, so threads never share a buffer.
     """
-    stamp = f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}"
-    h = os.urandom(10).hex()
-    # Version nibble 7; variant bits 10xx in the first nibble of the 4th group.
-    return (f"{stamp[:8]}-{stamp[8:]}-7{h[:3]}-{_VARIANT[int(h[3], 16) & 3]}{h[4:7]}"
-            f"-{h[7:19]}")
+
+    __slots__ = ("_at", "_random")
+    _BATCH = 256
+
+    def __init__(self) -> None:
+        self._random = ""
+        self._at = 0
+
+    def __call__(self) -> str:
+        at = self._at
+        if at >= len(self._random):
+            self._random, at = os.urandom(10 * self._BATCH).hex(), 0
+        self._at = at + 20
+        h = self._random[at : at + 20]
+        stamp = f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}"
+        # Version nibble 7; variant bits 10xx in the first nibble of the 4th group.
+        return (f"{stamp[:8]}-{stamp[8:]}-7{h[:3]}-{_VARIANT[int(h[3], 16) & 3]}{h[4:7]}"
+                f"-{h[7:19]}")
 
 
 _VARIANT = "89ab"

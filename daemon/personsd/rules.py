@@ -321,19 +321,21 @@ class PersonSet:
         return pairs
 
     def _add(self, person: Person) -> None:
-        values = (
-            person.person_id,
-            person.person_key,
-            person.external_person_id,
-            person.mdn,
-            person.vibes_device_id,
-        )
-        held = [(c, v) for c, v in zip(IDENTIFIERS, values, strict=True) if v is not None]
+        # Once per person of every chunk: spelt out rather than zipped.
+        held: list[tuple[str, IdentifierValue]] = [
+            (PERSON_ID, person.person_id), (PERSON_KEY, person.person_key)]
+        if person.external_person_id is not None:
+            held.append((EXTERNAL_PERSON_ID, person.external_person_id))
+        if person.mdn is not None:
+            held.append((MDN, person.mdn))
+        if person.vibes_device_id is not None:
+            held.append((VIBES_DEVICE_ID, person.vibes_device_id))
+        index = self._index
         for column, value in held:
-            if value in self._index[column]:
+            if value in index[column]:
                 raise ValueError(f"two persons share {column} {value!r}")
         for column, value in held:
-            self._index[column][value] = person
+            index[column][value] = person
 
     def _create(self, key: str, key_value: IdentifierValue) -> Person:
         try:
@@ -409,7 +411,13 @@ def apply(
         return Applied.CREATED
 
     attributes = person.attributes
-    if sets or any(attributes.get(a) != stored for a, stored in change.custom):
+    changed = bool(sets)
+    if not changed:
+        for attribute, stored in change.custom:
+            if attributes.get(attribute) != stored:
+                changed = True
+                break
+    if changed:
         persons._remember(person)
         for column, value in sets:
             persons._set(person, column, value)

@@ -12,7 +12,9 @@ gets the same :class:`ValidatedChunk` values either way:
   validates and, with ``carrier_lookup = "offline"``, checks the MDNs of the
   next chunk while this process applies and writes the current one. It
   sends length-prefixed frames on a pipe; a full pipe holds it back, so at
-  most two chunks are in flight whatever the file's size.
+  most two chunks are in flight whatever the file's size. Its stdin carries
+  the job, then the importer's advice: whether checking MDNs ahead is worth
+  it (a delta load assigns no new MDN).
 
 The wire form is plain tuples of str and int, not the value objects: pickle
 spends several microseconds on a frozen dataclass and about one on a tuple,
@@ -36,10 +38,10 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import IO, BinaryIO, Literal
+from typing import IO, Any, BinaryIO, Literal
 
 from personsd import fileformat, rules
 from personsd.errors import InternalError, RowError
@@ -156,13 +158,14 @@ def _offline_failures(rows: Sequence[ValidatedRow]) -> frozenset[str]:
 
 def iter_chunks(
     rows: Iterator[RawRow], layout: Layout, schema: rules.Schema, size: int, *,
-    precheck: bool = False,
+    precheck: bool | Callable[[], bool] = False,
 ) -> Iterator[ValidatedChunk]:
-    """The rows ``size`` at a time, validated."""
+    """The rows ``size`` at a time, validated; ``precheck`` may be asked before each chunk."""
     if size < 1:
         raise ValueError("chunk size must be at least 1")
     while raws := list(itertools.islice(rows, size)):
-        chunk = validate_chunk(raws, layout, schema, precheck=precheck)
+        ahead = precheck() if callable(precheck) else precheck
+        chunk = validate_chunk(raws, layout, schema, precheck=ahead)
         # Not held while the consumer works and the next chunk is read: one
         # chunk of raw rows alive at a time, not two.
         del raws
@@ -224,10 +227,15 @@ class Job:
         return fileformat.iter_rows(fh, self.layout, max_row_bytes=self.max_row_bytes,
                                     offset=self.offset, line=self.line, row=self.row)
 
-    def chunks(self, fh: BinaryIO) -> Iterator[ValidatedChunk]:
+    def chunks(self, fh: BinaryIO, advice: Callable[[], bool] | None = None
+               ) -> Iterator[ValidatedChunk]:
+        """The job's chunks; ``advice`` (the importer's, when given) turns the precheck off."""
         schema = rules.Schema(fields=self.fields)
+        precheck: bool | Callable[[], bool] = self.precheck
+        if self.precheck and advice is not None:
+            precheck = advice
         return iter_chunks(self.rows(fh), self.layout, schema, self.chunk_rows,
-                           precheck=self.precheck)
+                           precheck=precheck)
 
 
 def usable_cpus() -> int:
@@ -255,6 +263,7 @@ class Chunks:
         self.mode = mode
         self._fh: BinaryIO | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._advised = True
         if mode == "inline":
             self._fh = open(job.path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - closed in close()
         else:
@@ -274,6 +283,23 @@ class Chunks:
                 raise InternalError(f"validator process failed: {payload.decode(errors='replace')}")
             yield decode(payload, self.job.layout)
 
+    def advise(self, *, precheck: bool) -> None:
+        """Whether checking MDNs ahead is worth it, as the last chunk applied showed.
+
+        A delta load assigns no new MDN, so the validator's offline checks
+        would be wasted there; chunks validated after this say whether they
+        were checked ahead, so results never depend on the advice.
+        """
+        proc = self._proc
+        if proc is None or proc.stdin is None or precheck == self._advised:
+            return
+        self._advised = precheck
+        try:
+            proc.stdin.write(b"1" if precheck else b"0")
+            proc.stdin.flush()
+        except OSError:
+            pass  # gone: the next frame read says so
+
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
@@ -283,8 +309,10 @@ class Chunks:
             # Nothing in it is worth waiting for: its chunks are no longer wanted.
             if proc.poll() is None:
                 proc.kill()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
             proc.wait()
 
     def __enter__(self) -> Chunks:
@@ -311,8 +339,8 @@ def _start(job: Job) -> subprocess.Popen[bytes]:
     )
     assert proc.stdin is not None
     try:
-        proc.stdin.write(pickle.dumps(job, protocol=_PICKLE))
-        proc.stdin.close()
+        # Stdin stays open after the job: the importer's advice follows on it.
+        _write_frame(proc.stdin, b"j", pickle.dumps(job, protocol=_PICKLE))
     except OSError as exc:
         proc.kill()
         proc.wait()
@@ -320,28 +348,74 @@ def _start(job: Job) -> subprocess.Popen[bytes]:
     return proc
 
 
-_KINDS = {b"c": "chunk", b"e": "end", b"x": "error"}
+_KINDS = {b"c": "chunk", b"e": "end", b"x": "error", b"j": "job"}
 
 
-def _read_frame(stream: IO[bytes], proc: subprocess.Popen[bytes]) -> tuple[str, bytes]:
+def _read_frame(stream: IO[bytes] | _Exactly, proc: subprocess.Popen[bytes] | None
+                ) -> tuple[str, bytes]:
     head = stream.read(1 + _FRAME.size)
     if len(head) != 1 + _FRAME.size or head[:1] not in _KINDS:
-        raise InternalError(f"validator process ended unexpectedly (exit code {proc.wait()})")
+        raise _ended(proc)
     (size,) = _FRAME.unpack(head[1:])
     payload = stream.read(size)
     if len(payload) != size:
-        raise InternalError(f"validator process ended unexpectedly (exit code {proc.wait()})")
+        raise _ended(proc)
     return _KINDS[head[:1]], payload
 
 
-def _write_frame(out: BinaryIO, kind: bytes, payload: bytes) -> None:
+def _ended(proc: subprocess.Popen[bytes] | None) -> InternalError:
+    if proc is None:
+        return InternalError("the validator's parent ended its input early")
+    return InternalError(f"validator process ended unexpectedly (exit code {proc.wait()})")
+
+
+class _Exactly:
+    """Reads of exactly the size asked (or up to the end) from an unbuffered stream."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def read(self, size: int) -> bytes:
+        parts, left = [], size
+        while left:
+            part = self._raw.read(left)
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
+
+
+class _Advice:
+    """The importer's latest advice on checking MDNs ahead, read without waiting."""
+
+    def __init__(self, stream: Any) -> None:
+        self._fd = stream.fileno()
+        self._open = True
+        self.precheck = True
+        os.set_blocking(self._fd, False)
+
+    def __call__(self) -> bool:
+        while self._open:
+            try:
+                data = os.read(self._fd, 64)
+            except BlockingIOError:
+                break
+            if not data:
+                self._open = False  # the parent closed it (or is gone): keep the last word
+                break
+            self.precheck = data[-1:] == b"1"
+        return self.precheck
+
+
+def _write_frame(out: IO[bytes], kind: bytes, payload: bytes) -> None:
     out.write(kind + _FRAME.pack(len(payload)))
     out.write(payload)
     out.flush()
 
 
 def main() -> int:
-    """The validator process: a pickled :class:`Job` on stdin, frames on stdout."""
+    """The validator process: a :class:`Job` frame then advice bytes on stdin, frames on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     tune_gc()
@@ -349,9 +423,14 @@ def main() -> int:
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     try:
-        job: Job = pickle.loads(sys.stdin.buffer.read())
+        # Unbuffered: advice bytes after the job must not vanish into a buffer.
+        stdin = sys.stdin.buffer.raw  # type: ignore[union-attr]
+        kind, payload = _read_frame(_Exactly(stdin), None)
+        if kind != "job":
+            raise InternalError(f"expected a job, got a {kind} frame")
+        job: Job = pickle.loads(payload)
         with open(job.path, "rb", buffering=_READ_BUFFER) as fh:
-            for chunk in job.chunks(fh):
+            for chunk in job.chunks(fh, _Advice(stdin)):
                 frame = encode(chunk)
                 del chunk  # the frame is all that is needed while the pipe is full
                 _write_frame(out, b"c", frame)
