@@ -4,20 +4,23 @@ wire form round-trips, and every way the process can end is handled."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import random
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
+from structlog.testing import capture_logs
 
 from engine_helpers import (
     TEST_FIELDS,
@@ -37,6 +40,7 @@ from personsd.errors import ErrorKind, InternalError, RowError
 from personsd.fieldtypes import CustomField
 from personsd.phones import CarrierCheck
 from personsd.store import db
+from test_differential import FileSpec, file_specs, render
 from test_resume import make_file
 
 # Fields with ids, as the store gives them (the schema keys attributes by id).
@@ -401,10 +405,48 @@ def test_advice_is_read_without_waiting_and_the_last_word_counts() -> None:
         assert advice() is False
 
 
-def test_inline_chunks_ignore_advice(tmp_path: Path) -> None:
-    """Inline validation takes the importer's carrier check as is: advice is a no-op."""
+def test_inline_chunks_never_check_ahead(tmp_path: Path) -> None:
+    """Inline, the importer's own check runs as rows apply: no check ahead, advice a no-op."""
     path = tmp_path / "awkward.persons"
     awkward_file(path, rows=50)
-    with validation.Chunks(job_for(path, chunk_rows=10, precheck=False), "inline") as chunks:
-        chunks.advise(precheck=False)
+    with validation.Chunks(job_for(path, chunk_rows=10, precheck=True), "inline") as chunks:
+        chunks.advise(precheck=True)
         assert all(c.carrier_failures is None for c in chunks)
+
+
+@given(spec=file_specs())
+@settings(max_examples=25, deadline=None)  # a process per example
+def test_validator_process_agrees_with_inline_on_generated_files(spec: FileSpec) -> None:
+    """On the differential test's generated files, the process gives the inline chunks."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "generated.persons"
+        path.write_bytes(render(spec, []))
+        job = job_for(path, chunk_rows=3, precheck=True)
+        assert chunks_of(job, "inline") == [
+            dataclasses.replace(c, carrier_failures=None) for c in chunks_of(job, "process")]
+
+
+def test_a_validator_that_cannot_start_falls_back_to_inline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No process to be had (no interpreter at sys.executable): inline, logged, same chunks."""
+    path = tmp_path / "awkward.persons"
+    awkward_file(path, rows=50)
+    job = job_for(path, chunk_rows=10)
+    expected = chunks_of(job, "inline")
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    with capture_logs() as logs, validation.Chunks(job, "process") as chunks:
+        assert "inline" == chunks.mode
+        assert expected == list(chunks)
+    assert ["import.validator_unavailable"] == [e["event"] for e in logs]
+    assert "FileNotFoundError" in logs[0]["error"]
+
+
+def test_tune_memory_sets_the_collector_for_import_work() -> None:
+    """personsd's processes collect young objects every 50,000 allocations, not 700."""
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        validation.tune_memory()
+        assert validation.GC_THRESHOLDS == gc.get_threshold()
+    finally:
+        gc.set_threshold(*saved)

@@ -108,7 +108,7 @@ def tenant_dirs(cfg: Config, name: str) -> None:
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
     """personsd: SFTP inbox daemon importing partners' .persons files."""
-    validation.tune_gc()
+    validation.tune_memory()
     ctx.obj = State(config_path)
 
 

@@ -30,6 +30,7 @@ broken pipe when its parent dies.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import itertools
 import os
@@ -66,11 +67,22 @@ _PICKLE = pickle.HIGHEST_PROTOCOL
 # generation of 700 objects, the cycle collector ran often enough over those
 # to cost about a fifth of a delta load. None of them form cycles.
 GC_THRESHOLDS = (50_000, 10, 10)
+# glibc raises its mmap threshold each time a large block is freed, after
+# which the chunk-sized buffers (frames of ~1 MB, lists of a chunk's rows)
+# come from the heap and fragment it: the validator's RSS grew by ~20 MB per
+# million rows. A fixed threshold keeps them in mmap, returned when freed.
+MMAP_THRESHOLD = 128 * 1024
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 
-def tune_gc() -> None:
-    """Set this process's collector for import work (personsd's entry points call it)."""
+def tune_memory() -> None:
+    """Collector and allocator settings for import work (personsd's entry points call it)."""
     gc.set_threshold(*GC_THRESHOLDS)
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        pass  # not glibc: its allocator has its own policy
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -227,13 +239,11 @@ class Job:
         return fileformat.iter_rows(fh, self.layout, max_row_bytes=self.max_row_bytes,
                                     offset=self.offset, line=self.line, row=self.row)
 
-    def chunks(self, fh: BinaryIO, advice: Callable[[], bool] | None = None
+    def chunks(self, fh: BinaryIO, advice: bool | Callable[[], bool] = True
                ) -> Iterator[ValidatedChunk]:
-        """The job's chunks; ``advice`` (the importer's, when given) turns the precheck off."""
+        """The job's chunks; ``advice`` (the importer's) may turn the precheck off."""
         schema = rules.Schema(fields=self.fields)
-        precheck: bool | Callable[[], bool] = self.precheck
-        if self.precheck and advice is not None:
-            precheck = advice
+        precheck: bool | Callable[[], bool] = advice if self.precheck else False
         return iter_chunks(self.rows(fh), self.layout, schema, self.chunk_rows,
                            precheck=precheck)
 
@@ -264,14 +274,26 @@ class Chunks:
         self._fh: BinaryIO | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._advised = True
+        if mode == "process":
+            try:
+                self._proc = _start(job)
+            except OSError as exc:
+                # Only an optimisation: a machine out of processes or memory
+                # still imports, inline. (Logging is imported here: the
+                # validator process itself must start light.)
+                from personsd.logging import get_logger
+
+                get_logger("personsd.validation").warning(
+                    "import.validator_unavailable", file=job.path, error=repr(exc)[:300])
+                self.mode = mode = "inline"
         if mode == "inline":
             self._fh = open(job.path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - closed in close()
-        else:
-            self._proc = _start(job)
 
     def __iter__(self) -> Iterator[ValidatedChunk]:
         if self._fh is not None:
-            yield from self.job.chunks(self._fh)
+            # Inline, a check ahead would only repeat the importer's own (and
+            # check MDNs it never needs): the importer checks as it applies.
+            yield from self.job.chunks(self._fh, advice=False)
             return
         assert self._proc is not None and self._proc.stdout is not None
         stream = self._proc.stdout
@@ -330,6 +352,7 @@ def open_chunks(job: Job, mode: Mode = "auto", *, file_bytes: int) -> Chunks:
 
 
 def _start(job: Job) -> subprocess.Popen[bytes]:
+    """The validator process, its job sent; OSError when it cannot be started."""
     # -P: the working directory must not shadow personsd's modules.
     proc = subprocess.Popen(
         [sys.executable, "-P", "-m", "personsd.validation"],
@@ -341,10 +364,10 @@ def _start(job: Job) -> subprocess.Popen[bytes]:
     try:
         # Stdin stays open after the job: the importer's advice follows on it.
         _write_frame(proc.stdin, b"j", pickle.dumps(job, protocol=_PICKLE))
-    except OSError as exc:
+    except OSError:
         proc.kill()
         proc.wait()
-        raise InternalError(f"validator process did not start: {exc}") from exc
+        raise
     return proc
 
 
@@ -418,7 +441,7 @@ def main() -> int:
     """The validator process: a :class:`Job` frame then advice bytes on stdin, frames on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    tune_gc()
+    tune_memory()
     # Frames own the real stdout; a stray print must not corrupt them.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
