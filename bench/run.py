@@ -9,6 +9,7 @@ from an SFTP upload's close to its summary (``latency.py``). Prints a table
 and writes it to ``bench/results.md``. See bench/README.md.
 
     python bench/run.py [--sizes 100000,1000000] [--with-10m] [--db sqlite,postgresql] [--quick]
+                        [--personsd-only]
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-repeats", type=int, default=None,
                         help="measured uploads (default 7; 3 with --quick)")
     parser.add_argument("--no-latency", action="store_true", help="skip the daemon latency")
+    parser.add_argument("--personsd-only", action="store_true",
+                        help="skip the limit and the alternative (e.g. a 10M-row memory check)")
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "results.md")
     args = parser.parse_args(argv)
     args.sizes = [QUICK_SIZE] if args.quick else sorted(
@@ -191,12 +194,14 @@ def main(argv: list[str] | None = None) -> int:
             generate.cached(size)
         alt_rows = min(args.alt_rows, args.sizes[0])
         for db in args.db:
-            log(f"{db}: the ORM alternative on the first {alt_rows} rows")
-            results += run_alternative(db, generate.cached(args.sizes[0]), alt_rows, work)
+            if not args.personsd_only:
+                log(f"{db}: the ORM alternative on the first {alt_rows} rows")
+                results += run_alternative(db, generate.cached(args.sizes[0]), alt_rows, work)
             for size in args.sizes:
                 path = generate.cached(size)
                 log(f"{db}: {size} rows")
-                results.append(run_limit(db, size, path, work))
+                if not args.personsd_only:
+                    results.append(run_limit(db, size, path, work))
                 results += run_personsd(db, size, path, work)
         if not args.no_latency:
             log(f"daemon latency: {args.latency_repeats} uploads of 10 rows")
