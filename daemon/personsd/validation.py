@@ -303,6 +303,8 @@ class Chunks:
                 return
             if kind == "error":
                 raise InternalError(f"validator process failed: {payload.decode(errors='replace')}")
+            if kind != "chunk":
+                raise InternalError(f"validator process sent a {kind} frame")
             yield decode(payload, self.job.layout)
 
     def advise(self, *, precheck: bool) -> None:
