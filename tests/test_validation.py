@@ -450,3 +450,18 @@ def test_tune_memory_sets_the_collector_for_import_work() -> None:
         assert validation.GC_THRESHOLDS == gc.get_threshold()
     finally:
         gc.set_threshold(*saved)
+
+
+def test_a_frame_of_an_unexpected_kind_is_an_internal_error(tmp_path: Path) -> None:
+    """Anything but chunk, end or error frames from the validator stops the import."""
+    path = tmp_path / "awkward.persons"
+    awkward_file(path, rows=5)
+    chunks = validation.Chunks(job_for(path, chunk_rows=10), "process")
+    assert chunks._proc is not None
+    chunks._proc.kill()
+    chunks._proc.wait()
+    chunks._proc = subprocess.Popen(  # stands in for a confused validator
+        [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'j' + bytes(8))"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    with chunks, pytest.raises(InternalError, match="sent a job frame"):
+        list(chunks)
