@@ -160,8 +160,10 @@ def _offline_failures(rows: Sequence[ValidatedRow]) -> frozenset[str]:
     for change in rows:
         if isinstance(change, RowFailure):
             continue
-        for column, value in change.lookups + change.identifiers:
-            if column == MDN and value is not None:
+        # Every MDN a row can assign is among its lookups (identifiers'
+        # non-null values all are), so they alone need checking.
+        for column, value in change.lookups:
+            if column == MDN:
                 assert isinstance(value, str)
                 if check(value) is not None:
                     failing.add(value)
