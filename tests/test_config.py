@@ -10,10 +10,15 @@ import pytest
 
 from personsd.config import (
     ArchiveConfig,
+    ClusterConfig,
     Config,
     DatabaseConfig,
     ImportConfig,
+    LimitsConfig,
     LogConfig,
+    MetricsConfig,
+    NotifyConfig,
+    PgpConfig,
     SftpConfig,
     load,
     parse,
@@ -47,6 +52,27 @@ carrier_lookup_url = "https://carrier.example/lookup"
 [archive]
 keep_days = 7
 
+[limits]
+inbox_bytes = 1000000
+inbox_files = 20
+connections_per_address = 3
+connections_per_tenant = 4
+
+[metrics]
+listen = "127.0.0.1:9464"
+
+[notify]
+url = "https://hooks.example/personsd"
+secret_file = "/etc/personsd/webhook.key"
+timeout_seconds = 2.5
+
+[cluster]
+instance = "node-a"
+lease_seconds = 12
+
+[pgp]
+home = "/etc/personsd/gnupg"
+
 [log]
 format = "json"
 level = "debug"
@@ -72,6 +98,13 @@ def test_every_key_parses(tmp_path: Path) -> None:
                              carrier_lookup="http",
                              carrier_lookup_url="https://carrier.example/lookup"),
         archive=ArchiveConfig(keep_days=7.0),
+        limits=LimitsConfig(inbox_bytes=1_000_000, inbox_files=20, connections_per_address=3,
+                            connections_per_tenant=4),
+        metrics=MetricsConfig(host="127.0.0.1", port=9464),
+        notify=NotifyConfig(url="https://hooks.example/personsd",
+                            secret_file=Path("/etc/personsd/webhook.key"), timeout_seconds=2.5),
+        cluster=ClusterConfig(instance="node-a", lease_seconds=12.0),
+        pgp=PgpConfig(home=Path("/etc/personsd/gnupg")),
         log=LogConfig(format="json", level="debug"),
         source=path,
     )
@@ -88,6 +121,11 @@ def test_defaults(tmp_path: Path) -> None:
     assert ImportConfig() == config.imports
     assert (2, 5000, 1.0, 30.0, 1048576, 3, "offline", "") == dataclasses.astuple(config.imports)
     assert ArchiveConfig(keep_days=30.0) == config.archive
+    assert (107374182400, 1000, 10, 10) == dataclasses.astuple(config.limits)
+    assert (False, "") == (config.metrics.enabled, config.metrics.listen)
+    assert NotifyConfig(url="", secret_file=None, timeout_seconds=10.0) == config.notify
+    assert ClusterConfig(instance="", lease_seconds=30.0) == config.cluster
+    assert Path("/var/lib/personsd/state/pgp") == config.pgp_home
     assert LogConfig(format="auto", level="info") == config.log
 
 
@@ -105,7 +143,10 @@ def test_example_config_documents_the_defaults() -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
     for key in ("url", "root", "enabled", "listen", "host_key", "workers", "chunk_rows",
                 "settle_seconds", "rescan_seconds", "max_row_bytes", "max_attempts",
-                "carrier_lookup", "carrier_lookup_url", "keep_days", "format", "level"):
+                "carrier_lookup", "carrier_lookup_url", "keep_days", "inbox_bytes",
+                "inbox_files", "connections_per_address", "connections_per_tenant",
+                "secret_file", "timeout_seconds", "instance", "lease_seconds", "home",
+                "format", "level"):
         assert f"\n{key} = " in text, key
 
 
@@ -152,6 +193,18 @@ def test_section_must_be_a_table(tmp_path: Path) -> None:
         ("import", 'carrier_lookup = "online"'),
         ("import", "carrier_lookup_url = 3"),
         ("archive", "keep_days = -1"),
+        ("limits", "inbox_bytes = 0"),
+        ("limits", 'inbox_files = "many"'),
+        ("limits", "connections_per_address = 0"),
+        ("limits", "connections_per_tenant = 1.5"),
+        ("metrics", 'listen = "9464"'),
+        ("metrics", "listen = 9464"),
+        ("notify", 'url = "ftp://x"'),
+        ("notify", "secret_file = 1"),
+        ("notify", "timeout_seconds = 0"),
+        ("cluster", 'instance = "a\\nb"'),
+        ("cluster", "lease_seconds = -5"),
+        ("pgp", "home = false"),
         ("log", 'format = "xml"'),
         ("log", 'level = "loud"'),
     ],
@@ -162,6 +215,13 @@ def test_bad_value_names_the_key(tmp_path: Path, section: str, line: str) -> Non
     path = write(tmp_path, f"[{section}]\n{line}\n")
     with pytest.raises(ConfigError, match=rf"^\[{section}\] {key}: "):
         load(path, env={})
+
+
+def test_metrics_ipv6_listen(tmp_path: Path) -> None:
+    """metrics.listen takes HOST:PORT like sftp.listen, IPv6 in brackets."""
+    config = load(write(tmp_path, '[metrics]\nlisten = "[::1]:9464"\n'), env={})
+    assert (True, "::1", 9464, "[::1]:9464") == (
+        config.metrics.enabled, config.metrics.host, config.metrics.port, config.metrics.listen)
 
 
 def test_http_lookup_needs_a_url(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ SPEC_EVENTS = {
     "sftp.login", "sftp.login_failed", "sftp.upload", "file.detected", "import.queued",
     "import.started", "import.progress", "import.completed", "import.rejected",
     "import.failed", "import.resumed", "daemon.started", "daemon.stopping",
+    "import.waiting", "sftp.limit", "sftp.banned", "notify.delivered", "notify.failed",
+    "cluster.takeover",
 }
 
 

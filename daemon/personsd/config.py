@@ -59,6 +59,59 @@ class ArchiveConfig:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class LimitsConfig:
+    """Per-tenant caps of SPEC 6 (``connections_per_address`` is per client address)."""
+
+    inbox_bytes: int = 100 * 1024**3
+    inbox_files: int = 1000
+    connections_per_address: int = 10
+    connections_per_tenant: int = 10
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MetricsConfig:
+    """The HTTP endpoint of SPEC 10; ``host`` None means off."""
+
+    host: str | None = None
+    port: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.host is not None
+
+    @property
+    def listen(self) -> str:
+        if self.host is None:
+            return ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class NotifyConfig:
+    """Webhooks of SPEC 10: the default URL (empty: off) and the HMAC key file."""
+
+    url: str = ""
+    secret_file: Path | None = None
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterConfig:
+    """SPEC 12: ``instance`` empty means host:pid:start time, chosen at start."""
+
+    instance: str = ""
+    lease_seconds: float = 30.0
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PgpConfig:
+    """SPEC 11: the GnuPG home holding personsd's key pair (None: <root>/state/pgp)."""
+
+    home: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class LogConfig:
     format: str = "auto"
     level: str = "info"
@@ -71,6 +124,11 @@ class Config:
     sftp: SftpConfig = field(default_factory=SftpConfig)
     imports: ImportConfig = field(default_factory=ImportConfig)
     archive: ArchiveConfig = field(default_factory=ArchiveConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    pgp: PgpConfig = field(default_factory=PgpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: Path | None = None  # the file it was read from, for SIGHUP reloads
 
@@ -85,6 +143,10 @@ class Config:
 
     def outbox(self, tenant: str) -> Path:
         return self.tenants_dir / tenant / "outbox"
+
+    def validate_box(self, tenant: str) -> Path:
+        """Validate-only drops (SPEC 11)."""
+        return self.tenants_dir / tenant / "validate"
 
     @property
     def state_dir(self) -> Path:
@@ -103,6 +165,10 @@ class Config:
     def quarantine_dir(self) -> Path:
         return self.state_dir / "quarantine"
 
+    @property
+    def pgp_home(self) -> Path:
+        return self.pgp.home if self.pgp.home is not None else self.state_dir / "pgp"
+
 
 _SECTIONS: dict[str, set[str]] = {
     "database": {"url"},
@@ -119,6 +185,11 @@ _SECTIONS: dict[str, set[str]] = {
         "carrier_lookup_url",
     },
     "archive": {"keep_days"},
+    "limits": {"inbox_bytes", "inbox_files", "connections_per_address", "connections_per_tenant"},
+    "metrics": {"listen"},
+    "notify": {"url", "secret_file", "timeout_seconds"},
+    "cluster": {"instance", "lease_seconds"},
+    "pgp": {"home"},
     "log": {"format", "level"},
 }
 
@@ -137,6 +208,13 @@ def _number(section: str, key: str, value: Any, minimum: float) -> float:
     if (isinstance(value, bool) or not isinstance(value, int | float)
             or not math.isfinite(value) or value < minimum):
         raise _fail(section, key, f"must be a number >= {minimum}", value)
+    return float(value)
+
+
+def _positive(section: str, key: str, value: Any) -> float:
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value <= 0):
+        raise _fail(section, key, "must be a number > 0", value)
     return float(value)
 
 
@@ -160,13 +238,20 @@ def _path(section: str, key: str, value: Any, base: Path) -> Path:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def _listen(value: Any) -> tuple[str, int]:
-    text = _str("sftp", "listen", value)
+def _listen(value: Any, section: str = "sftp") -> tuple[str, int]:
+    text = _str(section, "listen", value)
     host, sep, port = text.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise _fail("sftp", "listen", "must be HOST:PORT", value)
+        raise _fail(section, "listen", "must be HOST:PORT", value)
     return host, int(port)
+
+
+def _http_url(section: str, key: str, value: Any) -> str:
+    url = _str(section, key, value)
+    if url and not url.startswith(("http://", "https://")):
+        raise _fail(section, key, "must be an http(s) URL or empty", value)
+    return url
 
 
 def _sqlite_url(url: str, base: Path) -> str:
@@ -204,6 +289,11 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str] | None 
     sftp = dict(data.get("sftp", {}))
     imp = dict(data.get("import", {}))
     arch = dict(data.get("archive", {}))
+    lim = dict(data.get("limits", {}))
+    met = dict(data.get("metrics", {}))
+    ntf = dict(data.get("notify", {}))
+    clu = dict(data.get("cluster", {}))
+    pgp = dict(data.get("pgp", {}))
     log = dict(data.get("log", {}))
 
     root = _path("paths", "root", paths.get("root", "/var/lib/personsd"), base)
@@ -226,6 +316,19 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str] | None 
         raise _fail("import", "carrier_lookup_url",
                     "must be an http(s) URL when carrier_lookup = \"http\"", carrier_url)
 
+    metrics_listen = _str("metrics", "listen", met.get("listen", ""))
+    metrics = MetricsConfig()
+    if metrics_listen:
+        metrics_host, metrics_port = _listen(metrics_listen, "metrics")
+        metrics = MetricsConfig(host=metrics_host, port=metrics_port)
+    secret = _str("notify", "secret_file", ntf.get("secret_file", ""))
+    instance = _str("cluster", "instance", clu.get("instance", ""))
+    if instance != instance.strip() or any(ord(c) < 32 or ord(c) == 127 for c in instance):
+        raise _fail("cluster", "instance", "must be printable, without surrounding spaces",
+                    instance)
+    pgp_home = _str("pgp", "home", pgp.get("home", ""))
+    default = LimitsConfig()
+
     return Config(
         database=DatabaseConfig(url=url),
         root=root,
@@ -243,6 +346,30 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str] | None 
         ),
         archive=ArchiveConfig(keep_days=_number("archive", "keep_days",
                                                 arch.get("keep_days", 30), 0)),
+        limits=LimitsConfig(
+            inbox_bytes=_int("limits", "inbox_bytes",
+                             lim.get("inbox_bytes", default.inbox_bytes), 1),
+            inbox_files=_int("limits", "inbox_files",
+                             lim.get("inbox_files", default.inbox_files), 1),
+            connections_per_address=_int(
+                "limits", "connections_per_address",
+                lim.get("connections_per_address", default.connections_per_address), 1),
+            connections_per_tenant=_int(
+                "limits", "connections_per_tenant",
+                lim.get("connections_per_tenant", default.connections_per_tenant), 1),
+        ),
+        metrics=metrics,
+        notify=NotifyConfig(
+            url=_http_url("notify", "url", ntf.get("url", "")),
+            secret_file=_path("notify", "secret_file", secret, base) if secret else None,
+            timeout_seconds=_positive("notify", "timeout_seconds",
+                                      ntf.get("timeout_seconds", 10)),
+        ),
+        cluster=ClusterConfig(
+            instance=instance,
+            lease_seconds=_positive("cluster", "lease_seconds", clu.get("lease_seconds", 30)),
+        ),
+        pgp=PgpConfig(home=_path("pgp", "home", pgp_home, base) if pgp_home else None),
         log=LogConfig(
             format=_choice("log", "format", log.get("format", "auto"), LOG_FORMATS),
             level=_choice("log", "level", str(log.get("level", "info")).lower(), LOG_LEVELS),

@@ -47,6 +47,13 @@ class Event:
     IMPORT_RESUMED: Final = "import.resumed"
     DAEMON_STARTED: Final = "daemon.started"
     DAEMON_STOPPING: Final = "daemon.stopping"
+    # Added with SPEC 9's December 2026 paragraph.
+    IMPORT_WAITING: Final = "import.waiting"
+    SFTP_LIMIT: Final = "sftp.limit"
+    SFTP_BANNED: Final = "sftp.banned"
+    NOTIFY_DELIVERED: Final = "notify.delivered"
+    NOTIFY_FAILED: Final = "notify.failed"
+    CLUSTER_TAKEOVER: Final = "cluster.takeover"
 
     ALL: Final = (
         SFTP_LOGIN,
@@ -62,6 +69,12 @@ class Event:
         IMPORT_RESUMED,
         DAEMON_STARTED,
         DAEMON_STOPPING,
+        IMPORT_WAITING,
+        SFTP_LIMIT,
+        SFTP_BANNED,
+        NOTIFY_DELIVERED,
+        NOTIFY_FAILED,
+        CLUSTER_TAKEOVER,
     )
 
 
