@@ -141,7 +141,7 @@ def test_import_logs_stay_off_the_progress_bar(tmp_path: Path) -> None:
         subprocess.run([*cli, *args], check=True, capture_output=True, cwd=tmp_path, timeout=60)
     source = tmp_path / "big.persons"
     source.write_text(
-        "external_person_id,name\n" + "".join(f"e{i},name {i}\n" for i in range(30_000))
+        "external_person_id,name\n" + "".join(f"e{i},name {i}\n" for i in range(10_000))
     )
 
     code, stdout, terminal = run_on_terminal(
