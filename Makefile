@@ -42,11 +42,13 @@ test: lint
 # Python 3.11 on any platform. Versions already in the lock are kept when they
 # still fit; `make lock LOCK_ARGS=--upgrade` moves everything to the newest.
 # Order-only prerequisite: a changed pyproject.toml must not rebuild the venv
-# from the old lock first.
+# from the old lock first. An unchanged lock keeps its timestamp (no rebuild).
 lock: | $(STAMP)
+	cp $(LOCK) $(LOCK).new
 	$(BIN)/uv pip compile pyproject.toml --extra test --extra dev --universal \
 		--python-version 3.11 --generate-hashes --custom-compile-command "make lock" \
-		--quiet $(LOCK_ARGS) -o $(LOCK)
+		--quiet $(LOCK_ARGS) -o $(LOCK).new
+	if cmp -s $(LOCK) $(LOCK).new; then rm $(LOCK).new; else mv $(LOCK).new $(LOCK); fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
