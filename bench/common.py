@@ -207,11 +207,17 @@ def scratch_db(kind: str, folder: Path) -> Iterator[str]:
             conn.execute(f'drop schema "{schema}" cascade')
 
 
-def personsd_schema(url: str) -> int:
-    """Migrate ``url`` to personsd's schema and add the bench tenant; its id."""
+def personsd_schema(url: str, fields: Sequence[tuple[str, str, str | None]] = ()) -> int:
+    """Migrate ``url`` to personsd's schema and add the bench tenant; its id.
+
+    ``fields`` are the tenant's custom fields, ``(name, type, options)`` as for
+    ``personsd fields add``, stored through personsd's own store code.
+    """
     from sqlalchemy import text
 
+    from personsd.fieldtypes import CustomField, FieldType
     from personsd.store import db
+    from personsd.store import fields as store_fields
 
     engine = db.connect(url)
     try:
@@ -221,6 +227,10 @@ def personsd_schema(url: str) -> int:
                          {"n": TENANT, "t": _now_param(conn.dialect.name)})
             tenant_id = conn.execute(text("SELECT id FROM tenants WHERE name = :n"),
                                      {"n": TENANT}).scalar_one()
+            for name, type_, options in fields:
+                store_fields.add_field(conn, int(tenant_id), CustomField(
+                    name=name, type=FieldType(type_),
+                    options=tuple(options.split(",")) if options else ()))
     finally:
         engine.dispose()
     return int(tenant_id)

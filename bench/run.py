@@ -1,7 +1,8 @@
-"""personsd's benchmark: rows/s and peak RSS against the limit and the usual alternative.
+"""personsd's benchmark: rows/s and peak RSS against two references and the usual alternative.
 
-In one run on one machine, for each size and database: the limit (COPY /
-executemany of the same rows, no validation, ``limit.py``), personsd through
+In one run on one machine, for each size and database: a raw copy of the
+file's columns into a plain table (``raw.py``), the limit (COPY /
+executemany of the rows personsd writes, no validation, ``limit.py``), personsd through
 its real CLI (an initial load of new persons, then the same file again as a
 delta of updates), and, once per database on the first rows of the file, a
 row-at-a-time ORM import (``alternative.py``). Then the daemon's latency
@@ -55,9 +56,21 @@ def record(result: Result) -> Result:
     return result
 
 
-def run_limit(db: str, size: int, path: Path, work: Path) -> Result:
+def run_raw(db: str, size: int, path: Path, work: Path) -> Result:
+    """The file's columns into a plain table with two unique indexes: bare ingest speed."""
     with scratch_db(db, work) as url:
-        tenant_id = personsd_schema(url)
+        pragmas = sqlite_pragmas(url) if db == "sqlite" else []
+        measured = measure(python("raw.py", "--url", url, *(f"--pragma={p}" for p in pragmas),
+                                  str(path))).check(f"raw copy on {db}")
+    return record(Result(db=db, size=size, what="raw copy", rows=int(measured.json()["rows"]),
+                         seconds=float(measured.json()["seconds"]),
+                         peak_rss_mb=measured.peak_rss_mb, cpu_seconds=measured.cpu_seconds))
+
+
+def run_limit(db: str, size: int, path: Path, work: Path) -> Result:
+    """The rows personsd writes, straight into its persons table."""
+    with scratch_db(db, work) as url:
+        tenant_id = personsd_schema(url, generate.CUSTOM_FIELDS)
         pragmas = sqlite_pragmas(url) if db == "sqlite" else []
         measured = measure(python("limit.py", "--url", url, "--tenant-id", str(tenant_id),
                                   *(f"--pragma={p}" for p in pragmas),
@@ -154,7 +167,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="measured uploads (default 7; 3 with --quick)")
     parser.add_argument("--no-latency", action="store_true", help="skip the daemon latency")
     parser.add_argument("--personsd-only", action="store_true",
-                        help="skip the limit and the alternative (e.g. a 10M-row memory check)")
+                        help="skip the two references and the alternative (a 10M-row memory check)")
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "results.md")
     args = parser.parse_args(argv)
     args.sizes = [QUICK_SIZE] if args.quick else sorted(
@@ -201,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 path = generate.cached(size)
                 log(f"{db}: {size} rows")
                 if not args.personsd_only:
+                    results.append(run_raw(db, size, path, work))
                     results.append(run_limit(db, size, path, work))
                 results += run_personsd(db, size, path, work)
         if not args.no_latency:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, cast
 
 import click
 from sqlalchemy import Engine, make_url
@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from personsd import config as config_mod
 from personsd import importer, logging, reports, validation
-from personsd.config import Config
+from personsd.config import Config, LogConfig
 from personsd.errors import OperatorError, PersonsdError
 from personsd.fieldtypes import Charset, CustomField, FieldType, format_value
 from personsd.phones import normalize_mdn
@@ -183,7 +183,7 @@ def _run_with_attempts(state: State, import_id: int, size: int) -> importer.Outc
     cfg = state.config
     policy = RetryPolicy(base=0.5, cap=10.0)
     attempt = 0
-    with _progress(sys.stderr, size) as on_chunk:
+    with _progress(sys.stderr, size, cfg.log) as on_chunk:
         while True:
             attempt += 1
             try:
@@ -197,23 +197,36 @@ def _run_with_attempts(state: State, import_id: int, size: int) -> importer.Outc
 
 
 @contextmanager
-def _progress(stream: TextIO, size: int) -> Iterator[Any]:
-    """A progress bar by bytes on a terminal; nothing otherwise."""
+def _progress(stream: TextIO, size: int, log: LogConfig) -> Iterator[Any]:
+    """A progress bar by bytes on a terminal; nothing otherwise.
+
+    While the bar shows, log lines go through its console, which prints each
+    above the bar on a row of its own; written straight to ``stream`` they
+    would land on the bar's row (the cursor sits at its end).
+    """
     if not stream.isatty():
         yield None
         return
     from rich.console import Console
+    from rich.file_proxy import FileProxy
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
+    # soft_wrap: a log line is printed whole, as one line, and the terminal wraps it.
     with Progress(TextColumn("importing"), BarColumn(), DownloadColumn(),
                   TextColumn("{task.fields[rows]} rows"), TimeRemainingColumn(),
-                  console=Console(file=stream), transient=True) as bar:
+                  console=Console(file=stream, soft_wrap=True), transient=True) as bar:
         task = bar.add_task("import", total=size, rows=0)
 
         def on_chunk(rows: int, done: int) -> None:
             bar.update(task, completed=done, rows=rows)
 
-        yield on_chunk
+        # A text stream in all but name (rich's io.TextIOBase; isatty() is the terminal's).
+        proxy = cast(TextIO, FileProxy(bar.console, stream))
+        logging.configure(log.format, log.level, stream=proxy)
+        try:
+            yield on_chunk
+        finally:
+            logging.configure(log.format, log.level, stream=stream)
 
 
 # -- tenants ---------------------------------------------------------------
