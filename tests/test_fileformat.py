@@ -17,11 +17,14 @@ from hypothesis import strategies as st
 
 from personsd.errors import ErrorKind, FileRejected, RowError, row_format_error
 from personsd.fileformat import (
+    MAX_NAME_BYTES,
     Layout,
     RawRow,
     check_name,
     classify_name,
+    cut_name,
     iter_rows,
+    name_bytes,
     read_layout,
 )
 
@@ -84,6 +87,61 @@ def test_check_name_rejects_other_suffix() -> None:
         caught.value.error_class,
         caught.value.message,
     )
+
+
+def _rejected_name(name: str) -> tuple[str, str]:
+    with pytest.raises(FileRejected) as caught:
+        check_name(name)
+    return caught.value.error_class, caught.value.message
+
+
+TOO_LONG = (FILE_FORMAT, "File name is longer than 200 bytes")
+
+
+def test_name_of_200_bytes_is_fine_201_is_rejected() -> None:
+    """SPEC 1.1: a name is at most 200 bytes (UTF-8); longer is rejected at file level."""
+    check_name("a" * 192 + ".persons")
+    assert TOO_LONG == _rejected_name("a" * 193 + ".persons")
+    check_name("é" * 96 + ".persons")  # 2 bytes a character: 200 bytes
+    assert TOO_LONG == _rejected_name("é" * 96 + "a.persons")
+    # Undecodable bytes (surrogate escapes, as os.fsdecode gives them) count one byte each.
+    check_name("\udcff" * 192 + ".persons")
+    assert TOO_LONG == _rejected_name("\udcff" * 193 + ".persons")
+    # The length comes first, whatever the suffix.
+    assert TOO_LONG == _rejected_name("a" * 250 + ".csv")
+
+
+def test_long_name_still_classifies_for_import() -> None:
+    """SPEC 1.1: a long .persons name is picked up, so the partner hears of its rejection."""
+    assert "import" == classify_name("a" * 250 + ".persons")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a" * 250, "a" * 200),
+        ("é" * 150, "é" * 100),
+        ("a" + "é" * 150, "a" + "é" * 99),  # the 100th é would end at byte 201
+        ("€" * 70, "€" * 66),
+        ("😀" * 60, "😀" * 50),
+        ("ab\udcff" * 80, ("ab\udcff" * 67)[:200]),
+        ("short.persons", "short.persons"),
+    ],
+)
+def test_cut_name_at_a_character_boundary(name: str, expected: str) -> None:
+    """SPEC 1.1: reports use the name's first 200 bytes, cut at a character boundary."""
+    assert expected == cut_name(name)
+
+
+@given(st.text(st.characters(codec="utf-8") | st.sampled_from(["\udc80", "\udcff"])))
+def test_cut_name_is_the_longest_prefix_within_200_bytes(name: str) -> None:
+    """SPEC 1.1: the cut is a prefix of at most 200 bytes, and one character more would not fit."""
+    cut = cut_name(name)
+    raw = cut.encode("utf-8", "surrogateescape")
+    assert name.startswith(cut)
+    assert len(raw) == name_bytes(cut) <= MAX_NAME_BYTES
+    if cut != name:
+        assert name_bytes(name[: len(cut) + 1]) > MAX_NAME_BYTES
 
 
 # --------------------------------------------------------------------------- 1.1 encoding

@@ -338,6 +338,42 @@ def test_report_names_refuse_paths() -> None:
         report_names("../x.persons", 1)
 
 
+@given(
+    name=st.text(
+        st.characters(codec="utf-8") | st.sampled_from(["\udc80", "\udcff"]),
+        min_size=1,
+        max_size=300,
+    ).filter(lambda n: "/" not in n and n not in (".", "..")),
+    import_id=st.integers(min_value=1, max_value=2**63 - 1),
+)
+def test_report_names_fit_in_255_bytes(name: str, import_id: int) -> None:
+    """SPEC 1.1: whatever the name, every report name is NAME(first 200 bytes).ID.kind <= 255."""
+    for report in report_names(name, import_id):
+        raw = report.encode("utf-8", "surrogateescape")
+        assert len(raw) <= 255
+        stem = report.rsplit(f".{import_id}.", 1)[0]
+        assert name.startswith(stem)
+        assert len(stem.encode("utf-8", "surrogateescape")) <= 200
+
+
+def test_long_name_reports_use_its_first_200_bytes_summary_the_full_name() -> None:
+    """SPEC 1.1/4: a 250-byte name's reports are named by its first 200 bytes; `file` is whole."""
+    name = "é" * 121 + ".persons"  # 250 bytes
+    stem = "é" * 100
+    summary = completed_summary(file=name)
+    assert name == summary.as_dict()["file"]
+    assert f"{stem}.17.errors.csv" == summary.as_dict()["reports"]["errors"]
+    assert (f"{stem}.17.errors.csv", f"{stem}.17.retry.persons",
+            f"{stem}.17.summary.json") == report_names(name, 17)
+
+
+def test_summary_of_undecodable_name_is_utf8() -> None:
+    """summary.json stays valid UTF-8 when the uploaded name held bytes that are not UTF-8."""
+    summary = completed_summary(file="caf\udce9.persons")
+    text = summary.to_json()
+    assert "caf\ufffd.persons" == json.loads(text.encode("utf-8"))["file"]
+
+
 def completed_summary(**overrides: object) -> Summary:
     values: dict[str, object] = {
         "import_id": 17,

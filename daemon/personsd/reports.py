@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import IO, Any, Literal, NamedTuple, Self
 
 from personsd.errors import RowError, TransientError
-from personsd.fileformat import Layout
+from personsd.fileformat import Layout, cut_name
 
 FIXED_COLUMNS = ("line", "row", "error_class", "error_message", "field", "value")
 STATUSES = ("completed", "rejected", "failed")
@@ -255,10 +255,14 @@ class ReportNames(NamedTuple):
 
 
 def report_names(file: str, import_id: int) -> ReportNames:
-    """``NAME.ID.errors.csv``, ``NAME.ID.retry.persons``, ``NAME.ID.summary.json``."""
+    """``NAME.ID.errors.csv``, ``NAME.ID.retry.persons``, ``NAME.ID.summary.json``.
+
+    NAME is the file's name cut to its first 200 bytes at a character boundary
+    (SPEC 1.1), so every report name fits in 255 bytes whatever was uploaded.
+    """
     if not file or "/" in file or file in (".", ".."):
         raise ValueError(f"not a file name: {file!r}")
-    stem = f"{file}.{import_id}"
+    stem = f"{cut_name(file)}.{import_id}"
     return ReportNames(f"{stem}.errors.csv", f"{stem}.retry.persons", f"{stem}.summary.json")
 
 
@@ -378,8 +382,8 @@ class Summary:
         }
 
     def to_json(self) -> str:
-        """One line of JSON (no trailing newline)."""
-        return json.dumps(self.as_dict(), ensure_ascii=False)
+        """One line of JSON (no trailing newline), valid UTF-8 whatever bytes the name held."""
+        return _utf8(json.dumps(self.as_dict(), ensure_ascii=False))
 
 
 def _fsync_dir(directory: Path) -> None:
