@@ -478,20 +478,28 @@ def test_publish_bytes_and_path(tmp_path: Path) -> None:
     source = tmp_path / "work.csv"
     source.write_bytes(b"a,b\r\n")
     assert outbox / "x.csv" == publish(outbox, "x.csv", source)
-    assert outbox / "y.json" == publish(outbox, "y.json", b"{}")
+    assert outbox / "y.json" == publish(outbox, "y.json", b"{}", scratch=tmp_path)
     assert b"a,b\r\n" == (outbox / "x.csv").read_bytes()
     assert b"{}" == (outbox / "y.json").read_bytes()
     assert ["x.csv", "y.json"] == sorted(os.listdir(outbox))
-    assert source.exists()
+    assert ["outbox", "work.csv"] == sorted(os.listdir(tmp_path))
 
 
-def test_publish_is_idempotent_and_overwrites_leftover_temp(tmp_path: Path) -> None:
-    """Publishing again replaces the file; a temp left by a crash is overwritten, not kept."""
-    (tmp_path / ".x.csv.tmp").write_bytes(b"torn")
-    publish(tmp_path, "x.csv", b"one")
-    publish(tmp_path, "x.csv", b"two")
-    assert ["x.csv"] == os.listdir(tmp_path)
-    assert b"two" == (tmp_path / "x.csv").read_bytes()
+def test_publish_is_idempotent(tmp_path: Path) -> None:
+    """Publishing again replaces the file with the new bytes; nothing else is left anywhere."""
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    publish(outbox, "x.csv", b"one", scratch=tmp_path)
+    publish(outbox, "x.csv", b"two", scratch=tmp_path)
+    assert ["x.csv"] == os.listdir(outbox)
+    assert b"two" == (outbox / "x.csv").read_bytes()
+    assert ["outbox"] == os.listdir(tmp_path)
+
+
+def test_publish_bytes_needs_a_scratch_directory(tmp_path: Path) -> None:
+    """Bytes have no directory of their own: where the temp file goes must be said."""
+    with pytest.raises(ValueError, match="scratch"):
+        publish(tmp_path, "x.csv", b"one")
 
 
 def test_publish_refuses_dot_and_path_names(tmp_path: Path) -> None:
@@ -570,13 +578,19 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_publish_disk_full_leaves_nothing(tiny_fs: Path, tmp_path: Path) -> None:
-    """ENOSPC while publishing raises TransientError and leaves no partial file in the outbox."""
-    (tiny_fs / "old.csv").write_bytes(b"kept")
-    big = tmp_path / "big.csv"
-    big.write_bytes(b"x" * (256 * 1024))
+    """ENOSPC while publishing raises TransientError and leaves no partial file anywhere."""
+    outbox, work = tiny_fs / "outbox", tiny_fs / "work"
+    outbox.mkdir()
+    work.mkdir()
+    (outbox / "old.csv").write_bytes(b"kept")
+    big = work / "big.csv"
+    with big.open("wb") as fh:  # most of the 64 KiB: a copy cannot fit
+        fh.write(b"x" * (40 * 1024))
     with pytest.raises(TransientError, match="disk full"):
-        publish(tiny_fs, "big.csv", big)
-    assert ["old.csv"] == os.listdir(tiny_fs)
+        publish(outbox, "big.csv", big)
+    assert ["old.csv"] == os.listdir(outbox)
+    assert ["big.csv"] == os.listdir(work)
     with pytest.raises(TransientError):
-        publish(tiny_fs, "big.csv", big.read_bytes())
-    assert ["old.csv"] == os.listdir(tiny_fs)
+        publish(outbox, "big.csv", b"y" * (256 * 1024), scratch=work)
+    assert ["old.csv"] == os.listdir(outbox)
+    assert ["big.csv"] == os.listdir(work)
