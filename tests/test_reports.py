@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -586,8 +587,9 @@ def test_publish_disk_full_leaves_nothing(tiny_fs: Path, tmp_path: Path) -> None
     big = work / "big.csv"
     with big.open("wb") as fh:  # most of the 64 KiB: a copy cannot fit
         fh.write(b"x" * (40 * 1024))
-    with pytest.raises(TransientError, match="disk full"):
+    with pytest.raises(TransientError, match="disk full") as caught:
         publish(outbox, "big.csv", big)
+    assert isinstance(caught.value, OSError) and errno.ENOSPC == caught.value.errno
     assert ["old.csv"] == os.listdir(outbox)
     assert ["big.csv"] == os.listdir(work)
     with pytest.raises(TransientError):

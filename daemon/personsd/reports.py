@@ -399,6 +399,15 @@ _RENAME_TRIES = 3  # directories moved off the final name before giving up
 _NOT_MOVABLE = (errno.EACCES, errno.EPERM, errno.EXDEV)
 
 
+class DiskFull(TransientError, OSError):
+    """No room to publish a report: an environment fault, told by its errno too.
+
+    A :class:`TransientError` (the import waits and retries) that is also the
+    ``OSError`` it was (``errno`` ``ENOSPC`` or ``EDQUOT``), so a classifier
+    going by error codes judges it the same way.
+    """
+
+
 def _token() -> str:
     return secrets.token_hex(8)
 
@@ -482,7 +491,8 @@ def publish(
     in the work area until the import is recorded as finished, so a crash after
     publishing can publish again (same bytes), and the outbox file never shares
     an inode with a file personsd may still truncate. ENOSPC leaves no trace in
-    the outbox and raises :class:`TransientError`; other ``OSError``s propagate.
+    the outbox and raises :class:`DiskFull` (a ``TransientError`` and an
+    ``OSError`` with its errno); other ``OSError``s propagate as they are.
     """
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"not a publishable name: {name!r}")
@@ -507,7 +517,8 @@ def publish(
         os.fsync(outbox_fd)
     except OSError as exc:
         if exc.errno in _DISK_FULL:
-            raise TransientError(f"disk full while publishing {final}: {exc}") from exc
+            raise DiskFull(exc.errno, f"disk full while publishing a report: {exc.strerror}",
+                           str(final)) from exc
         raise
     finally:
         os.close(outbox_fd)
