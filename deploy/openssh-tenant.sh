@@ -19,9 +19,13 @@
 #                                              upload is group personsd, which
 #                                              lets the daemon read it and move
 #                                              it out (no sticky bit!)
-#   tenants/T/outbox       personsd:T    2770  daemon writes reports; setgid so
-#                                              they are group T: the tenant can
-#                                              read and remove them
+#   tenants/T/outbox       personsd:T    2750  the tenant lists and reads its
+#                                              reports and can create, rename or
+#                                              remove nothing there (so it cannot
+#                                              delete them either); the daemon
+#                                              renames reports in from state/,
+#                                              mode 0644, so nothing planted in
+#                                              the outbox can redirect them
 #   /etc/ssh/authorized_keys/T  root:root 0644 outside the chroot, root-managed
 # The login T has its own group T, is in personsd-sftp (the sshd Match), has
 # no shell and no usable password ('*', which sshd does not treat as locked).
@@ -115,7 +119,7 @@ set_perms root:"$DAEMON_USER" 0750 "$ROOT"
 set_perms root:"$DAEMON_USER" 0750 "$ROOT/tenants"
 set_perms root:root 0755 "$ROOT/tenants/$tenant"
 set_perms "$tenant:$DAEMON_USER" 2770 "$ROOT/tenants/$tenant/inbox"
-set_perms "$DAEMON_USER:$tenant_group" 2770 "$ROOT/tenants/$tenant/outbox"
+set_perms "$DAEMON_USER:$tenant_group" 2750 "$ROOT/tenants/$tenant/outbox"
 # Files left from the embedded server (all owned by personsd) join the scheme.
 find "$ROOT/tenants/$tenant/inbox" -mindepth 1 -maxdepth 1 -type f \
     -exec chown "$tenant:$DAEMON_USER" {} + -exec chmod 0640 {} +

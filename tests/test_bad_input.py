@@ -90,15 +90,19 @@ def test_wrong_value_counts_fail_their_rows(tenant: Tenant) -> None:
 
 @pytest.mark.parametrize("quoted", [False, True], ids=["plain", "quoted"])
 def test_ten_megabyte_field_fails_its_row_only(tenant: Tenant, quoted: bool) -> None:
-    """SPEC 1.3: a row over max_row_bytes (1 MiB) fails; reading resumes at the next row."""
+    """SPEC 1.3: a row over max_row_bytes (1 MiB) fails; reading resumes at the next row.
+
+    Quoted, the quote is still open when the row reaches the cap: `Unterminated quote`.
+    """
     huge = "x" * TEN_MB
     value = f'"{huge}"' if quoted else huge
     data = HEAD + f"g1,a\nb1,{value}\ng2,c\nb2,d,e\n"
 
     done = tenant.run("huge.persons", data)
 
+    message = "Unterminated quote" if quoted else EXCEEDS[1]
     assert [
-        ("3", "2", *EXCEEDS, "", ""),
+        ("3", "2", ROW_FORMAT, message, "", ""),
         ("5", "4", ROW_FORMAT, "Expected 2 fields, found 3", "", ""),
     ] == done.errors_at()
     assert counts(4, 2) == done.summary["rows"]
@@ -209,13 +213,18 @@ def test_quoted_line_breaks_keep_line_numbers_right(tenant: Tenant) -> None:
     assert 'say "hi", ok' == tenant.persons()["g2"]["nick"]
 
 
-def test_unterminated_quote_fails_the_last_row(tenant: Tenant) -> None:
-    """SPEC 1.3: a quote still open at the end of the file fails that last row as too long."""
-    done = tenant.run("open.persons", HEAD + 'g1,a\nb1,"never closed\ng2,c\n')
+def test_stray_quote_costs_one_row(tenant: Tenant) -> None:
+    """SPEC 1.3: `X,"never closed` at line 3 fails alone; the megabyte of rows after it imports."""
+    good = "".join(f"g{i},{'n' * 40}\n" for i in range(2, 26_002))  # 1.2 MB: over the cap
+    done = tenant.run("open.persons", HEAD + 'g1,a\nb1,"never closed\n' + good)
 
-    assert [("3", "2", *EXCEEDS, "", "")] == done.errors_at()
-    assert counts(2, 1) == done.summary["rows"]
-    assert {"g1"} == set(tenant.persons())
+    assert [("3", "2", ROW_FORMAT, "Unterminated quote", "", "")] == done.errors_at()
+    assert ["b1", "never closed"] == done.errors[0][6:]
+    assert counts(26_002, 1) == done.summary["rows"]
+    assert {ROW_FORMAT: 1} == done.summary["errors"]
+    persons = tenant.persons()
+    assert 26_001 == len(persons)
+    assert {"g1", "g2", "g26001"} <= set(persons)
 
 
 def test_blank_lines_bom_and_spaces(tenant: Tenant) -> None:

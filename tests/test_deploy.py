@@ -292,7 +292,10 @@ for _ in $(seq 100); do (: >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; slee
 as_daemon() { setpriv --reuid=personsd --regid=personsd --init-groups sh -c "umask 0027; $1"; }
 t=/var/lib/personsd/tenants/acme
 printf 'person_id\n1\n' >"$work/upload.persons"
-as_daemon "echo '{}' >$t/outbox/old.persons.1.summary.json"
+# As the daemon publishes (reports.publish): written in state/, 0644, renamed in.
+as_daemon "mkdir -p /var/lib/personsd/state/work/1 && echo '{}' >/var/lib/personsd/state/work/1/.r \
+    && chmod 0644 /var/lib/personsd/state/work/1/.r \
+    && mv /var/lib/personsd/state/work/1/.r $t/outbox/old.persons.1.summary.json"
 cat >"$work/batch" <<EOF
 pwd
 put $work/upload.persons new.persons.filepart
@@ -301,14 +304,18 @@ rename new.persons.filepart new.persons
 -cd /..
 ls -1 /
 get /outbox/old.persons.1.summary.json $work/summary.json
-rm /outbox/old.persons.1.summary.json
+-rm /outbox/old.persons.1.summary.json
+-put $work/upload.persons /outbox/planted.persons
+-mkdir /outbox/planted
+-rename /outbox/old.persons.1.summary.json /outbox/moved.json
 EOF
 sftp -b "$work/batch" -i "$work/client_key" -P "$port" -o BatchMode=yes \
     -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null acme@127.0.0.1 \
     >"$work/sftp.out" 2>&1 || { cat "$work/sftp.out" "$work/sshd.log" >&2; exit 1; }
-grep -E '^(Remote working directory|/inbox|/outbox|remote symlink)' "$work/sftp.out"
+grep -E '^(Remote working directory|/inbox|/outbox|remote |dest open)' "$work/sftp.out"
 ls -1 $t/inbox $t/outbox | sed 's/^/LS /'
-stat -c 'STAT %n %U:%G %a' $t $t/inbox $t/outbox $t/inbox/new.persons
+stat -c 'STAT %n %U:%G %a' $t $t/inbox $t/outbox $t/inbox/new.persons \
+    $t/outbox/old.persons.1.summary.json
 as_daemon "cat $t/inbox/new.persons >/dev/null && mkdir -p /var/lib/personsd/state/work/1 \
     && mv $t/inbox/new.persons /var/lib/personsd/state/work/1/source && echo CLAIMED"
 cat "$work/summary.json"
@@ -326,7 +333,11 @@ def free_port() -> int:
 
 
 def test_openssh_tenant_end_to_end(tmp_path: Path) -> None:
-    """OpenSSH mode: a tenant uploads in its chroot, the daemon reads it; --remove undoes it."""
+    """OpenSSH mode: a tenant uploads in its chroot, the daemon reads it; --remove undoes it.
+
+    The tenant reads its reports but can create, rename or remove nothing in its
+    outbox (SPEC 6: nothing it plants there can redirect a report).
+    """
     for name in ("sftp", "ssh-keygen", "setpriv", "systemd-sysusers", "systemd-tmpfiles"):
         tool(name)
     sshd = tool("sshd")
@@ -340,15 +351,23 @@ def test_openssh_tenant_end_to_end(tmp_path: Path) -> None:
         'remote symlink file "new.persons" to "/inbox/link.persons": Permission denied',
         "/inbox",
         "/outbox",
-        # the inbox listing, then the emptied outbox (the tenant removed its report)
+        # the outbox is read-only for the tenant
+        'remote delete /outbox/old.persons.1.summary.json: Permission denied',
+        'dest open "/outbox/planted.persons": Permission denied',
+        'remote mkdir "/outbox/planted": Permission denied',
+        'remote rename "/outbox/old.persons.1.summary.json" to "/outbox/moved.json": '
+        "Permission denied",
+        # the inbox listing, then the outbox with its report still there
         "LS " + f"{t}/inbox:",
         "LS new.persons",
         "LS ",
         "LS " + f"{t}/outbox:",
+        "LS old.persons.1.summary.json",
         f"STAT {t} root:root 755",
         f"STAT {t}/inbox acme:personsd 2770",
-        f"STAT {t}/outbox personsd:acme 2770",
+        f"STAT {t}/outbox personsd:acme 2750",
         f"STAT {t}/inbox/new.persons acme:personsd 640",
+        f"STAT {t}/outbox/old.persons.1.summary.json personsd:personsd 644",
         "CLAIMED",
         "{}",
         # --remove: login gone, tree moved aside for personsd to own

@@ -17,11 +17,14 @@ from hypothesis import strategies as st
 
 from personsd.errors import ErrorKind, FileRejected, RowError, row_format_error
 from personsd.fileformat import (
+    MAX_NAME_BYTES,
     Layout,
     RawRow,
     check_name,
     classify_name,
+    cut_name,
     iter_rows,
+    name_bytes,
     read_layout,
 )
 
@@ -84,6 +87,61 @@ def test_check_name_rejects_other_suffix() -> None:
         caught.value.error_class,
         caught.value.message,
     )
+
+
+def _rejected_name(name: str) -> tuple[str, str]:
+    with pytest.raises(FileRejected) as caught:
+        check_name(name)
+    return caught.value.error_class, caught.value.message
+
+
+TOO_LONG = (FILE_FORMAT, "File name is longer than 200 bytes")
+
+
+def test_name_of_200_bytes_is_fine_201_is_rejected() -> None:
+    """SPEC 1.1: a name is at most 200 bytes (UTF-8); longer is rejected at file level."""
+    check_name("a" * 192 + ".persons")
+    assert TOO_LONG == _rejected_name("a" * 193 + ".persons")
+    check_name("é" * 96 + ".persons")  # 2 bytes a character: 200 bytes
+    assert TOO_LONG == _rejected_name("é" * 96 + "a.persons")
+    # Undecodable bytes (surrogate escapes, as os.fsdecode gives them) count one byte each.
+    check_name("\udcff" * 192 + ".persons")
+    assert TOO_LONG == _rejected_name("\udcff" * 193 + ".persons")
+    # The length comes first, whatever the suffix.
+    assert TOO_LONG == _rejected_name("a" * 250 + ".csv")
+
+
+def test_long_name_still_classifies_for_import() -> None:
+    """SPEC 1.1: a long .persons name is picked up, so the partner hears of its rejection."""
+    assert "import" == classify_name("a" * 250 + ".persons")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a" * 250, "a" * 200),
+        ("é" * 150, "é" * 100),
+        ("a" + "é" * 150, "a" + "é" * 99),  # the 100th é would end at byte 201
+        ("€" * 70, "€" * 66),
+        ("😀" * 60, "😀" * 50),
+        ("ab\udcff" * 80, ("ab\udcff" * 67)[:200]),
+        ("short.persons", "short.persons"),
+    ],
+)
+def test_cut_name_at_a_character_boundary(name: str, expected: str) -> None:
+    """SPEC 1.1: reports use the name's first 200 bytes, cut at a character boundary."""
+    assert expected == cut_name(name)
+
+
+@given(st.text(st.characters(codec="utf-8") | st.sampled_from(["\udc80", "\udcff"])))
+def test_cut_name_is_the_longest_prefix_within_200_bytes(name: str) -> None:
+    """SPEC 1.1: the cut is a prefix of at most 200 bytes, and one character more would not fit."""
+    cut = cut_name(name)
+    raw = cut.encode("utf-8", "surrogateescape")
+    assert name.startswith(cut)
+    assert len(raw) == name_bytes(cut) <= MAX_NAME_BYTES
+    if cut != name:
+        assert name_bytes(name[: len(cut) + 1]) > MAX_NAME_BYTES
 
 
 # --------------------------------------------------------------------------- 1.1 encoding
@@ -319,21 +377,76 @@ def test_row_exceeding_cap_fails_and_reading_resumes() -> None:
     assert [2, 3, 4] == [r.line for r in rows]
 
 
-def test_quoted_row_exceeding_cap_resumes_at_next_physical_line() -> None:
-    """SPEC 1.3: an over-long quoted row fails and reading resumes after the cap's line."""
+UNTERMINATED = row_format_error("Unterminated quote")
+
+
+def test_stray_quote_costs_one_row() -> None:
+    """SPEC 1.3: `X,"never closed` fails alone (Unterminated quote); every later line is a row."""
+    good = b"".join(b"%d,v%d\n" % (i, i) for i in range(3000))  # far more than the cap
+    rows = rows_of(b'mdn,x\n1,a\nX,"never closed\n' + good)
+    assert [None, UNTERMINATED] + [None] * 3000 == [r.error for r in rows]
+    assert ("X", "never closed") == rows[1].values
+    assert (3, 4) == (rows[1].line, rows[1].next_line)
+    assert [4, 3003] == [rows[2].line, rows[-1].line]
+    assert ("2999", "v2999") == rows[-1].values
+
+
+def test_quote_open_over_cap_is_unterminated_and_lines_are_read_again() -> None:
+    """SPEC 1.3: a quote still open when the row reaches the cap fails only the first line."""
     cap = 20
     data = b'mdn,x\n1,"' + b"a\n" * 8 + b"b" * 30 + b'"\n2,ok\n'
     rows = rows_of(data, cap)
-    assert [row_format_error("Row exceeds 20 bytes"), None] == [r.error for r in rows]
-    assert [(), ("2", "ok")] == values(rows)
-    assert [2, 11] == [r.line for r in rows]
+    assert [UNTERMINATED] + [row_format_error("Expected 2 fields, found 1")] * 7 + [
+        _exceeds_error(cap),
+        None,
+    ] == [r.error for r in rows]
+    assert [("1", "a"), *[("a",)] * 7, (), ("2", "ok")] == values(rows)
+    assert list(range(2, 12)) == [r.line for r in rows]
 
 
-def test_unterminated_quote_at_eof_fails_last_row() -> None:
-    """SPEC 1.3: an unterminated quote at the end of the file fails the last row (Row exceeds)."""
-    rows = rows_of(b'mdn,x\n1,a\n2,"open\n3,b\n4,c\n')
-    assert [None, row_format_error(f"Row exceeds {CAP} bytes")] == [r.error for r in rows]
-    assert (3, 6) == (rows[1].line, rows[1].next_line)
+def _exceeds_error(cap: int) -> RowError:
+    return row_format_error(f"Row exceeds {cap} bytes")
+
+
+def test_quote_closed_within_cap_then_too_long_resumes_after_the_row() -> None:
+    """SPEC 1.3: over the cap outside quotes: Row exceeds, and reading resumes after the row."""
+    cap = 20
+    data = b'mdn,x\n1,"a\nb",' + b"c" * 30 + b"\n2,ok\n"
+    rows = rows_of(data, cap)
+    assert [_exceeds_error(cap), None] == [r.error for r in rows]
+    assert [(2, 4), (4, 5)] == [(r.line, r.next_line) for r in rows]
+
+
+def test_quoted_row_just_within_cap_is_read_whole() -> None:
+    """SPEC 1.3: a multi-line quoted row of exactly max_row_bytes is a good row; one more fails."""
+    cap = 20
+    value = "a\n" * 5 + "b" * 6  # the row `1,"VALUE"` is 20 bytes
+    rows = rows_of(b'mdn,x\n1,"' + value.encode() + b'"\n2,ok\n', cap)
+    assert [("1", value), ("2", "ok")] == values(rows)
+    assert [None, None] == [r.error for r in rows]
+    # One byte more: the closing quote is the 21st byte, so the quote was open at the cap.
+    rows = rows_of(b'mdn,x\n1,"' + value.encode() + b'b"\n2,ok\n', cap)
+    assert [UNTERMINATED] + [row_format_error("Expected 2 fields, found 1")] * 5 + [
+        None
+    ] == [r.error for r in rows]
+    assert ("bbbbbbb\"",) == rows[5].values
+
+
+def test_unterminated_quote_at_eof_fails_its_row_only() -> None:
+    """SPEC 1.3: a quote left open to the end of the file fails its row; later lines are rows."""
+    rows = rows_of(b'mdn,x\n1,a\n2,"open\n3,b\n4,c')
+    assert [None, UNTERMINATED, None, None] == [r.error for r in rows]
+    assert [(2, 3), (3, 4), (4, 5), (5, 6)] == [(r.line, r.next_line) for r in rows]
+    rows = rows_of(b'mdn,x\n1,a\n2,"open')
+    assert [None, UNTERMINATED] == [r.error for r in rows]
+    assert ("2", "open") == rows[1].values
+
+
+def test_stray_quote_in_field_name_row_rejects_the_file() -> None:
+    """SPEC 1.3: an open quote in the field-name row is a file-level error naming it."""
+    assert (FILE_FORMAT, "Unterminated quote in the field-name row", 1) == rejection(
+        b'mdn,"x\n1,2\n'
+    )
 
 
 class ReadRecorder:
@@ -357,9 +470,15 @@ class ReadRecorder:
         return self.fh.seek(offset, whence)
 
 
-@pytest.mark.parametrize("quote", [b"", b'"'])
-def test_ten_megabyte_field_memory_bounded(tmp_path: Path, quote: bytes) -> None:
-    """SPEC 1.3: a 10 MB field fails its row, later rows are read, reads stay within 2x the cap."""
+@pytest.mark.parametrize(
+    ("quote", "message"),
+    [(b"", "Row exceeds 1048576 bytes"), (b'"', "Unterminated quote")],
+)
+def test_ten_megabyte_field_memory_bounded(tmp_path: Path, quote: bytes, message: str) -> None:
+    """SPEC 1.3: a 10 MB field fails its row, later rows are read, reads stay within 2x the cap.
+
+    Quoted, the quote is still open when the row reaches the cap: `Unterminated quote`.
+    """
     cap = 1 << 20
     path = tmp_path / "big.persons"
     big = quote + b"x" * (10 << 20) + quote
@@ -368,7 +487,7 @@ def test_ten_megabyte_field_memory_bounded(tmp_path: Path, quote: bytes) -> None
         fh = ReadRecorder(raw)
         layout = read_layout(cast(BinaryIO, fh), max_row_bytes=cap)
         rows = list(iter_rows(cast(BinaryIO, fh), layout, max_row_bytes=cap))
-    assert [None, row_format_error(f"Row exceeds {cap} bytes"), None] == [r.error for r in rows]
+    assert [None, row_format_error(message), None] == [r.error for r in rows]
     assert [("1", "ok"), (), ("3", "fine")] == values(rows)
     assert [2, 3, 4] == [r.line for r in rows]
     assert fh.largest <= 2 * cap
@@ -468,3 +587,95 @@ def test_resume_at_every_row_boundary(
         assert before.next_line <= after.line
         assert before.row + 1 == after.row
     assert all(isinstance(r.error, RowError | None) for r in whole)
+
+
+# Pieces of lines that open, close and reopen quotes, escape them, or run long.
+_PIECES = st.sampled_from(
+    [b"a", b" ", b",", b'"', b'""', b'a","b', b'x" y', b"\t", b"z" * 25, b"\xff", "é".encode()]
+)
+_STRAY_LINE = st.lists(_PIECES, max_size=6).map(b"".join)
+
+
+def _first_closing_quote(line: bytes) -> int:
+    """Offset of the quote that closes a quote open at the start of ``line``."""
+    return len(line.replace(b'""', b"__").split(b'"', 1)[0])
+
+
+def _physical_lines(body: bytes) -> list[bytes]:
+    return body.splitlines(keepends=True) if body else []
+
+
+@given(
+    lines=st.lists(_STRAY_LINE, max_size=14),
+    endings=st.lists(st.sampled_from([b"\n", b"\r\n"]), min_size=14, max_size=14),
+    cap=st.integers(min_value=6, max_value=48),
+    final_newline=st.booleans(),
+)
+def test_stray_quotes_lose_no_line_and_resume_exactly(
+    lines: list[bytes], endings: list[bytes], cap: int, final_newline: bool
+) -> None:
+    """SPEC 1.3: with stray quotes every line is in exactly one row or blank; resume is exact."""
+    body = b"".join(text + ending for text, ending in zip(lines, endings, strict=False))
+    if not final_newline and body.endswith(b"\n"):
+        body = body.removesuffix(b"\n").removesuffix(b"\r")
+    head = b"mdn,name\n"
+    layout = Layout(fields=("mdn", "name"), body_offset=len(head), body_line=2)
+    fh = io.BytesIO(head + body)
+    whole = list(iter_rows(fh, layout, max_row_bytes=cap))
+
+    physical = _physical_lines(body)
+    starts = list(itertools.accumulate((len(p) for p in physical), initial=len(head)))
+    covered = [n for r in whole for n in range(r.line, r.next_line)]
+    assert len(covered) == len(set(covered))  # no line in two rows
+    for number, text in enumerate(physical, start=2):
+        assert number in covered or not text.strip(b" \t\r\n"), (number, text)
+    for r in whole:  # each row is whole lines, its bytes those of its lines
+        assert (starts[r.line - 2], starts[r.next_line - 2]) == (r.offset, r.end)
+        if r.next_line - r.line == 1:
+            continue
+        # Several lines: a quote open at the end of each but the last, closed in
+        # the last within the cap; a stray quote (Unterminated) keeps its first line only.
+        assert r.error != UNTERMINATED
+        last = physical[r.next_line - 3]
+        closing = starts[r.next_line - 3] + _first_closing_quote(last)
+        assert closing + 1 - r.offset <= cap
+        if r.error != _exceeds_error(cap):
+            assert r.end - r.offset - (len(last) - len(last.rstrip(b"\r\n"))) <= cap
+
+    for index, done in enumerate(whole):
+        rest = iter_rows(
+            fh, layout, max_row_bytes=cap, offset=done.end, line=done.next_line, row=done.row
+        )
+        assert whole == whole[: index + 1] + list(rest)
+
+
+def test_stray_quote_on_every_line_reads_the_file_a_bounded_number_of_times() -> None:
+    """SPEC 1.3/5: lines that each reopen a quote cost linear, not quadratic, reading."""
+    cap = 64 * 1024
+    data = b"mdn,x\n" + b'a","b\n' * 40_000
+    fh = ReadCounter(io.BytesIO(data))
+    layout = read_layout(cast(BinaryIO, fh), max_row_bytes=cap)
+    rows = list(iter_rows(cast(BinaryIO, fh), layout, max_row_bytes=cap))
+    assert [UNTERMINATED] * 40_000 == [r.error for r in rows]
+    assert fh.total <= 4 * len(data) + 4 * cap
+
+
+class ReadCounter:
+    """A file object that counts the bytes handed to the parser."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.total = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fh.read(size)
+        self.total += len(data)
+        return data
+
+    def readline(self, size: int = -1) -> bytes:
+        data = self.fh.readline(size)
+        self.total += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.fh.seek(offset, whence)

@@ -7,10 +7,15 @@ import io
 import json
 import logging
 import os
+import pty
+import re
+import select
 import subprocess
 import sys
-from collections.abc import Iterator
+import tty
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import structlog
@@ -18,7 +23,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from personsd.logging import Event, ProgressReporter, configure, get_logger
+from personsd.logging import (
+    Event,
+    OneLineConsoleRenderer,
+    ProgressReporter,
+    configure,
+    get_logger,
+)
 
 SPEC_EVENTS = {
     "sftp.login", "sftp.login_failed", "sftp.upload", "file.detected", "import.queued",
@@ -221,3 +232,94 @@ def test_progress_refuses_bad_arguments() -> None:
         ProgressReporter(10, interval=0)
     with pytest.raises(ValueError, match=">= 0"):
         ProgressReporter(-1)
+
+
+# --------------------------------------------------------------------------- escaping (SPEC 9)
+
+# One of each kind SPEC 9 names: C0 (ESC, NUL, BEL, LF, CR, TAB), DEL, C1 (NEL, CSI),
+# line/paragraph separators, bidi embedding/override/isolate, an undecodable byte.
+UNSAFE_TEXT = "\x1b[2J\x00\x07\n\r\t\x7f\x85\x9b\u2028\u2029\u202a\u202e\u2066\u2069\udcff"
+RAW = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+SGR = re.compile("\x1b\\[[0-9;]*m")  # the console renderer's own colours
+
+
+def emit_hostile(text: str) -> None:
+    """Log ``text`` in every place an event can carry it: name, values, nesting, exception."""
+    log = get_logger("personsd.test", tenant="acme")
+    log.warning("sftp.login_failed" + text, user=text, file=f"{text}.persons",
+                nested={text: [text, (text, 1)]}, path=Path(text))
+    try:
+        raise ValueError(f"bad name {text}")
+    except ValueError:
+        log.exception(Event.IMPORT_FAILED, file=text)
+    # pytest's own log capture (sent between xdist processes) cannot carry a lone surrogate.
+    logging.getLogger("paramiko.transport").warning("banner %s", text.replace("\udcff", "?"))
+
+
+def console_on_a_terminal(emit: Callable[[], None]) -> str:
+    """What the console format writes to a real terminal (a pty, raw mode)."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    stream = open(slave, "w", encoding="utf-8", errors="strict", closefd=True)  # noqa: SIM115
+    try:
+        configure("console", "info", stream=stream)
+        emit()
+        stream.flush()
+        chunks = []
+        while select.select([master], [], [], 0.2)[0]:
+            chunks.append(os.read(master, 1 << 16))
+    finally:
+        stream.close()
+        os.close(master)
+    return b"".join(chunks).decode("utf-8")
+
+
+def test_console_on_a_terminal_escapes_outside_text_and_keeps_colours() -> None:
+    """SPEC 9: on a terminal, outside text is escaped, one event a line, colours still on."""
+    text = console_on_a_terminal(lambda: emit_hostile(UNSAFE_TEXT))
+    lines = text.split("\n")
+    assert 4 == len(lines) and "" == lines[-1]
+    assert SGR.search(text) is not None  # the renderer's own colours
+    assert [] == RAW.findall(SGR.sub("", "".join(lines)))
+    assert "\\x1b[2J" in text and "\\u202e" in text and "\\udcff" in text
+    assert "ValueError: bad name" in lines[1] and "exception=" in lines[1]
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_every_format_writes_outside_text_escaped_on_one_line(fmt: str) -> None:
+    """SPEC 9: in every format control, separator and bidi characters arrive escaped."""
+    out = io.StringIO()
+    configure(fmt, "info", stream=out)
+    emit_hostile(UNSAFE_TEXT)
+    lines = out.getvalue().split("\n")
+    assert 4 == len(lines) and "" == lines[-1]
+    assert [] == RAW.findall("".join(lines))
+    if fmt == "json":  # escaped, not lost: the consumer reads the text back exactly
+        first, failed, foreign = (json.loads(line) for line in lines[:3])
+        assert (UNSAFE_TEXT, f"{UNSAFE_TEXT}.persons") == (first["user"], first["file"])
+        assert "sftp.login_failed" + UNSAFE_TEXT == first["event"]
+        assert f"bad name {UNSAFE_TEXT}" in failed["exception"]
+        assert "banner " + UNSAFE_TEXT.replace("\udcff", "?") == foreign["event"]
+
+
+_ANY_TEXT = st.text(st.characters() | st.sampled_from(list(UNSAFE_TEXT)), max_size=12)
+
+
+@given(text=_ANY_TEXT, fmt=st.sampled_from(["console", "json"]))
+def test_any_outside_text_renders_as_one_safe_line(text: str, fmt: str) -> None:
+    """SPEC 9: whatever text an event carries, anywhere, it renders as one line, nothing raw."""
+    out = io.StringIO()
+    configure(fmt, "info", stream=out)
+    log = get_logger("personsd.test")
+    log.warning(text or "x", user=text, nested={text: [text]})
+    try:
+        raise OSError(text)
+    except OSError:
+        log.exception("import.failed", file=text)
+    lines = out.getvalue().split("\n")
+    assert 3 == len(lines) and "" == lines[-1]
+    assert [] == RAW.findall("".join(lines))
+    colored = OneLineConsoleRenderer(colors=True)(
+        None, "warning", {"event": text, "level": "warning", "user": text, "x": [text]})
+    assert "\n" not in colored
+    assert [] == RAW.findall(SGR.sub("", colored))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -338,6 +339,42 @@ def test_report_names_refuse_paths() -> None:
         report_names("../x.persons", 1)
 
 
+@given(
+    name=st.text(
+        st.characters(codec="utf-8") | st.sampled_from(["\udc80", "\udcff"]),
+        min_size=1,
+        max_size=300,
+    ).filter(lambda n: "/" not in n and n not in (".", "..")),
+    import_id=st.integers(min_value=1, max_value=2**63 - 1),
+)
+def test_report_names_fit_in_255_bytes(name: str, import_id: int) -> None:
+    """SPEC 1.1: whatever the name, every report name is NAME(first 200 bytes).ID.kind <= 255."""
+    for report in report_names(name, import_id):
+        raw = report.encode("utf-8", "surrogateescape")
+        assert len(raw) <= 255
+        stem = report.rsplit(f".{import_id}.", 1)[0]
+        assert name.startswith(stem)
+        assert len(stem.encode("utf-8", "surrogateescape")) <= 200
+
+
+def test_long_name_reports_use_its_first_200_bytes_summary_the_full_name() -> None:
+    """SPEC 1.1/4: a 250-byte name's reports are named by its first 200 bytes; `file` is whole."""
+    name = "é" * 121 + ".persons"  # 250 bytes
+    stem = "é" * 100
+    summary = completed_summary(file=name)
+    assert name == summary.as_dict()["file"]
+    assert f"{stem}.17.errors.csv" == summary.as_dict()["reports"]["errors"]
+    assert (f"{stem}.17.errors.csv", f"{stem}.17.retry.persons",
+            f"{stem}.17.summary.json") == report_names(name, 17)
+
+
+def test_summary_of_undecodable_name_is_utf8() -> None:
+    """summary.json stays valid UTF-8 when the uploaded name held bytes that are not UTF-8."""
+    summary = completed_summary(file="caf\udce9.persons")
+    text = summary.to_json()
+    assert "caf\ufffd.persons" == json.loads(text.encode("utf-8"))["file"]
+
+
 def completed_summary(**overrides: object) -> Summary:
     values: dict[str, object] = {
         "import_id": 17,
@@ -442,20 +479,28 @@ def test_publish_bytes_and_path(tmp_path: Path) -> None:
     source = tmp_path / "work.csv"
     source.write_bytes(b"a,b\r\n")
     assert outbox / "x.csv" == publish(outbox, "x.csv", source)
-    assert outbox / "y.json" == publish(outbox, "y.json", b"{}")
+    assert outbox / "y.json" == publish(outbox, "y.json", b"{}", scratch=tmp_path)
     assert b"a,b\r\n" == (outbox / "x.csv").read_bytes()
     assert b"{}" == (outbox / "y.json").read_bytes()
     assert ["x.csv", "y.json"] == sorted(os.listdir(outbox))
-    assert source.exists()
+    assert ["outbox", "work.csv"] == sorted(os.listdir(tmp_path))
 
 
-def test_publish_is_idempotent_and_overwrites_leftover_temp(tmp_path: Path) -> None:
-    """Publishing again replaces the file; a temp left by a crash is overwritten, not kept."""
-    (tmp_path / ".x.csv.tmp").write_bytes(b"torn")
-    publish(tmp_path, "x.csv", b"one")
-    publish(tmp_path, "x.csv", b"two")
-    assert ["x.csv"] == os.listdir(tmp_path)
-    assert b"two" == (tmp_path / "x.csv").read_bytes()
+def test_publish_is_idempotent(tmp_path: Path) -> None:
+    """Publishing again replaces the file with the new bytes; nothing else is left anywhere."""
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    publish(outbox, "x.csv", b"one", scratch=tmp_path)
+    publish(outbox, "x.csv", b"two", scratch=tmp_path)
+    assert ["x.csv"] == os.listdir(outbox)
+    assert b"two" == (outbox / "x.csv").read_bytes()
+    assert ["outbox"] == os.listdir(tmp_path)
+
+
+def test_publish_bytes_needs_a_scratch_directory(tmp_path: Path) -> None:
+    """Bytes have no directory of their own: where the temp file goes must be said."""
+    with pytest.raises(ValueError, match="scratch"):
+        publish(tmp_path, "x.csv", b"one")
 
 
 def test_publish_refuses_dot_and_path_names(tmp_path: Path) -> None:
@@ -534,13 +579,20 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_publish_disk_full_leaves_nothing(tiny_fs: Path, tmp_path: Path) -> None:
-    """ENOSPC while publishing raises TransientError and leaves no partial file in the outbox."""
-    (tiny_fs / "old.csv").write_bytes(b"kept")
-    big = tmp_path / "big.csv"
-    big.write_bytes(b"x" * (256 * 1024))
-    with pytest.raises(TransientError, match="disk full"):
-        publish(tiny_fs, "big.csv", big)
-    assert ["old.csv"] == os.listdir(tiny_fs)
+    """ENOSPC while publishing raises TransientError and leaves no partial file anywhere."""
+    outbox, work = tiny_fs / "outbox", tiny_fs / "work"
+    outbox.mkdir()
+    work.mkdir()
+    (outbox / "old.csv").write_bytes(b"kept")
+    big = work / "big.csv"
+    with big.open("wb") as fh:  # most of the 64 KiB: a copy cannot fit
+        fh.write(b"x" * (40 * 1024))
+    with pytest.raises(TransientError, match="disk full") as caught:
+        publish(outbox, "big.csv", big)
+    assert isinstance(caught.value, OSError) and errno.ENOSPC == caught.value.errno
+    assert ["old.csv"] == os.listdir(outbox)
+    assert ["big.csv"] == os.listdir(work)
     with pytest.raises(TransientError):
-        publish(tiny_fs, "big.csv", big.read_bytes())
-    assert ["old.csv"] == os.listdir(tiny_fs)
+        publish(outbox, "big.csv", b"y" * (256 * 1024), scratch=work)
+    assert ["old.csv"] == os.listdir(outbox)
+    assert ["big.csv"] == os.listdir(work)

@@ -17,8 +17,13 @@ each value are trimmed"; this is how the two meet):
 * a ``"`` inside an unquoted value is an ordinary character (``ab"c``).
 
 Row size: the bytes of a row, line breaks inside it included, its final line
-ending excluded. A quote left open at the end of the file swallows the rest
-of the file into one row, which fails as ``Row exceeds N bytes`` (SPEC 1.3).
+ending excluded. A row over ``max_row_bytes`` fails (SPEC 1.3): where a quote
+is open when it runs over (or at the end of the file) with ``Unterminated
+quote`` and reading resumes at the line after the row's first line, so a
+stray quote costs one row; otherwise with ``Row exceeds N bytes`` and reading
+resumes after the row. "Open when it runs over" is decided per line: the
+row's lines that end inside the quote already hold ``max_row_bytes``, or the
+line where the quote closes closes it beyond the cap.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
-from personsd.errors import ErrorKind, FileRejected, RowError, row_format_error
+from personsd.errors import ErrorKind, FileRejected, InternalError, RowError, row_format_error
 
+# SPEC 1.1; with `.ID.retry.persons` (34 bytes at most) every derived name fits in 255.
+MAX_NAME_BYTES = 200
 IDENTIFIERS = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id")
 
 _SNIFF_BYTES = 64 * 1024
@@ -84,7 +91,11 @@ class RawRow:
 
 
 def classify_name(name: str) -> Literal["import", "ignore", "reject"]:
-    """SPEC 1.1: what the inbox does with a file of this name."""
+    """SPEC 1.1: what the inbox does with a file of this name.
+
+    A name over 200 bytes still classifies by its suffix: it is imported, and
+    the import rejects it (:func:`check_name`), so the partner gets reports.
+    """
     base = name.rsplit("/", 1)[-1]
     if base.startswith(".") or base.endswith(_IGNORED_SUFFIXES):
         return "ignore"
@@ -93,8 +104,39 @@ def classify_name(name: str) -> Literal["import", "ignore", "reject"]:
     return "reject"
 
 
+def name_bytes(name: str) -> int:
+    """Length of a file name in bytes, as the filesystem holds it (SPEC 1.1).
+
+    Names are text; bytes that were not UTF-8 arrive as surrogate escapes
+    (``os.fsdecode``) and count one byte each.
+    """
+    return sum(_char_bytes(char) for char in name) if not name.isascii() else len(name)
+
+
+def _char_bytes(char: str) -> int:
+    if "\udc80" <= char <= "\udcff":  # an undecodable byte, escaped
+        return 1
+    return len(char.encode("utf-8", "surrogatepass"))
+
+
+def cut_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
+    """The longest start of ``name`` of at most ``limit`` bytes, cut at a character boundary."""
+    total = 0
+    for index, char in enumerate(name):
+        total += _char_bytes(char)
+        if total > limit:
+            return name[:index]
+    return name
+
+
 def check_name(name: str) -> None:
-    """Raise the file-level error of SPEC 1.1 unless ``name`` ends in ``.persons``."""
+    """Raise the file-level error of SPEC 1.1 for a name personsd does not import.
+
+    The length comes first: whatever else is wrong, a name over 200 bytes
+    cannot be given reports named after it in full.
+    """
+    if name_bytes(name) > MAX_NAME_BYTES:
+        raise FileRejected.format(f"File name is longer than {MAX_NAME_BYTES} bytes")
     if not name.endswith(".persons"):
         raise FileRejected.format("File name must end with .persons")
 
@@ -182,47 +224,181 @@ def _exceeds(cap: int) -> RowError:
     return row_format_error(f"Row exceeds {cap} bytes")
 
 
-def _slow_record(
-    readline: Callable[[int], bytes], first: bytes, *, cap: int, delimiter: str, trim: str
-) -> tuple[tuple[str, ...], RowError | None, int, int]:
-    """A record that holds a quote or is too long: (values, error, bytes, physical lines).
+_UNTERMINATED = row_format_error("Unterminated quote")
 
-    ``first`` is what ``readline(cap + 2)`` returned for the record's first line.
+
+def _closing_quote(line: bytes) -> int | None:
+    """Offset of the quote that closes a quote open at the start of ``line``."""
+    i = 0
+    while (j := line.find(b'"', i)) >= 0:
+        if line[j + 1 : j + 2] != b'"':
+            return j
+        i = j + 2  # `""`: a quote inside the value
+    return None
+
+
+def _line_content(line: bytes) -> int:
+    """Length of ``line`` without its line ending."""
+    if line.endswith(b"\r\n"):
+        return len(line) - 2
+    return len(line) - 1 if line.endswith(b"\n") else len(line)
+
+
+class _QuoteRun:
+    """Where a quote still open at the start of a line closes, found once per run of lines.
+
+    Entered inside an open quote, a line ends inside it or not whatever came
+    before. So every line start of a run of lines that all end inside the
+    quote leads to the same closing line: a row opening a quote anywhere in
+    the run continues to it. Rows read again after a stray quote (SPEC 1.3)
+    ask the same run instead of each scanning up to ``max_row_bytes`` ahead,
+    which would make a file of lines like ``a","b`` quadratic.
     """
+
+    __slots__ = ("closing", "closing_line", "content_end", "eof", "line", "next",
+                 "pos", "quote_at", "start", "too_long")
+
+    def __init__(self, start: int, line: int) -> None:
+        self.start = start  # a line start entered inside the quote
+        self.pos, self.line = start, line  # the next line to scan and its number
+        self.eof = False  # the file ended inside the quote
+        self.closing: int | None = None  # start of the first line not ending inside it
+        self.closing_line = 0
+        self.content_end = 0  # ... its end without the line ending
+        self.next = 0  # ... its end with the line ending
+        self.quote_at: int | None = None  # the closing quote's offset in that line
+        self.too_long = False  # that line alone is over the cap (read only up to it)
+
+    def holds(self, start: int) -> bool:
+        """Whether entering the line at ``start`` inside a quote is part of this run."""
+        return self.start <= start <= (self.pos if self.closing is None else self.closing)
+
+    def extend(self, fh: BinaryIO, until: int, *, cap: int, delimiter: str, trim: str) -> None:
+        """Scan on until the closing line, the end of the file, or ``until`` is reached."""
+        if self.closing is not None or self.eof or self.pos >= until:
+            return
+        fh.seek(self.pos)
+        readline = fh.readline
+        while self.pos < until:
+            buf = readline(cap + 2)
+            if not buf:
+                self.eof = True
+                return
+            cut = len(buf) == cap + 2 and buf[-1] != 10
+            if cut or _closes(buf, delimiter, trim):
+                self.closing, self.closing_line = self.pos, self.line
+                self.quote_at = _closing_quote(buf)
+                self.too_long = cut
+                self.content_end = self.pos + _line_content(buf)
+                self.next = self.pos + len(buf) + (_skip_line(readline) if cut else 0)
+                return
+            self.pos += len(buf)
+            self.line += 1
+
+
+def _closes(line: bytes, delimiter: str, trim: str) -> bool:
+    """Whether ``line``, entered inside an open quote, ends outside quotes."""
     parser = _RecordParser(delimiter, trim)
-    buf, limit = first, cap + 2
-    used, lines = 0, 0
-    nul, valid = False, True
-    while True:
-        used += len(buf)
-        lines += 1
-        if buf[-1:] != b"\n" and len(buf) == limit:  # cut at the cap: too long whatever follows
-            return (), _exceeds(cap), used + _skip_line(readline), lines
-        nul = nul or b"\0" in buf
-        text, ok = _decode(buf)
-        valid = valid and ok
-        done = parser.feed(text)
-        at_eof = buf[-1:] != b"\n"
-        if done:
-            ending = 0 if at_eof else 2 if buf.endswith(b"\r\n") else 1
-            if used - ending > cap:
-                return (), _exceeds(cap), used, lines
-            break
-        # Inside an open quote: closing it takes at least one more byte.
-        if at_eof or used >= cap:
+    parser.state = _QUOTED
+    return parser.feed(_decode(line)[0])
+
+
+class _SlowPath:
+    """Records that hold a quote or are too long (SPEC 1.3)."""
+
+    __slots__ = ("cap", "delimiter", "fh", "run", "trim")
+
+    def __init__(self, fh: BinaryIO, *, cap: int, delimiter: str, trim: str) -> None:
+        self.fh = fh
+        self.cap = cap
+        self.delimiter = delimiter
+        self.trim = trim
+        self.run: _QuoteRun | None = None
+
+    def record(
+        self, first: bytes, pos: int, line: int
+    ) -> tuple[tuple[str, ...], RowError | None, int, int]:
+        """(values, error, bytes, physical lines) of the record at ``pos``.
+
+        ``first`` is what ``readline(cap + 2)`` returned for its first line;
+        the file is left at the start of the next record.
+        """
+        cap = self.cap
+        readline = self.fh.readline
+        parser = _RecordParser(self.delimiter, self.trim)
+        text, valid = _decode(first)
+        if len(first) == cap + 2 and first[-1] != 10:  # cut at the cap
+            over = _exceeds(cap) if parser.feed(text) else _UNTERMINATED
+            return (), over, len(first) + _skip_line(readline), 1
+        nul = b"\0" in first
+        used, lines = len(first), 1
+        if not parser.feed(text):
+            # The first line ends inside an open quote: the row goes on to the
+            # line where the quote closes, if that is within the cap.
+            verdict, end, last = self._quoted(pos, used, line)
+            if verdict == "unterminated":
+                # A stray quote costs this row only: read on after its first line.
+                shown = [*parser.values, "".join(parser.parts).removesuffix("\n")]
+                shown[-1] = shown[-1].removesuffix("\r")
+                return _clean(shown, nul), _UNTERMINATED, used, lines
+            if verdict == "exceeds":
+                return (), _exceeds(cap), end - pos, last - line + 1
+            while True:
+                buf = readline(cap + 2)
+                if not buf:
+                    raise InternalError(f"quoted row at byte {pos} ended before its quote run")
+                used += len(buf)
+                lines += 1
+                nul = nul or b"\0" in buf
+                text, ok = _decode(buf)
+                valid = valid and ok
+                if parser.feed(text):
+                    break
+        elif _line_content(first) > cap:
             return (), _exceeds(cap), used, lines
-        limit = cap - used + 2
-        buf = readline(limit)
-        if not buf:
-            return (), _exceeds(cap), used, lines
-    values = tuple(parser.values)
-    error: RowError | None = None
+        values = _clean(parser.values, nul)
+        error: RowError | None = None
+        if nul:
+            error = row_format_error("Row contains a NUL byte")
+        elif not valid:
+            error = ErrorKind.UNKNOWN_ENCODING.at()
+        return values, error, used, lines
+
+    def _quoted(
+        self, pos: int, first: int, line: int
+    ) -> tuple[Literal["fits", "unterminated", "exceeds"], int, int]:
+        """A row whose first line (``first`` bytes) ends inside a quote: (verdict, end, last line).
+
+        ``unterminated``: the quote ran over the cap or into the end of the
+        file; the file is left after the first line. ``exceeds``: the quote
+        closed within the cap, the row is over it and ends at ``end`` (line
+        ``last``), where the file is left. ``fits``: the file is left after
+        the first line, to be parsed on.
+        """
+        cap, fh = self.cap, self.fh
+        start = pos + first
+        run = self.run
+        if run is None or not run.holds(start):
+            run = self.run = _QuoteRun(start, line + 1)
+        run.extend(fh, pos + cap, cap=cap, delimiter=self.delimiter, trim=self.trim)
+        if run.closing is None or run.closing - pos >= cap:
+            fh.seek(start)
+            return "unterminated", start, line
+        if run.too_long or run.content_end - pos > cap:
+            if run.quote_at is not None and run.closing + run.quote_at + 1 - pos <= cap:
+                fh.seek(run.next)
+                return "exceeds", run.next, run.closing_line
+            fh.seek(start)
+            return "unterminated", start, line
+        fh.seek(start)
+        return "fits", start, line
+
+
+def _clean(values: list[str], nul: bool) -> tuple[str, ...]:
+    # A report never holds a NUL byte.
     if nul:
-        values = tuple(v.replace("\0", "\ufffd") for v in values)
-        error = row_format_error("Row contains a NUL byte")
-    elif not valid:
-        error = ErrorKind.UNKNOWN_ENCODING.at()
-    return values, error, used, lines
+        return tuple(v.replace("\0", "\ufffd") for v in values)
+    return tuple(values)
 
 
 def _iter_records(
@@ -234,6 +410,7 @@ def _iter_records(
     fh.seek(pos)
     readline = fh.readline
     trim = _trim_chars(delimiter)
+    slow = _SlowPath(fh, cap=cap, delimiter=delimiter, trim=trim)
     blank = (trim + "\r\n").encode()
     limit = cap + 2  # a row of `cap` bytes plus CRLF
     while True:
@@ -265,9 +442,7 @@ def _iter_records(
                 error = row_format_error("Row contains a NUL byte")
             lines = 1
         else:
-            values, error, size, lines = _slow_record(
-                readline, buf, cap=cap, delimiter=delimiter, trim=trim
-            )
+            values, error, size, lines = slow.record(buf, pos, line)
         if error is None and nfields is not None and len(values) != nfields:
             error = row_format_error(f"Expected {nfields} fields, found {len(values)}")
         row += 1
@@ -417,9 +592,10 @@ def read_layout(fh: BinaryIO, *, max_row_bytes: int) -> Layout:
     if names.error is not None:
         if names.error.error_class == ErrorKind.UNKNOWN_ENCODING.error_class:
             raise FileRejected.encoding(line=names.line)
-        raise FileRejected.format(
-            names.error.message.replace("Row", "Field-name row"), line=names.line
-        )
+        message = names.error.message
+        if message == _UNTERMINATED.message:
+            message += " in the field-name row"
+        raise FileRejected.format(message.replace("Row", "Field-name row"), line=names.line)
     return Layout(
         fields=_check_fields(list(names.values), names.line),
         delimiter=delimiter,

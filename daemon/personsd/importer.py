@@ -495,8 +495,11 @@ def publish(engine: Engine, cfg: Config, import_id: int) -> Outcome:
         reports.ErrorsWriter(errors_path, ()).close()
     outbox = cfg.outbox(tenant)
     outbox.mkdir(parents=True, exist_ok=True)
+    # Temp files go next to the partial reports (personsd's, same filesystem);
+    # a directory found at a report's name is moved to state/displaced/<tenant>/.
     reports.publish_all(outbox, record.file_name, import_id, errors_path,
-                        retry_path if record.retry_rows > 0 else None, summary)
+                        retry_path if record.retry_rows > 0 else None, summary,
+                        displaced=cfg.state_dir / "displaced" / tenant)
     with write_tx(engine) as conn:
         store_imports.set_status(conn, import_id, record.status, reports_published=True)
         record = store_imports.get(conn, import_id)

@@ -3,21 +3,29 @@
 Event names are the constants of :class:`Event`, so code, tests and operators'
 queries agree on them. Every import event carries ``tenant``, ``import_id``
 and ``file`` (bind them once per import).
+
+In every format an event is one line, and text from outside (user names,
+file names, values, exception messages) never reaches a terminal raw: JSON
+escapes everything outside printable ASCII (``\u001b``, ``\u2028``); the
+console format shows such text escaped as Python does (``'a\x1b[2J'``) and
+its tracebacks on the event's line, while keeping its own colours.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TextIO, cast
 
 import structlog
 from structlog._config import BoundLoggerLazyProxy
-from structlog.typing import FilteringBoundLogger, Processor
+from structlog.typing import EventDict, ExcInfo, FilteringBoundLogger, Processor, WrappedLogger
 
 FORMATS = ("json", "console", "auto")
 LEVELS: Final[dict[str, int]] = {
@@ -85,10 +93,83 @@ def _is_tty(stream: TextIO) -> bool:
         return False
 
 
+# What must not reach a terminal raw (SPEC 9): C0 controls, DEL, C1 controls
+# (NEL U+0085 among them), the line and paragraph separators, the bidi
+# embeddings/overrides/isolates; and lone surrogates (undecodable bytes of a
+# file name), which a UTF-8 stream cannot even write.
+UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape(text: str) -> str:
+    """``text`` with each :data:`UNSAFE` character as a Python escape (``\\x1b``, ``\\u2028``)."""
+    if UNSAFE.search(text) is None:
+        return text
+    return UNSAFE.sub(_escape_one, text)
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+class _Shown:
+    """A value the console renderer prints as it is (through ``repr``): escaped text."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _console_value(value: object) -> object:
+    if isinstance(value, str):
+        # Python's repr escapes every non-printable character, UNSAFE ones included.
+        return value if UNSAFE.search(value) is None else _Shown(repr(value))
+    text = repr(value)  # what the renderer would print; a custom __repr__ may hold anything
+    return value if UNSAFE.search(text) is None else _Shown(escape(text))
+
+
+def _traceback_on_the_line(sio: TextIO, exc_info: ExcInfo) -> None:
+    text = "".join(traceback.format_exception(*exc_info)).rstrip("\n")
+    sio.write(" exception=" + repr(text))
+
+
+class OneLineConsoleRenderer:
+    """structlog's console renderer, one line per event, nothing from outside raw (SPEC 9)."""
+
+    # Printed by the inner renderer as text (not repr) or on lines of their own.
+    _AS_TEXT = frozenset({"event", "logger", "level", "timestamp", "stack", "exception"})
+
+    def __init__(self, *, colors: bool) -> None:
+        self._inner = structlog.dev.ConsoleRenderer(
+            colors=colors, exception_formatter=_traceback_on_the_line
+        )
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        safe: EventDict = {}
+        for key, value in event_dict.items():
+            if key == "exc_info":
+                safe[key] = value
+            elif key in self._AS_TEXT:
+                safe[key] = escape(value if isinstance(value, str) else str(value))
+            else:
+                safe[escape(str(key))] = _console_value(value)
+        # Escaped values hold no line break: any left is the renderer's own
+        # separator before a stack or an exception string.
+        return self._inner(logger, name, safe).replace("\n", " ")
+
+
 def _renderer(fmt: str, stream: TextIO) -> Processor:
     if fmt == "json" or (fmt == "auto" and not _is_tty(stream)):
-        return structlog.processors.JSONRenderer()
-    return structlog.dev.ConsoleRenderer(colors=_is_tty(stream))
+        # ensure_ascii: control, separator and bidi characters (and every other
+        # non-ASCII one) are written as \uXXXX escapes, never raw.
+        return structlog.processors.JSONRenderer(ensure_ascii=True)
+    return OneLineConsoleRenderer(colors=_is_tty(stream))
 
 
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
