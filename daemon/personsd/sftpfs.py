@@ -20,6 +20,8 @@ client closes the handle; a handle never closed (dropped connection) is
 removed. Only the client's explicit CLOSE finishes an upload. Rules where
 SPEC is silent:
 
+* an upload with a failed write (a cap, a full disk) fails at CLOSE too and
+  leaves nothing: a file with a part missing is never handed to the daemon;
 * an upload onto a name still in the inbox (not yet claimed) replaces it
   atomically on close; reopening an existing file without truncating it
   (resume, append) is refused, since the watcher may already have seen it;
@@ -29,9 +31,10 @@ SPEC is silent:
 * rename works only within ``/inbox``, from a file to a name that does not
   exist yet (never replaces; ``posix-rename`` likewise);
 * the inbox is write-only (no download of one's own uploads); the outbox is
-  read-only; setstat of times or permissions on one's own file (also through
-  an open handle, also right after the daemon claimed the upload) answers OK
-  and changes nothing; size, owner, symlink, readlink, mkdir and rmdir are
+  read-only; setstat of times or permissions (and of the size the file
+  already has, as lftp sends) on one's own file, also through an open handle
+  and right after the daemon claimed the upload, answers OK and changes
+  nothing; another size, an owner, symlink, readlink, mkdir and rmdir are
   refused.
 
 Caps (:mod:`personsd.sftpbudget`): handles per session and per tenant, the
@@ -185,9 +188,9 @@ def _attrs(st: os.stat_result, name: str) -> paramiko.SFTPAttributes:
     return attr
 
 
-def _cosmetic(attr: paramiko.SFTPAttributes) -> bool:
-    """Only times and permissions (WinSCP, rclone, ``put -p``): acknowledged, not applied."""
-    return attr.st_size is None and attr.st_uid is None and attr.st_gid is None
+def _cosmetic(attr: paramiko.SFTPAttributes, size: int) -> bool:
+    """Times, permissions, the size the file has (lftp): acknowledged, changing nothing."""
+    return attr.st_size in (None, size) and attr.st_uid is None and attr.st_gid is None
 
 
 class _Download(paramiko.SFTPHandle):  # type: ignore[misc]
@@ -216,7 +219,9 @@ class _Download(paramiko.SFTPHandle):  # type: ignore[misc]
         return _attrs(os.fstat(self._fd), "")
 
     def chattr(self, attr: paramiko.SFTPAttributes) -> int:
-        return SFTP_OK if _cosmetic(attr) else SFTP_OP_UNSUPPORTED
+        if self._fd is None:
+            return SFTP_FAILURE
+        return SFTP_OK if _cosmetic(attr, os.fstat(self._fd).st_size) else SFTP_OP_UNSUPPORTED
 
     def close(self) -> None:
         if self._fd is not None:
@@ -239,7 +244,7 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
         self._name = name
         self._end = 0  # apparent size: the highest offset written
         self._received = 0  # bytes the client sent; end - received bounds the holes
-        self._refused: Refusal | None = None  # once over a cap, every later write fails too
+        self._refused: Refusal | None = None  # a write failed: every later one and CLOSE too
 
     def read(self, offset: int, length: int) -> int:
         return SFTP_PERMISSION_DENIED
@@ -268,7 +273,8 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
         try:
             os.pwrite(self._fd, data, offset)
         except OSError as exc:
-            return _errno_code(exc)
+            self._refused = Refusal(_errno_code(exc), exc.strerror or "Write failed")
+            return self._refused
         self._end = max(self._end, offset + len(data))
         self._received += len(data)
         return SFTP_OK
@@ -279,7 +285,9 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
         return _attrs(os.fstat(self._fd), self._name)
 
     def chattr(self, attr: paramiko.SFTPAttributes) -> int:
-        return SFTP_OK if _cosmetic(attr) else SFTP_OP_UNSUPPORTED
+        if self._fd is None:
+            return SFTP_FAILURE
+        return SFTP_OK if _cosmetic(attr, os.fstat(self._fd).st_size) else SFTP_OP_UNSUPPORTED
 
     def close(self) -> None:
         """Abandon the upload (paramiko calls this for handles left open at session end)."""
@@ -291,9 +299,13 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
         self._fs.session.quota.end_upload(self._fs.session.tenant, self)
 
     def finish(self) -> int:
-        """The client's CLOSE: make the upload visible under its name."""
+        """The client's CLOSE: make the upload visible under its name, if it is whole."""
         if self._fd is None:
             return SFTP_FAILURE
+        if self._refused is not None:  # a part is missing: never hand it to the daemon
+            self.close()
+            _log().info("sftp.upload_incomplete", tenant=self._fs.session.tenant, file=self._name)
+            return Refusal(SFTP_FAILURE, "Upload incomplete: a write failed")
         fd, self._fd = self._fd, None
         box = self._fs.box_fd("inbox")
         session = self._fs.session
@@ -462,10 +474,10 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
             return SFTP_NO_SUCH_FILE
         if len(where) != 2:
             return SFTP_PERMISSION_DENIED  # the root and the boxes are not the tenant's to change
-        found = self._file(path)
-        if isinstance(found, int) and self._recently_delivered(where) is None:
+        found = self.stat(path)  # also a file this session delivered and the daemon claimed
+        if isinstance(found, int):
             return found
-        return SFTP_OK if _cosmetic(attr) else SFTP_OP_UNSUPPORTED
+        return SFTP_OK if _cosmetic(attr, found.st_size) else SFTP_OP_UNSUPPORTED
 
     # -- files -------------------------------------------------------------------------
 
