@@ -9,8 +9,10 @@ and sees the same code.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import resource
+import shutil
 import socket
 import struct
 import subprocess
@@ -512,7 +514,8 @@ def test_parallel_connections_get_no_more_guesses_than_the_cap(tmp_path: Path) -
                 transport.start_client(timeout=20)
                 barrier.wait(20)
                 for attempt in range(3):
-                    transport.auth_password("acme", f"wrong {n} {attempt}")
+                    with contextlib.suppress(paramiko.AuthenticationException):
+                        transport.auth_password("acme", f"wrong {n} {attempt}")
             except (paramiko.SSHException, OSError, EOFError, threading.BrokenBarrierError):
                 pass
             finally:
@@ -526,7 +529,8 @@ def test_parallel_connections_get_no_more_guesses_than_the_cap(tmp_path: Path) -
         wait_for(lambda: events(logs, "sftp.banned"))
     reasons = [e["reason"] for e in events(logs, "sftp.login_failed")]
     assert reasons.count("wrong_password") <= limits.max_failed_logins  # verified guesses
-    assert "throttled" in reasons
+    assert len(reasons) > 2 * limits.max_failed_logins  # the others were turned away unchecked
+    assert set(reasons) <= {"wrong_password", "throttled", "banned"}
 
 
 def test_allowed_methods_are_the_same_for_every_user(tmp_path: Path) -> None:
@@ -560,6 +564,8 @@ def test_group_exchange_is_not_offered(h: Harness, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_ssh_audit_finds_no_failure(h: Harness) -> None:
     """ssh-audit (Debian package) against the server: no failure-level finding."""
+    if shutil.which("ssh-audit") is None:
+        pytest.skip("ssh-audit is not installed (Debian package ssh-audit); .ci/run installs it")
     result = subprocess.run(["ssh-audit", "-n", "-b", "-t", "20", "-p", str(h.port), "127.0.0.1"],
                             capture_output=True, text=True, timeout=120, check=False)
     assert "[fail]" not in result.stdout, result.stdout
