@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import errno
+import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -162,6 +165,14 @@ def test_fd_budget_keeps_a_reserve() -> None:
     assert not budget.available()
     small = FdBudget(256, soft_limit=lambda: 200, count=lambda: 149)
     assert (50, True) == (small.headroom(), small.available())
+
+    def fails(code: int) -> Callable[[], int]:
+        def count() -> int:
+            raise OSError(code, os.strerror(code))
+        return count
+
+    assert not FdBudget(256, soft_limit=lambda: 1024, count=fails(errno.EMFILE)).available()
+    assert FdBudget(256, soft_limit=lambda: 1024, count=fails(errno.ENOENT)).available()
 
 
 def test_tenant_budget_counts_connections_and_handles_per_tenant() -> None:

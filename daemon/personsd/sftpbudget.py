@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import os
 import re
 import resource
@@ -68,7 +69,7 @@ class SftpLimits:
     channel_window_bytes: int = 2 * MiB  # receive window advertised and enforced per channel
     channel_packet_bytes: int = 32 * KiB  # largest channel data message accepted
     max_channels_per_connection: int = 4  # session channels (SFTP sessions) open at once
-    max_channel_opens_per_connection: int = 64  # over a connection's life
+    max_channel_opens_per_connection: int = 1024  # over a connection's life
     # SFTP
     max_request_bytes: int = 1 * MiB  # one SFTP request (OpenSSH writes 256 KiB at most)
     max_handles: int = 64  # open files and directories per SFTP session
@@ -153,8 +154,9 @@ class FdBudget:
             return True
         try:
             used = self._count()
-        except OSError:
-            return False  # no descriptor left even to look
+        except OSError as exc:
+            # No descriptor left even to look: full. No /proc to look at: nothing to go by.
+            return exc.errno not in (errno.EMFILE, errno.ENFILE)
         return used < limit - self.headroom()
 
 
