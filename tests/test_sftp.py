@@ -6,6 +6,7 @@ import base64
 import os
 import socket
 import stat
+import struct
 import subprocess
 import threading
 import time
@@ -632,6 +633,24 @@ def test_handle_cap_gives_a_clean_error(h: Harness) -> None:
             sftp.listdir("/outbox")
         handles.pop().close()
         assert ["r.csv"] == sftp.listdir("/outbox")
+
+
+def test_an_oversized_sftp_request_ends_the_session(h: Harness) -> None:
+    """An SFTP request declared over max_request_bytes ends the session before it is read."""
+    transport = connect(h.port, "acme", key=h.keys["acme"].pkey)
+    try:
+        with capture_logs() as logs:
+            channel = transport.open_session()
+            channel.invoke_subsystem("sftp")
+            channel.sendall(struct.pack(">IBI", 5, 1, 3))  # INIT, version 3
+            assert 2 == channel.recv(64)[4]  # VERSION
+            channel.sendall(struct.pack(">I", SftpLimits().max_request_bytes + 1))
+            wait_for(lambda: channel.closed or channel.eof_received)
+            wait_for(lambda: events(logs, "sftp.limit"))
+        assert [("request_bytes", "acme")] == [(e["limit"], e["tenant"])
+                                               for e in events(logs, "sftp.limit")]
+    finally:
+        transport.close()
 
 
 def test_sparse_and_oversized_writes_are_refused(tmp_path: Path) -> None:
