@@ -124,7 +124,7 @@ def flood(sock: socket.socket, total: int, deadline: float = 10.0) -> bool:
 
 # -- one daemon for the module (SQLite: these attacks do not depend on the database) ----------
 
-TENANTS = ("mallory", "quota", "alice")
+TENANTS = ("mallory", "flooder", "quota", "alice")  # one per test: slots free up lazily
 LIMITS = {"inbox_bytes": 4 * MiB, "inbox_files": 5, "connections_per_tenant": 6}
 
 
@@ -198,7 +198,7 @@ def test_channel_data_beyond_the_window_ends_the_connection(site: tuple[Daemon, 
     """A session channel with no subsystem flooded past its window: cut, memory bounded."""
     daemon, key = site
     mark = len(daemon.events())
-    transport = login(daemon.port, key, "mallory")
+    transport = login(daemon.port, key, "flooder")
     sent = 0
     try:
         channel = transport.open_session()
@@ -222,7 +222,7 @@ def test_channel_data_beyond_the_window_ends_the_connection(site: tuple[Daemon, 
     assert mem.growth < GROWTH_ALLOWED, f"grew by {mem.growth / MiB:.0f} MiB"
     found = wait_for(lambda: limit_events(daemon, "channel_window", mark),
                      what="sftp.limit channel_window")
-    assert ("mallory", "127.0.0.1") == (found[0]["tenant"], found[0]["ip"])
+    assert ("flooder", "127.0.0.1") == (found[0]["tenant"], found[0]["ip"])
 
 
 def test_channels_per_connection_are_capped(tmp_path: Path) -> None:
@@ -354,9 +354,15 @@ def test_the_daemon_keeps_descriptors_for_itself(tmp_path: Path) -> None:
             assert "completed" == daemon.summary("alice", "local.persons")["status"]
         finally:
             release(held)
-        # Once mallory is gone, logins work again.
-        transport = login(daemon.port, key, "alice", source="127.0.0.2")
-        transport.close()
+        # Once mallory is gone (the daemon frees its side lazily), logins work again.
+        def alice_logs_in() -> bool:
+            try:
+                login(daemon.port, key, "alice", source="127.0.0.2").close()
+            except (paramiko.SSHException, OSError, EOFError):
+                return False
+            return True
+
+        wait_for(alice_logs_in, what="alice's login after the attack")
         assert daemon.proc is not None and daemon.proc.poll() is None
     finally:
         daemon.stop()

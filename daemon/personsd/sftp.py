@@ -522,7 +522,7 @@ class SftpServer:
                 refused = "descriptors"
             if refused is not None:
                 if refused == "banned":
-                    _log().info("sftp.refused", ip=ip, reason=refused)
+                    self.limit_log.throttled("sftp.refused", ip, ip=ip, reason=refused)
                 else:
                     self.limit_log.hit(refused, ip=ip)
                 sock.close()

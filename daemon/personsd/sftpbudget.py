@@ -108,17 +108,25 @@ class LimitLog:
         self._suppressed: collections.Counter[Hashable] = collections.Counter()
 
     def hit(self, limit: str, **who: Any) -> None:
-        key = (limit, who.get("tenant"), who.get("ip"))
+        self.throttled(Event.SFTP_LIMIT, (limit, who.get("tenant"), who.get("ip")),
+                       limit=limit, **who)
+
+    def throttled(self, event: str, key: Hashable, **fields: Any) -> None:
+        """Log ``event`` unless one with the same ``key`` was logged within the interval."""
+        key = (event, key)
         with self._lock:
             now = self._clock()
             if now - self._last.get(key, -self._interval) < self._interval:
                 self._suppressed[key] += 1
                 return
-            self._last = {k: t for k, t in self._last.items() if now - t < self._interval}
-            self._last[key] = now
             suppressed = self._suppressed.pop(key, 0)
+            # Forget clients not seen for an interval (their uncounted repeats with them).
+            self._last = {k: t for k, t in self._last.items() if now - t < self._interval}
+            self._suppressed = collections.Counter(
+                {k: n for k, n in self._suppressed.items() if k in self._last})
+            self._last[key] = now
         extra = {"suppressed": suppressed} if suppressed else {}
-        _log().warning(Event.SFTP_LIMIT, limit=limit, **who, **extra)
+        _log().warning(event, **fields, **extra)
 
 
 def raise_fd_limit() -> tuple[int, int]:
