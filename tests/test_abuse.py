@@ -142,6 +142,13 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Pat
         daemon.stop()
 
 
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    """The server in process (tests/test_sftp.py): tenants acme and beta."""
+    with running_server(tmp_path) as harness:
+        yield harness
+
+
 # -- 2: memory and time before login --------------------------------------------------------
 
 @pytest.mark.slow
@@ -396,12 +403,6 @@ def test_walking_the_write_gap_gives_no_giant_sparse_file(h: Harness) -> None:
     assert biggest <= gap + 1
     assert [] == list(h.inbox("acme").iterdir())
     assert ["write_gap_bytes"] == [e["limit"] for e in events(logs, "sftp.limit")]
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    with running_server(tmp_path) as harness:
-        yield harness
 
 
 def upload(sftp: paramiko.SFTPClient, name: str, size: int, errors: list[str]) -> None:
