@@ -6,6 +6,7 @@ import base64
 import os
 import socket
 import stat
+import struct
 import subprocess
 import threading
 import time
@@ -19,7 +20,7 @@ import paramiko
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from paramiko.sftp import CMD_DATA, CMD_READ, CMD_WRITE, int64
+from paramiko.sftp import CMD_CLOSE, CMD_DATA, CMD_READ, CMD_WRITE, int64
 from structlog.testing import capture_logs
 
 from personsd.passwords import hash_password
@@ -228,19 +229,23 @@ def test_outbox_download_remove_and_no_upload(h: Harness) -> None:
 
 
 def test_inbox_is_write_only_and_removable(h: Harness) -> None:
-    """Inbox files are listed and removable but not readable; hidden ones are invisible."""
-    (h.inbox("acme") / "waiting.persons").write_bytes(b"x")
-    (h.inbox("acme") / ".in-progress").write_bytes(b"x")
+    """Inbox files, dot-names too, are listed and removable, not readable; our temps are hidden."""
+    ours = ".w.persons.0123456789abcdef.upload"
+    for name in ("waiting.persons", ".in-progress", ours):
+        (h.inbox("acme") / name).write_bytes(b"x")
     with sftp_client(h.port, "acme", h.keys["acme"].pkey) as sftp:
-        assert ["waiting.persons"] == sftp.listdir("/inbox")
+        assert [".in-progress", "waiting.persons"] == sorted(sftp.listdir("/inbox"))
         with pytest.raises(PermissionError):
             sftp.open("/inbox/waiting.persons", "rb")
-        with pytest.raises(PermissionError):
-            sftp.open("/inbox/.sneaky", "wb")
         with pytest.raises(FileNotFoundError):
-            sftp.remove("/inbox/.in-progress")
+            sftp.stat(f"/inbox/{ours}")
+        with pytest.raises(FileNotFoundError):
+            sftp.remove(f"/inbox/{ours}")
+        with pytest.raises(PermissionError):
+            sftp.open(f"/inbox/{ours}", "wb")
         sftp.remove("/inbox/waiting.persons")
-    assert [".in-progress"] == visible(h.inbox("acme"))
+        sftp.remove("/inbox/.in-progress")
+    assert [ours] == visible(h.inbox("acme"))
 
 
 def test_root_lists_exactly_inbox_and_outbox(h: Harness) -> None:
@@ -305,7 +310,7 @@ def test_rename_rules(h: Harness) -> None:
     inbox = h.inbox("acme")
     for name in ("a.persons", "b.persons"):
         (inbox / name).write_bytes(name.encode())
-    (inbox / ".hidden").write_bytes(b"h")
+    (inbox / ".h.0123456789abcdef.upload").write_bytes(b"h")
     (h.outbox("acme") / "r.csv").write_bytes(b"r")
     with sftp_client(h.port, "acme", h.keys["acme"].pkey) as sftp:
         with pytest.raises(OSError, match="Failure"):
@@ -315,12 +320,14 @@ def test_rename_rules(h: Harness) -> None:
         with pytest.raises(PermissionError):
             sftp.rename("/outbox/r.csv", "/inbox/r.persons")
         with pytest.raises(PermissionError):
-            sftp.rename("/inbox/a.persons", "/inbox/.a")
+            sftp.rename("/inbox/a.persons", "/inbox/.a.0123456789abcdef.upload")
+        with pytest.raises(PermissionError):
+            sftp.rename("/inbox/a.persons", "/inbox/" + "x" * 201)
         with pytest.raises(FileNotFoundError):
-            sftp.rename("/inbox/.hidden", "/inbox/c.persons")
+            sftp.rename("/inbox/.h.0123456789abcdef.upload", "/inbox/c.persons")
         with pytest.raises(PermissionError):
             sftp.posix_rename("/inbox/a.persons", "/outbox/a.persons")
-    assert [".hidden", "a.persons", "b.persons"] == visible(inbox)
+    assert [".h.0123456789abcdef.upload", "a.persons", "b.persons"] == visible(inbox)
     assert b"b.persons" == (inbox / "b.persons").read_bytes()
     assert [] == h.uploads
 
@@ -360,7 +367,7 @@ def test_nothing_outside_the_boxes_resolves(h: Harness) -> None:
 
 
 def test_refused_operations(h: Harness) -> None:
-    """symlink, readlink, setstat, mkdir, rmdir are refused; the session stays usable."""
+    """symlink, readlink, size and owner changes, mkdir, rmdir are refused; the session lives."""
     (h.inbox("acme") / "a.persons").write_bytes(b"a")
     with sftp_client(h.port, "acme", h.keys["acme"].pkey) as sftp:
         with pytest.raises(OSError, match="unsupported"):
@@ -368,15 +375,43 @@ def test_refused_operations(h: Harness) -> None:
         with pytest.raises(OSError, match="unsupported"):
             sftp.readlink("/inbox/a.persons")
         with pytest.raises(OSError, match="unsupported"):
-            sftp.chmod("/inbox/a.persons", 0o777)
+            sftp.truncate("/inbox/a.persons", 0)
+        with pytest.raises(OSError, match="unsupported"):
+            sftp.chown("/inbox/a.persons", 0, 0)
+        with pytest.raises(PermissionError):
+            sftp.chmod("/inbox", 0o777)
+        with pytest.raises(FileNotFoundError):
+            sftp.chmod("/inbox/missing.persons", 0o777)
         with pytest.raises(PermissionError):
             sftp.mkdir("/inbox/sub")
         with pytest.raises(PermissionError):
             sftp.rmdir("/outbox")
         with sftp.open("/inbox/b.persons", "wb") as fh, pytest.raises(OSError):
-            fh.chmod(0o777)
+            fh.truncate(5)
         assert ["a.persons", "b.persons"] == sorted(sftp.listdir("/inbox"))
     assert [] == [p for p in h.inbox("acme").iterdir() if p.is_symlink()]
+    assert b"a" == (h.inbox("acme") / "a.persons").read_bytes()
+
+
+def test_times_and_permissions_are_acknowledged_and_change_nothing(h: Harness) -> None:
+    """SPEC 6: setstat/fsetstat of times or mode on one's own files answer OK, change nothing."""
+    (h.outbox("acme") / "r.csv").write_bytes(b"r")
+    with sftp_client(h.port, "acme", h.keys["acme"].pkey) as sftp:
+        with sftp.open("/inbox/b.persons", "wb") as fh:
+            fh.write(b"b")
+            fh.chmod(0o600)
+            fh.utime((1, 1))
+            fh.truncate(1)  # lftp sets the size the file has, with the times
+        before = {p.name: (p.stat().st_mode, p.stat().st_mtime)
+                  for p in (h.inbox("acme") / "b.persons", h.outbox("acme") / "r.csv")}
+        for path in ("/inbox/b.persons", "/outbox/r.csv"):
+            sftp.chmod(path, 0o777)
+            sftp.utime(path, (1, 1))
+        after = {p.name: (p.stat().st_mode, p.stat().st_mtime)
+                 for p in (h.inbox("acme") / "b.persons", h.outbox("acme") / "r.csv")}
+        assert before == after
+        (h.inbox("acme") / "b.persons").unlink()  # claimed by the daemon meanwhile
+        sftp.utime("/inbox/b.persons", (1, 1))  # rclone and WinSCP set times after the upload
 
 
 def test_only_the_sftp_subsystem_is_served(h: Harness) -> None:
@@ -521,15 +556,16 @@ def test_key_failures_count_once_per_connection(tmp_path: Path) -> None:
 
 
 def test_connections_per_address_are_capped(tmp_path: Path) -> None:
-    """More than max_connections_per_ip at once from one address are refused."""
-    with running_server(tmp_path, limits=SftpLimits(max_connections_per_ip=2)) as h:
+    """More than connections_per_address at once from one address are refused."""
+    with running_server(tmp_path, limits=SftpLimits(connections_per_address=2)) as h:
         open_ones = [connect(h.port, "acme", key=h.keys["acme"].pkey) for _ in range(2)]
         try:
             with capture_logs() as logs:
                 with pytest.raises((paramiko.SSHException, OSError, EOFError)):
                     connect(h.port, "acme", key=h.keys["acme"].pkey)
-                wait_for(lambda: events(logs, "sftp.refused"))
-            assert "too_many_connections" == events(logs, "sftp.refused")[0]["reason"]
+                wait_for(lambda: events(logs, "sftp.limit"))
+            assert [("connections_per_address", "127.0.0.1")] == [
+                (e["limit"], e["ip"]) for e in events(logs, "sftp.limit")]
         finally:
             for transport in open_ones:
                 transport.close()
@@ -599,16 +635,43 @@ def test_handle_cap_gives_a_clean_error(h: Harness) -> None:
         assert ["r.csv"] == sftp.listdir("/outbox")
 
 
+def test_an_oversized_sftp_request_ends_the_session(h: Harness) -> None:
+    """An SFTP request declared over max_request_bytes ends the session before it is read."""
+    transport = connect(h.port, "acme", key=h.keys["acme"].pkey)
+    try:
+        with capture_logs() as logs:
+            channel = transport.open_session()
+            channel.invoke_subsystem("sftp")
+            channel.sendall(struct.pack(">IBI", 5, 1, 3))  # INIT, version 3
+            assert 2 == channel.recv(64)[4]  # VERSION
+            channel.sendall(struct.pack(">I", SftpLimits().max_request_bytes + 1))
+            wait_for(lambda: channel.closed or channel.eof_received)
+            wait_for(lambda: events(logs, "sftp.limit"))
+        assert [("request_bytes", "acme")] == [(e["limit"], e["tenant"])
+                                               for e in events(logs, "sftp.limit")]
+    finally:
+        transport.close()
+
+
 def test_sparse_and_oversized_writes_are_refused(tmp_path: Path) -> None:
-    """Writes far beyond the end so far, or past max_file_bytes, fail; the file stays small."""
+    """Writes leaving over max_write_gap_bytes of holes, or past max_file_bytes, fail the upload."""
     limits = SftpLimits(max_file_bytes=1024 * 1024, max_write_gap_bytes=64 * 1024)
-    with running_server(tmp_path, limits=limits) as h, \
+    with running_server(tmp_path, limits=limits) as h, capture_logs() as logs, \
             sftp_client(h.port, "acme", h.keys["acme"].pkey) as sftp:
-        fh = sftp.open("/inbox/s.persons", "wb")
-        fh.write(b"head\n")
-        fh.flush()
-        for offset in (512 * 1024, 1024 * 1024 - 2, 1 << 40):
+        for offset in (80 * 1024, 1024 * 1024 - 2, 1 << 40):
+            fh = sftp.open("/inbox/s.persons", "wb")
+            fh.write(b"head\n")
+            fh.flush()
             with pytest.raises(OSError):
                 sftp._request(CMD_WRITE, fh.handle, int64(offset), b"tail")
+            # A file with a part missing is never delivered (paramiko's close() hides errors).
+            with pytest.raises(OSError, match="Upload incomplete"):
+                sftp._request(CMD_CLOSE, fh.handle)
+            assert [] == visible(h.inbox("acme"))
+        fh = sftp.open("/inbox/ok.persons", "wb")
+        sftp._request(CMD_WRITE, fh.handle, int64(60 * 1024), b"tail")  # out of order: fine
+        sftp._request(CMD_WRITE, fh.handle, int64(0), b"x" * 60 * 1024)
         fh.close()
-        assert b"head\n" == (h.inbox("acme") / "s.persons").read_bytes()
+    assert 60 * 1024 + 4 == (h.inbox("acme") / "ok.persons").stat().st_size
+    # The second file_bytes hit is within LIMIT_LOG_SECONDS of the first: not repeated.
+    assert ["write_gap_bytes", "file_bytes"] == [e["limit"] for e in events(logs, "sftp.limit")]

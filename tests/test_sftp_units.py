@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import base64
+import errno
+import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from personsd.passwords import hash_password, verify_password
 from personsd.sftp import SftpLimits, TenantAuth, _Guard, load_or_create_host_key
-from personsd.sftpfs import canonical, resolve, visible_name
+from personsd.sftpbudget import FdBudget, LimitLog, LocalInboxQuota, TenantBudget
+from personsd.sftpfs import canonical, creatable_name, resolve, visible_name
 
 # -- virtual paths --------------------------------------------------------------------------
 
@@ -59,13 +64,24 @@ def test_resolve_examples(path: str, expected: tuple[str, ...] | None) -> None:
     assert expected == resolve(path)
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("a.persons", True), (".a.persons", False), ("a\nb", False), ("x" * 256, False),
-    ("ü" * 127, True), ("ü" * 128, False),
+@pytest.mark.parametrize(("box", "name", "expected"), [
+    ("inbox", "a.persons", True), ("inbox", ".in.a.persons", True),
+    ("inbox", ".a.persons.0123456789abcdef.upload", False), ("inbox", "a\nb", False),
+    ("inbox", "a\x7fb", False), ("outbox", "r.csv", True), ("outbox", ".r.csv.tmp", False),
 ])
-def test_visible_names(name: str, expected: bool) -> None:
-    """Hidden, control-character and over-long names are not the client's."""
-    assert expected == visible_name(name)
+def test_visible_names(box: str, name: str, expected: bool) -> None:
+    """Inbox dot-names are the client's uploads in progress; our temps and outbox dot-names not."""
+    assert expected == visible_name(box, name)
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("a.persons", True), (".in.a.persons", True), ("a.persons.filepart", True),
+    ("x" * 200, True), ("x" * 201, False), ("ü" * 100, True), ("ü" * 100 + "x", False),
+    (".a.persons.0123456789abcdef.upload", False), ("a\tb", False),
+])
+def test_creatable_names(name: str, expected: bool) -> None:
+    """SPEC 1.1: at most 200 bytes of UTF-8, no control character, never one of our temps."""
+    assert expected == creatable_name(name)
 
 
 # -- throttling -----------------------------------------------------------------------------
@@ -103,11 +119,106 @@ def test_failures_outside_the_window_do_not_add_up() -> None:
 
 
 def test_connection_slots_per_address() -> None:
-    """At most max_connections_per_ip at once; a released slot can be taken again."""
-    guard = _Guard(SftpLimits(max_connections_per_ip=2))
-    assert [None, None, "too_many_connections"] == [guard.admit("h") for _ in range(3)]
+    """At most connections_per_address at once; a released slot can be taken again."""
+    guard = _Guard(SftpLimits(connections_per_address=2))
+    assert [None, None, "connections_per_address"] == [guard.admit("h") for _ in range(3)]
     guard.release("h")
     assert None is guard.admit("h")
+
+
+def test_password_guesses_are_booked_before_they_are_verified() -> None:
+    """Failures plus guesses in flight never pass max_failed_logins: parallel guesses wait."""
+    clock = Clock()
+    guard = _Guard(SftpLimits(max_failed_logins=3, failed_window_seconds=60), clock)
+    assert [None, None, None, "throttled"] == [guard.begin_guess("h") for _ in range(4)]
+    assert False is guard.end_guess("h", failed=False)  # a right password frees its booking
+    assert None is guard.begin_guess("h")
+    assert [False, False, True] == [guard.end_guess("h", failed=True) for _ in range(3)]
+    assert "banned" == guard.begin_guess("h")
+    assert None is guard.begin_guess("other")
+
+
+def test_limit_events_repeat_at_most_every_interval() -> None:
+    """sftp.limit for one cap and client is logged once per interval, then with a count."""
+    clock = Clock()
+    limit_log = LimitLog(interval=10, clock=clock)
+    with capture_logs() as logs:
+        for _ in range(5):
+            limit_log.hit("handles_per_tenant", tenant="acme", ip="h")
+        limit_log.hit("handles_per_tenant", tenant="beta", ip="h")
+        clock.now += 11
+        limit_log.hit("handles_per_tenant", tenant="acme", ip="h")
+    assert [("acme", None), ("beta", None), ("acme", 4)] == [
+        (e["tenant"], e.get("suppressed")) for e in logs]
+    assert {"sftp.limit"} == {e["event"] for e in logs}
+    assert {"warning"} == {e["log_level"] for e in logs}
+
+
+def test_fd_budget_keeps_a_reserve() -> None:
+    """New descriptors are refused once the process is within its reserve of the limit."""
+    used = [0]
+    budget = FdBudget(256, soft_limit=lambda: 1024, count=lambda: used[0])
+    assert 256 == budget.headroom()
+    used[0] = 767
+    assert budget.available()
+    used[0] = 768
+    assert not budget.available()
+    small = FdBudget(256, soft_limit=lambda: 200, count=lambda: 149)
+    assert (50, True) == (small.headroom(), small.available())
+
+    def fails(code: int) -> Callable[[], int]:
+        def count() -> int:
+            raise OSError(code, os.strerror(code))
+        return count
+
+    assert not FdBudget(256, soft_limit=lambda: 1024, count=fails(errno.EMFILE)).available()
+    assert FdBudget(256, soft_limit=lambda: 1024, count=fails(errno.ENOENT)).available()
+
+
+def test_tenant_budget_counts_connections_and_handles_per_tenant() -> None:
+    """Each tenant has its own connection and handle slots."""
+    budget = TenantBudget(SftpLimits(connections_per_tenant=2, max_handles_per_tenant=3))
+    assert [True, True, False] == [budget.take_connection("acme") for _ in range(3)]
+    assert budget.take_connection("beta")
+    budget.release_connection("acme")
+    assert budget.take_connection("acme")
+    assert [True, True, True, False] == [budget.take_handle("acme") for _ in range(4)]
+    budget.release_handle("acme")
+    assert (2, True) == (budget.handles("acme"), budget.take_handle("acme"))
+
+
+def quota(tmp_path: Path, *, inbox_bytes: int = 1000, inbox_files: int = 3) -> LocalInboxQuota:
+    for box in ("inbox", "validate"):
+        (tmp_path / "acme" / box).mkdir(parents=True)
+    return LocalInboxQuota(tenants_root=tmp_path, inbox_bytes=inbox_bytes,
+                           inbox_files=inbox_files)
+
+
+def test_quota_counts_files_waiting_and_uploads_in_progress(tmp_path: Path) -> None:
+    """inbox_files: files in /inbox and /validate plus uploads in progress; ours not twice."""
+    q = quota(tmp_path)
+    (tmp_path / "acme" / "inbox" / "a.persons").write_bytes(b"x")
+    (tmp_path / "acme" / "validate" / "b.persons").write_bytes(b"x")
+    (tmp_path / "acme" / "inbox" / ".x.persons.0123456789abcdef.upload").write_bytes(b"x")
+    assert None is q.open_upload("acme", "u1")
+    assert "inbox_files" == q.open_upload("acme", "u2")
+    q.end_upload("acme", "u1")
+    assert None is q.open_upload("acme", "u2")
+    assert None is q.open_upload("beta", "u3")  # another tenant, an empty inbox
+
+
+def test_quota_counts_apparent_sizes_across_uploads(tmp_path: Path) -> None:
+    """inbox_bytes: the highest offset of each upload (holes count) plus the files waiting."""
+    q = quota(tmp_path)
+    (tmp_path / "acme" / "inbox" / "a.persons").write_bytes(b"x" * 100)
+    for key in ("u1", "u2"):
+        assert None is q.open_upload("acme", key)
+    assert None is q.grow("acme", "u1", 500)
+    assert None is q.grow("acme", "u2", 400)
+    assert "inbox_bytes" == q.grow("acme", "u2", 401)
+    assert None is q.grow("acme", "u1", 200)  # never shrinks
+    q.end_upload("acme", "u1")
+    assert None is q.grow("acme", "u2", 900)
 
 
 def test_limits_must_be_positive() -> None:

@@ -31,7 +31,7 @@ from personsd.errors import ConfigError
 from personsd.intake import Intake
 from personsd.logging import Event, configure, get_logger
 from personsd.retry import RetryPolicy
-from personsd.sftp import SftpServer, TenantAuth, load_or_create_host_key
+from personsd.sftp import SftpLimits, SftpServer, TenantAuth, load_or_create_host_key
 from personsd.store import db
 from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
@@ -197,6 +197,7 @@ class Daemon:
             tenants_root=self.cfg.tenants_dir,
             lookup=self.tenants.get,
             on_upload=self.watcher.notify_complete,
+            limits=SftpLimits.from_config(self.cfg.limits),
         )
         self.sftp.start()
 

@@ -18,7 +18,18 @@ connection that presented credentials and ended without logging in (unknown
 user or key, bad signature, nothing usable) counts once more unless a wrong
 password was already counted for it, so a client that tries several keys is
 not banned for it. ``max_failed_logins`` failures within
-``failed_window_seconds`` ban the address for ``ban_seconds``.
+``failed_window_seconds`` ban the address for ``ban_seconds``. A password is
+verified only after the guess was booked (failures plus guesses being
+verified stay below the cap), so parallel connections never get more than
+``max_failed_logins`` guesses checked per window. The methods offered are the
+same for every user name, so they reveal nothing about a tenant.
+
+Resource caps (:mod:`personsd.sftpbudget`, docs/security.md): connections per
+address and per tenant, pre-login time and banner, SSH packet size, channels
+per connection and their receive windows (:mod:`personsd.sftpwire`), the
+process's descriptors. Key exchange: curve25519, ML-KEM hybrid and the fixed
+DH groups 14/16 with SHA-2; no NIST curves, no group exchange (paramiko's
+server side needs a moduli file for it and resets the connection without one).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from __future__ import annotations
 import base64
 import binascii
 import collections
+import errno
 import hashlib
 import os
 import secrets
@@ -42,15 +54,18 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from personsd.logging import Event
 from personsd.passwords import burn_time, verify_password
-from personsd.sftpfs import (
-    MAX_SUBSYSTEMS,
-    Session,
+from personsd.sftpbudget import (
+    FdBudget,
+    LimitLog,
+    LocalInboxQuota,
     SftpLimits,
-    TenantFs,
-    TenantSftp,
-    sweep_stale_uploads,
+    TenantBudget,
+    raise_fd_limit,
 )
+from personsd.sftpfs import Session, TenantFs, TenantSftp, sweep_stale_uploads
+from personsd.sftpwire import BoundedPacketizer, check, guard_channels, open_channels
 
 __all__ = ["SftpLimits", "SftpServer", "TenantAuth", "load_or_create_host_key"]
 
@@ -59,8 +74,10 @@ DISABLED_ALGORITHMS = {
     "ciphers": ["3des-cbc", "aes128-cbc", "aes192-cbc", "aes256-cbc", "blowfish-cbc"],
     "macs": ["hmac-sha1", "hmac-sha1-96", "hmac-md5", "hmac-md5-96",
              "hmac-sha1-etm@openssh.com", "hmac-md5-etm@openssh.com"],
+    # NIST curves: ssh-audit's "weak elliptic curves"; group exchange: see the module doc.
     "kex": ["diffie-hellman-group1-sha1", "diffie-hellman-group14-sha1",
-            "diffie-hellman-group-exchange-sha1"],
+            "diffie-hellman-group-exchange-sha1", "diffie-hellman-group-exchange-sha256",
+            "ecdh-sha2-nistp256", "ecdh-sha2-nistp384", "ecdh-sha2-nistp521"],
     "keys": ["ssh-rsa", "ssh-dss"],
     "pubkeys": ["ssh-rsa", "ssh-dss"],
 }
@@ -70,6 +87,8 @@ _AUTH_FAILED: int = paramiko.AUTH_FAILED
 _AUTH_SUCCESSFUL: int = paramiko.AUTH_SUCCESSFUL
 _OPEN_SUCCEEDED: int = paramiko.OPEN_SUCCEEDED
 _OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED: int = paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+_OPEN_FAILED_RESOURCE_SHORTAGE: int = paramiko.OPEN_FAILED_RESOURCE_SHORTAGE
+ALLOWED_AUTHS = "publickey,password"  # the same for every user name: reveals nothing
 
 
 def _log() -> Any:
@@ -133,7 +152,7 @@ def load_or_create_host_key(path: Path) -> paramiko.Ed25519Key:
 
 
 class _Guard:
-    """Per-address connection counts, failed-login windows and bans."""
+    """Per-address connection counts, failed-login windows, guesses being verified, bans."""
 
     def __init__(self, limits: SftpLimits, clock: Callable[[], float] = time.monotonic) -> None:
         self._limits = limits
@@ -141,6 +160,7 @@ class _Guard:
         self._lock = threading.Lock()
         self._active: collections.Counter[str] = collections.Counter()
         self._failures: dict[str, collections.deque[float]] = {}
+        self._guessing: collections.Counter[str] = collections.Counter()
         self._banned_until: dict[str, float] = {}
 
     def banned(self, ip: str) -> bool:
@@ -154,13 +174,24 @@ class _Guard:
             return False
         return until is not None
 
+    def _failed_recently(self, ip: str) -> int:
+        """Failures of ``ip`` within the window (forgetting older ones)."""
+        window = self._failures.get(ip)
+        if window is None:
+            return 0
+        while window and window[0] <= self._clock() - self._limits.failed_window_seconds:
+            window.popleft()
+        if not window:
+            del self._failures[ip]
+        return len(window)
+
     def admit(self, ip: str) -> str | None:
         """Take a connection slot for ``ip``; or the reason it is refused."""
         with self._lock:
             if self._banned(ip):
                 return "banned"
-            if self._active[ip] >= self._limits.max_connections_per_ip:
-                return "too_many_connections"
+            if self._active[ip] >= self._limits.connections_per_address:
+                return "connections_per_address"
             self._active[ip] += 1
             return None
 
@@ -170,19 +201,38 @@ class _Guard:
             if self._active[ip] <= 0:
                 del self._active[ip]
 
+    def begin_guess(self, ip: str) -> str | None:
+        """Book one password verification for ``ip``; or why it may not be made."""
+        with self._lock:
+            if self._banned(ip):
+                return "banned"
+            if self._failed_recently(ip) + self._guessing[ip] >= self._limits.max_failed_logins:
+                return "throttled"  # the guesses in flight could reach the ban already
+            self._guessing[ip] += 1
+            return None
+
+    def end_guess(self, ip: str, *, failed: bool) -> bool:
+        """The booked verification is done; True when its failure starts a ban."""
+        with self._lock:
+            self._guessing[ip] -= 1
+            if self._guessing[ip] <= 0:
+                del self._guessing[ip]
+            return self._record(ip) if failed else False
+
     def record_failure(self, ip: str) -> bool:
         """Count a failed login; True when it starts a ban."""
         with self._lock:
-            now = self._clock()
-            window = self._failures.setdefault(ip, collections.deque())
-            window.append(now)
-            while window and window[0] <= now - self._limits.failed_window_seconds:
-                window.popleft()
-            if len(window) < self._limits.max_failed_logins:
-                return False
-            del self._failures[ip]
-            self._banned_until[ip] = now + self._limits.ban_seconds
-            return True
+            return self._record(ip)
+
+    def _record(self, ip: str) -> bool:
+        self._failed_recently(ip)
+        window = self._failures.setdefault(ip, collections.deque())
+        window.append(self._clock())
+        if len(window) < self._limits.max_failed_logins:
+            return False
+        del self._failures[ip]
+        self._banned_until[ip] = self._clock() + self._limits.ban_seconds
+        return True
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -201,8 +251,11 @@ class _Connection(paramiko.ServerInterface):  # type: ignore[misc]
         self.last_activity = time.monotonic()
         self.tried = False
         self.password_failures = 0
-        self.logged_in = False
+        self.logged_in = False  # authenticated
+        self.admitted = False  # authenticated and within its tenant's connection cap
         self.lookup_error = False
+        self.transport: paramiko.Transport | None = None
+        self.channel_opens = 0
         self._tenants: dict[str, TenantAuth | None] = {}
         self._grant: _Grant | None = None
         self._key_pending: tuple[str, str] | None = None  # accepted key awaiting its signature
@@ -211,6 +264,16 @@ class _Connection(paramiko.ServerInterface):  # type: ignore[misc]
 
     def touch(self) -> None:
         self.last_activity = time.monotonic()
+
+    @property
+    def tenant(self) -> str | None:
+        grant = self._grant
+        return grant.tenant if grant is not None and self.logged_in else None
+
+    def hit(self, limit: str) -> None:
+        """Log that this connection ran into ``limit``."""
+        who = {"tenant": self.tenant} if self.tenant is not None else {}
+        self._server.limit_log.hit(limit, ip=self.ip, **who)
 
     def _tenant(self, username: str) -> TenantAuth | None:
         if username not in self._tenants:
@@ -223,29 +286,31 @@ class _Connection(paramiko.ServerInterface):  # type: ignore[misc]
         return self._tenants[username]
 
     def _failed(self, username: str, method: str, reason: str, **extra: Any) -> None:
-        _log().warning("sftp.login_failed", ip=self.ip, user=username[:100], method=method,
+        _log().warning(Event.SFTP_LOGIN_FAILED, ip=self.ip, user=username[:100], method=method,
                        reason=reason, **extra)
 
-    def _attempt(self) -> bool:
-        """Start a new credential attempt; False when the address is banned."""
+    def _attempt(self) -> None:
+        """Start a new credential attempt."""
         self.touch()
         self.tried = True
         self._grant = None
         self._key_pending = None
-        return not self._server.guard.banned(self.ip)
 
     def _why(self, tenant: TenantAuth | None, known_user_reason: str) -> str:
         if tenant is not None:
             return known_user_reason
         return "lookup_failed" if self.lookup_error else "unknown_user"
 
+    def _banned(self) -> None:
+        lim = self._server.limits
+        _log().warning(Event.SFTP_BANNED, ip=self.ip, seconds=lim.ban_seconds,
+                       failures=lim.max_failed_logins)
+
     def count_failure(self) -> None:
         if self.lookup_error:
             return
         if self._server.guard.record_failure(self.ip):
-            lim = self._server.limits
-            _log().warning("sftp.banned", ip=self.ip, seconds=lim.ban_seconds,
-                           failures=lim.max_failed_logins)
+            self._banned()
 
     def get_allowed_auths(self, username: str) -> str:
         # paramiko asks this after every rejected attempt; right after we accepted a
@@ -254,8 +319,7 @@ class _Connection(paramiko.ServerInterface):  # type: ignore[misc]
         if pending is not None:
             self._grant = None
             self._failed(pending[0], "publickey", "bad_signature", fingerprint=pending[1])
-        tenant = self._tenant(username)
-        return "publickey,password" if tenant and tenant.password_hash else "publickey"
+        return ALLOWED_AUTHS
 
     def check_auth_none(self, username: str) -> int:
         self._grant = None
@@ -268,7 +332,8 @@ class _Connection(paramiko.ServerInterface):  # type: ignore[misc]
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         blob = key.asbytes()
         fp = fingerprint(blob)
-        if not self._attempt():
+        self._attempt()
+        if self._server.guard.banned(self.ip):
             self._failed(username, "publickey", "banned", fingerprint=fp)
             return _AUTH_FAILED
         tenant = self._tenant(username)
@@ -282,46 +347,76 @@ class _Connection(paramiko.ServerInterface):  # type: ignore[misc]
         return _AUTH_SUCCESSFUL
 
     def check_auth_password(self, username: str, password: str | bytes) -> int:
-        if not self._attempt():
-            self._failed(username, "password", "banned")
+        self._attempt()
+        guard = self._server.guard
+        refused = guard.begin_guess(self.ip)  # booked before verifying: parallel guesses too
+        if refused is not None:
+            self._failed(username, "password", refused)
             return _AUTH_FAILED
-        text = password if isinstance(password, str) else password.decode("utf-8", "replace")
-        tenant = self._tenant(username)
-        if tenant is None or tenant.password_hash is None:
-            burn_time(text)  # same time as a wrong password: no user enumeration
-            ok, reason = False, self._why(tenant, "no_password")
-        else:
-            ok, reason = verify_password(text, tenant.password_hash), "wrong_password"
+        ok = False
+        try:
+            text = password if isinstance(password, str) else password.decode("utf-8", "replace")
+            tenant = self._tenant(username)
+            if tenant is None or tenant.password_hash is None:
+                burn_time(text)  # same time as a wrong password: no user enumeration
+                reason = self._why(tenant, "no_password")
+            else:
+                ok, reason = verify_password(text, tenant.password_hash), "wrong_password"
+        finally:
+            if guard.end_guess(self.ip, failed=not ok and not self.lookup_error):
+                self._banned()
         if ok and tenant is not None:
             self._grant = _Grant(tenant=tenant.name, method="password", fingerprint=None)
             return _AUTH_SUCCESSFUL
         self._failed(username, "password", reason)
         self.password_failures += 1
-        self.count_failure()
         return _AUTH_FAILED
 
-    def confirm_login(self) -> None:
-        """Log ``sftp.login`` once the transport is authenticated (idempotent)."""
+    def confirm_login(self) -> bool:
+        """Once authenticated: take a slot of the tenant, log ``sftp.login``; whether admitted."""
         with self._lock:
             grant = self._grant
             if self.logged_in or grant is None:
-                return
+                return self.admitted
             self.logged_in = True
+            self.admitted = self._server.tenant_budget.take_connection(grant.tenant)
+        if not self.admitted:
+            self.hit("connections_per_tenant")
+            return False
         fields: dict[str, Any] = {"tenant": grant.tenant, "ip": self.ip, "method": grant.method}
         if grant.fingerprint is not None:
             fields["fingerprint"] = grant.fingerprint
-        _log().info("sftp.login", **fields)
+        _log().info(Event.SFTP_LOGIN, **fields)
+        return True
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
         if kind != "session":
             return _OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
-        self.confirm_login()  # paramiko opens channels only after authentication
+        # paramiko opens channels only after authentication.
+        if not self.confirm_login():
+            return _OPEN_FAILED_RESOURCE_SHORTAGE
+        lim = self._server.limits
+        self.channel_opens += 1
+        refused = None
+        if self.channel_opens > lim.max_channel_opens_per_connection:
+            refused = "channel_opens"
+        elif self.transport is not None and (
+                open_channels(self.transport) >= lim.max_channels_per_connection):
+            refused = "channels_per_connection"
+        elif not self._server.fds.available():
+            refused = "descriptors"
+        if refused is not None:
+            self.hit(refused)
+            return _OPEN_FAILED_RESOURCE_SHORTAGE
         return _OPEN_SUCCEEDED
 
     def check_channel_subsystem_request(self, channel: paramiko.Channel, name: str) -> bool:
         # Requests of one connection arrive one at a time on its transport thread.
         self.subsystems = [t for t in self.subsystems if t.is_alive()]
-        if name != "sftp" or len(self.subsystems) >= MAX_SUBSYSTEMS:
+        if name != "sftp":
+            return False
+        if len(self.subsystems) >= self._server.limits.max_channels_per_connection:
+            self.hit("channels_per_connection")  # sessions whose channel closed, still ending
             return False
         return bool(super().check_channel_subsystem_request(channel, name))
 
@@ -330,11 +425,13 @@ class _Connection(paramiko.ServerInterface):  # type: ignore[misc]
 
     def sftp_session(self) -> Session:
         grant = self._grant
-        if grant is None or not self.logged_in:
+        if grant is None or not self.admitted:
             raise RuntimeError("sftp subsystem before login")
         srv = self._server
         return Session(tenant=grant.tenant, ip=self.ip, tenants_root=srv.tenants_root,
-                       limits=srv.limits, on_upload=srv.on_upload, touch=self.touch)
+                       limits=srv.limits, on_upload=srv.on_upload, touch=self.touch,
+                       budget=srv.tenant_budget, fds=srv.fds, quota=srv.quota,
+                       limit_log=srv.limit_log)
 
 
 def _authenticated(transport: paramiko.Transport) -> bool:
@@ -355,6 +452,12 @@ class SftpServer:
         self.on_upload = on_upload
         self.limits = limits or SftpLimits()
         self.guard = _Guard(self.limits)
+        self.tenant_budget = TenantBudget(self.limits)
+        self.fds = FdBudget(self.limits.fd_reserve)
+        self.quota = LocalInboxQuota(tenants_root=tenants_root,
+                                     inbox_bytes=self.limits.inbox_bytes,
+                                     inbox_files=self.limits.inbox_files)
+        self.limit_log = LimitLog()
         self._requested_port = port
         self._host_key = host_key
         self._listener: socket.socket | None = None
@@ -370,6 +473,8 @@ class SftpServer:
         return int(self._listener.getsockname()[1])
 
     def start(self) -> None:
+        check()  # paramiko still has what our caps override
+        soft, hard = raise_fd_limit()
         sweep_stale_uploads(self.tenants_root)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         self._listener = socket.create_server((self.host, self._requested_port), family=family,
@@ -378,7 +483,8 @@ class SftpServer:
         self._acceptor = threading.Thread(target=self._accept_loop, name="sftp-accept",
                                           daemon=True)
         self._acceptor.start()
-        _log().info("sftp.listening", host=self.host, port=self.port)
+        _log().info("sftp.listening", host=self.host, port=self.port, fd_limit=soft,
+                    fd_hard_limit=hard, fd_reserved=self.fds.headroom())
 
     def stop(self) -> None:
         self._stopping.set()
@@ -402,15 +508,23 @@ class SftpServer:
                 sock, addr = self._listener.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     return
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    self.limit_log.hit("descriptors", ip="unknown")
                 time.sleep(0.1)  # e.g. out of file descriptors: don't spin
                 continue
             ip = str(addr[0])
             refused = self.guard.admit(ip)
+            if refused is None and not self.fds.available():
+                self.guard.release(ip)
+                refused = "descriptors"
             if refused is not None:
-                _log().warning("sftp.refused", ip=ip, reason=refused)
+                if refused == "banned":
+                    self.limit_log.throttled("sftp.refused", ip, ip=ip, reason=refused)
+                else:
+                    self.limit_log.hit(refused, ip=ip)
                 sock.close()
                 continue
             thread = threading.Thread(target=self._serve, args=(sock, ip), daemon=True,
@@ -419,22 +533,34 @@ class SftpServer:
                 self._live[thread] = None
             thread.start()
 
+    def _transport(self, sock: socket.socket, conn: _Connection) -> paramiko.Transport:
+        lim = self.limits
+        transport = paramiko.Transport(sock, disabled_algorithms=DISABLED_ALGORITHMS,
+                                       default_window_size=lim.channel_window_bytes,
+                                       default_max_packet_size=lim.channel_packet_bytes,
+                                       packetizer_class=BoundedPacketizer)
+        transport.packetizer.bound(max_packet_bytes=lim.max_packet_bytes,
+                                   max_banner_bytes=lim.max_banner_bytes, on_limit=conn.hit)
+        guard_channels(transport, conn.hit)
+        transport.local_version = VERSION_STRING
+        transport.add_server_key(self._host_key)
+        transport.set_subsystem_handler("sftp", TenantSftp, TenantFs)
+        conn.transport = transport
+        return transport
+
     def _serve(self, sock: socket.socket, ip: str) -> None:
         me = threading.current_thread()
         conn = _Connection(self, ip)
         transport: paramiko.Transport | None = None
         try:
-            transport = paramiko.Transport(sock, disabled_algorithms=DISABLED_ALGORITHMS)
-            transport.local_version = VERSION_STRING
-            transport.add_server_key(self._host_key)
-            transport.set_subsystem_handler("sftp", TenantSftp, TenantFs)
+            transport = self._transport(sock, conn)
             with self._lock:
                 self._live[me] = transport
             if self._stopping.is_set():
                 return
             transport.start_server(event=threading.Event(), server=conn)
             self._await_login(transport, conn)
-            if conn.logged_in:
+            if conn.admitted:
                 self._await_end(transport, conn)
         except Exception as exc:  # noqa: BLE001 -- a broken client must not take the server down
             _log().info("sftp.connection_error", ip=ip, error=repr(exc))
@@ -447,6 +573,8 @@ class SftpServer:
                 handler.join(timeout=10)
             if not conn.logged_in and conn.tried and conn.password_failures == 0:
                 conn.count_failure()
+            if conn.admitted and conn.tenant is not None:
+                self.tenant_budget.release_connection(conn.tenant)
             self.guard.release(ip)
             with self._lock:
                 self._live.pop(me, None)
@@ -457,7 +585,7 @@ class SftpServer:
             if _authenticated(transport):
                 break
             if time.monotonic() > deadline:
-                _log().info("sftp.login_timeout", ip=conn.ip)
+                conn.hit("login_grace")
                 return
             self._stopping.wait(_POLL)
         if _authenticated(transport):  # also when the client left right after logging in

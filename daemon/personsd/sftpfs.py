@@ -1,29 +1,46 @@
-"""The file tree one tenant sees over SFTP (SPEC section 6).
+"""The file tree one tenant sees over SFTP (SPEC sections 1.1 and 6).
 
 A virtual root holds exactly ``/inbox`` (upload, list, remove) and ``/outbox``
 (list, download, remove). Client paths are normalised like inside a chroot
 (``..`` stops at ``/``), so anything that is not ``/``, a box, or a plain name
 directly inside a box resolves to nothing. Files are only ever reached by name
 relative to the box's directory fd, with ``O_NOFOLLOW`` and ``lstat``, so a
-symlink planted on disk leads nowhere; names starting with ``.`` (our own
-upload temp files, the reports' temp files) are invisible and untouchable.
+symlink planted on disk leads nowhere.
+
+Names (SPEC 1.1): in the inbox, names starting with ``.`` and names ending in
+``.filepart``, ``.part``, … are a client's uploads in progress: it may create,
+write, rename and remove them, and the daemon ignores them. Our own upload
+temp files (``.<name>.<16 hex>.upload``) are invisible and no client may
+create such a name. In the outbox every dot-name is ours and invisible. A
+client creates no name longer than ``MAX_NAME_BYTES`` (UTF-8) or holding a
+control character.
 
 Uploads are written to a hidden temp name and renamed to their name when the
 client closes the handle; a handle never closed (dropped connection) is
 removed. Only the client's explicit CLOSE finishes an upload. Rules where
 SPEC is silent:
 
+* an upload with a failed write (a cap, a full disk) fails at CLOSE too and
+  leaves nothing: a file with a part missing is never handed to the daemon;
 * an upload onto a name still in the inbox (not yet claimed) replaces it
   atomically on close; reopening an existing file without truncating it
   (resume, append) is refused, since the watcher may already have seen it;
 * ``on_upload`` is called for each file that becomes complete under a name
-  the watcher does not ignore (SPEC 1.1): on close, and on a rename such as
-  ``x.filepart`` → ``x.persons``;
-* rename works only within ``/inbox``, from a visible file to a visible name
-  that does not exist yet (never replaces; ``posix-rename`` likewise);
+  the watcher does not ignore: on close, and on a rename such as
+  ``.in.x.persons`` → ``x.persons``;
+* rename works only within ``/inbox``, from a file to a name that does not
+  exist yet (never replaces; ``posix-rename`` likewise);
 * the inbox is write-only (no download of one's own uploads); the outbox is
-  read-only; names starting with ``.`` or holding control characters cannot
-  be created; setstat, symlink, readlink, mkdir and rmdir are refused.
+  read-only; setstat of times or permissions (and of the size the file
+  already has, as lftp sends) on one's own file, also through an open handle
+  and right after the daemon claimed the upload, answers OK and changes
+  nothing; another size, an owner, symlink, readlink, mkdir and rmdir are
+  refused.
+
+Caps (:mod:`personsd.sftpbudget`): handles per session and per tenant, the
+process's descriptors, the inbox quota (checked at open for files and at
+each write that extends an upload for bytes; holes count), holes per upload,
+file size, request size.
 """
 
 from __future__ import annotations
@@ -31,10 +48,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import secrets
 import stat
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -44,9 +59,22 @@ from typing import Any, Protocol
 
 import paramiko
 import structlog
-from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_INIT, CMD_OPEN, CMD_OPENDIR, CMD_VERSION
+from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_OPEN, CMD_OPENDIR
 
 from personsd.fileformat import classify_name
+from personsd.logging import Event
+from personsd.sftpbudget import (
+    UPLOAD_TEMP,
+    FdBudget,
+    InboxQuota,
+    LimitLog,
+    SftpLimits,
+    TenantBudget,
+)
+from personsd.sftpwire import FencedSftpServer, Refusal
+
+__all__ = ["BOXES", "MAX_NAME_BYTES", "UPLOAD_TEMP", "Session", "SftpLimits", "TenantFs",
+           "TenantSftp", "sweep_stale_uploads"]
 
 # paramiko is untyped: give its status codes a type once.
 SFTP_OK: int = paramiko.SFTP_OK
@@ -56,40 +84,14 @@ SFTP_PERMISSION_DENIED: int = paramiko.SFTP_PERMISSION_DENIED
 SFTP_OP_UNSUPPORTED: int = paramiko.SFTP_OP_UNSUPPORTED
 
 BOXES = ("inbox", "outbox")
-UPLOAD_TEMP = re.compile(r"^\..*\.[0-9a-f]{16}\.upload$")
-_MAX_NAME_BYTES = 255
-_MAX_PACKET = 1024 * 1024  # > OpenSSH's 256 KiB writes with headroom; paramiko allows 16 MiB
-MAX_SUBSYSTEMS = 4  # SFTP sessions one connection may run at once (each: a thread, handles)
+MAX_NAME_BYTES = 200  # SPEC 1.1: every name derived from it (reports, archive) still fits
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_SFTP_VERSION = 3
 DELIVERED_MEMORY_SECONDS = 60.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class SftpLimits:
-    """Resource caps of the embedded server; each one bounds what a client can cost us."""
-
-    max_connections_per_ip: int = 10
-    max_failed_logins: int = 5
-    failed_window_seconds: float = 60.0
-    ban_seconds: float = 300.0
-    login_grace_seconds: float = 30.0
-    idle_timeout_seconds: float = 600.0
-    max_handles: int = 64
-    max_read_bytes: int = 256 * 1024
-    max_file_bytes: int = 64 * 1024**3
-    max_write_gap_bytes: int = 16 * 1024 * 1024
-
-    def __post_init__(self) -> None:
-        for name in self.__slots__:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"SftpLimits.{name} must be a positive number, got {value!r}")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
 class Session:
-    """What the file tree needs to know about the logged-in connection."""
+    """What the file tree needs to know about the logged-in connection and the server."""
 
     tenant: str
     ip: str
@@ -97,6 +99,15 @@ class Session:
     limits: SftpLimits
     on_upload: Callable[[str, Path], None]
     touch: Callable[[], None]  # marks the connection active (idle timeout)
+    budget: TenantBudget
+    fds: FdBudget
+    quota: InboxQuota
+    limit_log: LimitLog
+
+    def limit(self, limit: str, message: str, code: int = SFTP_FAILURE, **extra: Any) -> Refusal:
+        """Log that ``limit`` was hit; the refusal the client gets."""
+        self.limit_log.hit(limit, tenant=self.tenant, ip=self.ip, **extra)
+        return Refusal(code, message)
 
 
 class SessionSource(Protocol):
@@ -143,13 +154,24 @@ def canonical(path: str) -> str:
     return "/" + "/".join(parts)
 
 
-def visible_name(name: str) -> bool:
-    """A name a client may see and create: no hidden files, no control characters."""
-    return (
-        not name.startswith(".")
-        and len(name.encode("utf-8", "surrogateescape")) <= _MAX_NAME_BYTES
-        and not any(ord(c) < 32 or ord(c) == 127 for c in name)
-    )
+def _plain(name: str) -> bool:
+    return not any(ord(c) < 32 or ord(c) == 127 for c in name)
+
+
+def visible_name(box: str, name: str) -> bool:
+    """A name a client may see and reach in ``box``: ours (temp files) are not."""
+    if box == "inbox":
+        return not UPLOAD_TEMP.match(name) and _plain(name)
+    return not name.startswith(".") and _plain(name)
+
+
+def name_bytes(name: str) -> int:
+    return len(name.encode("utf-8", "surrogateescape"))
+
+
+def creatable_name(name: str) -> bool:
+    """A name a client may give an inbox file (open for writing, rename target)."""
+    return visible_name("inbox", name) and name_bytes(name) <= MAX_NAME_BYTES
 
 
 def _errno_code(exc: OSError) -> int:
@@ -164,6 +186,11 @@ def _attrs(st: os.stat_result, name: str) -> paramiko.SFTPAttributes:
     attr = paramiko.SFTPAttributes.from_stat(st, name)
     attr.st_uid = attr.st_gid = 0  # the server's accounts are none of the client's business
     return attr
+
+
+def _cosmetic(attr: paramiko.SFTPAttributes, size: int) -> bool:
+    """Times, permissions, the size the file has (lftp): acknowledged, changing nothing."""
+    return attr.st_size in (None, size) and attr.st_uid is None and attr.st_gid is None
 
 
 class _Download(paramiko.SFTPHandle):  # type: ignore[misc]
@@ -192,7 +219,9 @@ class _Download(paramiko.SFTPHandle):  # type: ignore[misc]
         return _attrs(os.fstat(self._fd), "")
 
     def chattr(self, attr: paramiko.SFTPAttributes) -> int:
-        return SFTP_OP_UNSUPPORTED
+        if self._fd is None:
+            return SFTP_FAILURE
+        return SFTP_OK if _cosmetic(attr, os.fstat(self._fd).st_size) else SFTP_OP_UNSUPPORTED
 
     def close(self) -> None:
         if self._fd is not None:
@@ -213,26 +242,41 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
         self._fd: int | None = fd
         self._temp = temp
         self._name = name
-        self._end = 0
+        self._end = 0  # apparent size: the highest offset written
+        self._received = 0  # bytes the client sent; end - received bounds the holes
+        self._refused: Refusal | None = None  # a write failed: every later one and CLOSE too
 
     def read(self, offset: int, length: int) -> int:
         return SFTP_PERMISSION_DENIED
 
+    def _check(self, offset: int, size: int) -> Refusal | None:
+        session = self._fs.session
+        limits = session.limits
+        end = offset + size
+        if end > limits.max_file_bytes:
+            return session.limit("file_bytes", "File too large", file=self._name)
+        holes = max(end, self._end) - (self._received + size)
+        if holes > limits.max_write_gap_bytes:
+            return session.limit("write_gap_bytes", "Write far beyond the data written",
+                                 file=self._name)
+        if end > self._end and session.quota.grow(session.tenant, self, end) is not None:
+            return session.limit("inbox_bytes", "Inbox quota exceeded (bytes)", file=self._name)
+        return None
+
     def write(self, offset: int, data: bytes) -> int:
-        limits = self._fs.session.limits
-        end = offset + len(data)
-        # No giant sparse files: a write must stay near what was written so far.
-        if end > limits.max_file_bytes or offset > self._end + limits.max_write_gap_bytes:
-            _log().warning("sftp.write_refused", tenant=self._fs.session.tenant,
-                           file=self._name, offset=offset, bytes=len(data))
-            return SFTP_FAILURE
         if self._fd is None:
             return SFTP_FAILURE
+        if self._refused is None:
+            self._refused = self._check(offset, len(data))
+        if self._refused is not None:
+            return self._refused
         try:
             os.pwrite(self._fd, data, offset)
         except OSError as exc:
-            return _errno_code(exc)
-        self._end = max(self._end, end)
+            self._refused = Refusal(_errno_code(exc), exc.strerror or "Write failed")
+            return self._refused
+        self._end = max(self._end, offset + len(data))
+        self._received += len(data)
         return SFTP_OK
 
     def stat(self) -> paramiko.SFTPAttributes | int:
@@ -241,7 +285,9 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
         return _attrs(os.fstat(self._fd), self._name)
 
     def chattr(self, attr: paramiko.SFTPAttributes) -> int:
-        return SFTP_OP_UNSUPPORTED
+        if self._fd is None:
+            return SFTP_FAILURE
+        return SFTP_OK if _cosmetic(attr, os.fstat(self._fd).st_size) else SFTP_OP_UNSUPPORTED
 
     def close(self) -> None:
         """Abandon the upload (paramiko calls this for handles left open at session end)."""
@@ -250,13 +296,19 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
         os.close(self._fd)
         self._fd = None
         self._fs.unlink_quietly(self._temp)
+        self._fs.session.quota.end_upload(self._fs.session.tenant, self)
 
     def finish(self) -> int:
-        """The client's CLOSE: make the upload visible under its name."""
+        """The client's CLOSE: make the upload visible under its name, if it is whole."""
         if self._fd is None:
             return SFTP_FAILURE
+        if self._refused is not None:  # a part is missing: never hand it to the daemon
+            self.close()
+            _log().info("sftp.upload_incomplete", tenant=self._fs.session.tenant, file=self._name)
+            return Refusal(SFTP_FAILURE, "Upload incomplete: a write failed")
         fd, self._fd = self._fd, None
         box = self._fs.box_fd("inbox")
+        session = self._fs.session
         try:
             try:
                 os.fsync(fd)  # the client takes a successful close as "delivered"
@@ -266,14 +318,15 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
             os.rename(self._temp, self._name, src_dir_fd=box, dst_dir_fd=box)
         except OSError as exc:
             self._fs.unlink_quietly(self._temp)
-            _log().error("sftp.upload_failed", tenant=self._fs.session.tenant, file=self._name,
+            _log().error("sftp.upload_failed", tenant=session.tenant, file=self._name,
                          error=exc.strerror)
             return _errno_code(exc)
+        finally:
+            session.quota.end_upload(session.tenant, self)
         with contextlib.suppress(OSError):
             os.fsync(box)  # the rename itself survives a crash too
             self._fs.remember(self._name, os.stat(self._name, dir_fd=box, follow_symlinks=False))
-        session = self._fs.session
-        _log().info("sftp.upload", tenant=session.tenant, file=self._name, bytes=size,
+        _log().info(Event.SFTP_UPLOAD, tenant=session.tenant, file=self._name, bytes=size,
                     ip=session.ip)
         self._fs.notify(self._name)
         return SFTP_OK
@@ -287,8 +340,9 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         self._source = server
         self.session = server.sftp_session()
         self._fds: dict[str, int] = {}
-        # Uploads this session delivered, by name: clients (paramiko's put) stat
-        # a file right after closing it, by when the daemon may have claimed it.
+        # Uploads this session delivered, by name: clients stat (paramiko's put) or
+        # setstat (rclone, WinSCP) a file right after it is complete, by when the
+        # daemon may have claimed it.
         self._delivered: dict[str, tuple[float, os.stat_result]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -318,6 +372,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
 
     def notify(self, name: str) -> None:
         """Hand a file that became complete in the inbox to the daemon."""
+        self.session.quota.changed(self.session.tenant)
         if classify_name(name) == "ignore":
             return
         path = self.session.tenants_root / self.session.tenant / "inbox" / name
@@ -332,7 +387,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
     def _file(self, path: str) -> tuple[str, str] | int:
         """(box, name) of a visible regular file, else an SFTP status code."""
         where = resolve(path)
-        if where is None or len(where) != 2 or not visible_name(where[1]):
+        if where is None or len(where) != 2 or not visible_name(*where):
             return SFTP_NO_SUCH_FILE
         box, name = where
         try:
@@ -356,6 +411,12 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
                            if now - v[0] < DELIVERED_MEMORY_SECONDS}
         self._delivered[name] = (now, st)
 
+    def _recently_delivered(self, where: tuple[str, ...]) -> os.stat_result | None:
+        if len(where) != 2 or where[0] != "inbox" or where[1] not in self._delivered:
+            return None
+        when, st = self._delivered[where[1]]
+        return st if time.monotonic() - when < DELIVERED_MEMORY_SECONDS else None
+
     def stat(self, path: str) -> paramiko.SFTPAttributes | int:
         where = resolve(path)
         if where is None:
@@ -371,10 +432,9 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
                 return _attrs(os.stat(name, dir_fd=self._fds[box], follow_symlinks=False), name)
             except FileNotFoundError:
                 found = SFTP_NO_SUCH_FILE  # claimed by the daemon in between
-        if found == SFTP_NO_SUCH_FILE and where[0] == "inbox" and where[1] in self._delivered:
-            when, st = self._delivered[where[1]]
-            if time.monotonic() - when < DELIVERED_MEMORY_SECONDS:
-                return _attrs(st, where[1])  # delivered, then claimed by the daemon
+        delivered = self._recently_delivered(where) if found == SFTP_NO_SUCH_FILE else None
+        if delivered is not None:
+            return _attrs(delivered, where[1])  # delivered, then claimed by the daemon
         return found
 
     lstat = stat  # symlinks are invisible, so both are the same
@@ -388,7 +448,8 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
             return [_attrs(os.fstat(self._fds[box]), box) for box in BOXES]
         if where is None or len(where) != 1:
             return SFTP_NO_SUCH_FILE
-        box_fd = self._fds[where[0]]
+        box = where[0]
+        box_fd = self._fds[box]
         listing_fd = os.open(".", _DIR, dir_fd=box_fd)  # own fd: listdir consumes its offset
         try:
             names = os.listdir(listing_fd)
@@ -396,7 +457,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
             os.close(listing_fd)
         out = []
         for name in sorted(names):
-            if not visible_name(name):
+            if not visible_name(box, name):
                 continue
             try:
                 st = os.stat(name, dir_fd=box_fd, follow_symlinks=False)
@@ -406,6 +467,18 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
                 out.append(_attrs(st, name))
         return out
 
+    def chattr(self, path: str, attr: paramiko.SFTPAttributes) -> int:
+        """Times and permissions on one's own file: OK, nothing changes; the rest: refused."""
+        where = resolve(path)
+        if where is None:
+            return SFTP_NO_SUCH_FILE
+        if len(where) != 2:
+            return SFTP_PERMISSION_DENIED  # the root and the boxes are not the tenant's to change
+        found = self.stat(path)  # also a file this session delivered and the daemon claimed
+        if isinstance(found, int):
+            return found
+        return SFTP_OK if _cosmetic(attr, found.st_size) else SFTP_OP_UNSUPPORTED
+
     # -- files -------------------------------------------------------------------------
 
     def open(self, path: str, flags: int, attr: paramiko.SFTPAttributes) -> Any:
@@ -414,10 +487,15 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         if where is None or len(where) != 2:
             return SFTP_NO_SUCH_FILE if where is None else SFTP_PERMISSION_DENIED
         box, name = where
-        if not visible_name(name):  # hidden: absent for reading, not creatable
-            return SFTP_NO_SUCH_FILE if box == "outbox" else SFTP_PERMISSION_DENIED
         if box == "outbox":
+            if not visible_name(box, name):
+                return SFTP_NO_SUCH_FILE
             return self._open_download(name, flags)
+        if not creatable_name(name):  # ours, a control character, or too long
+            if visible_name(box, name):
+                return self.session.limit("name_bytes", f"Name longer than {MAX_NAME_BYTES} bytes",
+                                          SFTP_PERMISSION_DENIED)
+            return SFTP_PERMISSION_DENIED
         return self._open_upload(name, flags)
 
     def _open_download(self, name: str, flags: int) -> Any:
@@ -444,13 +522,19 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
             return SFTP_FAILURE  # resuming would edit a file the watcher may have seen
         if not exists and not flags & os.O_CREAT:
             return SFTP_NO_SUCH_FILE
+        # A dot-name of our own, distinct from any a client can create (UPLOAD_TEMP).
         temp = f".{name[:40]}.{secrets.token_hex(8)}.upload"
         try:
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                          0o640, dir_fd=self._fds["inbox"])
         except OSError as exc:
             return _errno_code(exc)
-        return _Upload(self, fd, temp, name)
+        upload = _Upload(self, fd, temp, name)
+        if self.session.quota.open_upload(self.session.tenant, upload) is not None:
+            os.close(fd)
+            self.unlink_quietly(temp)
+            return self.session.limit("inbox_files", "Inbox quota exceeded (files)", file=name)
+        return upload
 
     def remove(self, path: str) -> int:
         found = self._file(path)
@@ -461,6 +545,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
             os.unlink(name, dir_fd=self._fds[box])
         except OSError as exc:
             return _errno_code(exc)
+        self.session.quota.changed(self.session.tenant)
         _log().info("sftp.remove", tenant=self.session.tenant, box=box, file=name)
         return SFTP_OK
 
@@ -473,7 +558,10 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         if found[0] != "inbox" or target is None or len(target) != 2 or target[0] != "inbox":
             return SFTP_PERMISSION_DENIED
         old, new = found[1], target[1]
-        if not visible_name(new):
+        if not creatable_name(new):
+            if visible_name("inbox", new):
+                return self.session.limit("name_bytes", f"Name longer than {MAX_NAME_BYTES} bytes",
+                                          SFTP_PERMISSION_DENIED)
             return SFTP_PERMISSION_DENIED
         box = self._fds["inbox"]
         try:
@@ -484,6 +572,8 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
             return SFTP_FAILURE
         except OSError as exc:
             return _errno_code(exc)
+        with contextlib.suppress(OSError):
+            self.remember(new, os.stat(new, dir_fd=box, follow_symlinks=False))
         _log().info("sftp.rename", tenant=self.session.tenant, file=new, renamed_from=old)
         self.notify(new)
         return SFTP_OK
@@ -496,9 +586,6 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
     def rmdir(self, path: str) -> int:
         return SFTP_PERMISSION_DENIED
 
-    def chattr(self, path: str, attr: paramiko.SFTPAttributes) -> int:
-        return SFTP_OP_UNSUPPORTED
-
     def symlink(self, target_path: str, path: str) -> int:
         return SFTP_OP_UNSUPPORTED
 
@@ -506,7 +593,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         return SFTP_OP_UNSUPPORTED
 
 
-class TenantSftp(paramiko.SFTPServer):  # type: ignore[misc]
+class TenantSftp(FencedSftpServer):
     """paramiko's SFTP subsystem with the caps and the CLOSE semantics we need."""
 
     server: TenantFs
@@ -516,7 +603,19 @@ class TenantSftp(paramiko.SFTPServer):  # type: ignore[misc]
     def __init__(self, channel: paramiko.Channel, name: str, server: SessionSource,
                  *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, name, server, *args, **kwargs)
+        self.max_request_bytes = self.server.session.limits.max_request_bytes
+        self._held = 0  # handle slots taken from the tenant's budget
         server.subsystem_started(self)  # so the connection can join it on the way out
+
+    def _open_handles(self) -> int:
+        return len(self.file_table) + len(self.folder_table)
+
+    def _settle_handles(self) -> None:
+        """Give back the tenant's slots this session no longer uses."""
+        session = self.server.session
+        while self._held > self._open_handles():
+            self._held -= 1
+            session.budget.release_handle(session.tenant)
 
     def finish_subsystem(self) -> None:
         # paramiko ends the session (our directory fds) before closing the handles left
@@ -525,48 +624,42 @@ class TenantSftp(paramiko.SFTPServer):  # type: ignore[misc]
             handle.close()
         self.file_table = {}
         super().finish_subsystem()
+        self._settle_handles()
 
-    def _read_packet(self) -> tuple[int, bytes]:
-        head = self._read_all(4)
-        (size,) = struct.unpack(">I", head)
-        if size > _MAX_PACKET:
-            raise EOFError(f"sftp packet of {size} bytes")
-        data = self._read_all(size)
-        return (data[0], data[1:]) if data else (0, b"")
+    def request_too_large(self, size: int) -> None:
+        session = self.server.session
+        session.limit_log.hit("request_bytes", tenant=session.tenant, ip=session.ip, bytes=size)
 
-    def _send_server_version(self) -> int:
-        # paramiko advertises check-file, whose loop never ends on a short read: no extensions.
-        t, data = self._read_packet()
-        if t != CMD_INIT:
-            raise EOFError("incompatible sftp protocol")
-        msg = paramiko.Message()
-        msg.add_int(_SFTP_VERSION)
-        self._send_packet(CMD_VERSION, msg)
-        return int(struct.unpack(">I", data[:4])[0])
+    def _refuse_open(self) -> Refusal | None:
+        session = self.server.session
+        if self._open_handles() >= session.limits.max_handles:
+            return session.limit("handles_per_session", "Too many open handles")
+        if not session.fds.available():
+            return session.limit("descriptors", "Too many open files on the server")
+        if not session.budget.take_handle(session.tenant):
+            return session.limit("handles_per_tenant", "Too many open handles for this account")
+        self._held += 1
+        return None
 
-    def _process(self, t: int, request_number: int, msg: paramiko.Message) -> None:
+    def before_request(self, t: int, request_number: int, msg: paramiko.Message) -> bool:
         self.server.session.touch()
         if t in (CMD_OPEN, CMD_OPENDIR):
-            open_handles = len(self.file_table) + len(self.folder_table)
-            if open_handles >= self.server.session.limits.max_handles:
-                self._send_status(request_number, SFTP_FAILURE, "Too many open handles")
-                return
+            refusal = self._refuse_open()
+            if refusal is not None:
+                self.send_status(request_number, refusal)
+                return True
         elif t == CMD_CLOSE:
-            handle = msg.get_binary()
-            item = self.file_table.pop(handle, None)
+            item = self.file_table.pop(msg.get_binary(), None)
             if isinstance(item, _Upload | _Download):
-                self._send_status(request_number, item.finish())
-                return
-            msg.rewind()
-            msg.get_int()
-        elif t == CMD_EXTENDED:
-            tag = msg.get_text()
-            if tag != "posix-rename@openssh.com":
-                self._send_status(request_number, SFTP_OP_UNSUPPORTED)
-                return
-            msg.rewind()
-            msg.get_int()
-        super()._process(t, request_number, msg)
+                self.send_status(request_number, item.finish())
+                return True
+        elif t == CMD_EXTENDED and msg.get_text() != "posix-rename@openssh.com":
+            self.send_status(request_number, SFTP_OP_UNSUPPORTED)
+            return True
+        return False
+
+    def after_request(self, t: int) -> None:
+        self._settle_handles()
 
 
 def sweep_stale_uploads(tenants_root: Path) -> int:
