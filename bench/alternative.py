@@ -38,7 +38,9 @@ FIELDS = {
     "first_name": CustomField(name="first_name", type=FieldType.STRING, id=1),
     "age": CustomField(name="age", type=FieldType.NUMBER, id=2),
     "sport_interests": CustomField(
-        name="sport_interests", type=FieldType.MULTI_SELECT, id=3,
+        name="sport_interests",
+        type=FieldType.MULTI_SELECT,
+        id=3,
         options=("football", "hockey", "soccer", "golf", "basketball"),
     ),
 }
@@ -79,16 +81,23 @@ def import_row(session: Session, tenant_id: int, row: dict[str, str]) -> str:
         values[name] = parsed
     ext_id = row["external_person_id"].strip()
     person = session.scalar(
-        select(PersonRow).where(PersonRow.tenant_id == tenant_id,
-                                PersonRow.external_person_id == ext_id)
+        select(PersonRow).where(
+            PersonRow.tenant_id == tenant_id, PersonRow.external_person_id == ext_id
+        )
     )
     moment = datetime.now(UTC)
     if person is None:
         if offline_lookup(mdn) is not None:
             return "failed"
-        person = PersonRow(tenant_id=tenant_id, person_key=str(uuid.uuid4()),
-                           external_person_id=ext_id, mdn=mdn, attributes="{}",
-                           created_at=moment, updated_at=moment)
+        person = PersonRow(
+            tenant_id=tenant_id,
+            person_key=str(uuid.uuid4()),
+            external_person_id=ext_id,
+            mdn=mdn,
+            attributes="{}",
+            created_at=moment,
+            updated_at=moment,
+        )
         session.add(person)
         outcome = "created"
     else:

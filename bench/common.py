@@ -130,9 +130,14 @@ class Spawned:
         return code, seconds, int(maxrss_kb) / 1024, float(cpu)
 
 
-def spawn(argv: Sequence[str], *, stdout: IO[bytes] | int | None = None,
-          stderr: IO[bytes] | int | None = None, cwd: Path | None = None,
-          env: dict[str, str | None] | None = None) -> Spawned:
+def spawn(
+    argv: Sequence[str],
+    *,
+    stdout: IO[bytes] | int | None = None,
+    stderr: IO[bytes] | int | None = None,
+    cwd: Path | None = None,
+    env: dict[str, str | None] | None = None,
+) -> Spawned:
     """Start ``argv`` under the launcher; signals to ``proc`` reach the command.
 
     ``env`` adds variables to this process's environment; None removes one.
@@ -141,23 +146,34 @@ def spawn(argv: Sequence[str], *, stdout: IO[bytes] | int | None = None,
     environment = {name: value for name, value in child_env.items() if value is not None}
     report = Path(tempfile.gettempdir()) / f"bench-rusage-{uuid.uuid4().hex}"
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, str(report), *argv],
-                            stdout=stdout, stderr=stderr, cwd=cwd, env=environment)
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(report), *argv],
+        stdout=stdout,
+        stderr=stderr,
+        cwd=cwd,
+        env=environment,
+    )
     return Spawned(proc=proc, report=report, started=started)
 
 
-def measure(argv: Sequence[str], *, cwd: Path | None = None,
-            env: dict[str, str | None] | None = None) -> Measured:
+def measure(
+    argv: Sequence[str], *, cwd: Path | None = None, env: dict[str, str | None] | None = None
+) -> Measured:
     """Run ``argv`` to completion: its wall time, peak RSS and CPU time, and its output."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        code, seconds, rss_mb, cpu = spawn(argv, stdout=out, stderr=err, cwd=cwd,
-                                           env=env).finish()
+        code, seconds, rss_mb, cpu = spawn(argv, stdout=out, stderr=err, cwd=cwd, env=env).finish()
         out.seek(0)
         err.seek(0)
         stdout = out.read().decode("utf-8", "replace")
         stderr = err.read().decode("utf-8", "replace")
-    return Measured(returncode=code, seconds=seconds, peak_rss_mb=rss_mb, cpu_seconds=cpu,
-                    stdout=stdout, stderr=stderr)
+    return Measured(
+        returncode=code,
+        seconds=seconds,
+        peak_rss_mb=rss_mb,
+        cpu_seconds=cpu,
+        stdout=stdout,
+        stderr=stderr,
+    )
 
 
 def python(script: str, *args: str) -> list[str]:
@@ -223,14 +239,23 @@ def personsd_schema(url: str, fields: Sequence[tuple[str, str, str | None]] = ()
     try:
         db.upgrade(engine)
         with db.write_tx(engine) as conn:
-            conn.execute(text("INSERT INTO tenants (name, created_at) VALUES (:n, :t)"),
-                         {"n": TENANT, "t": _now_param(conn.dialect.name)})
-            tenant_id = conn.execute(text("SELECT id FROM tenants WHERE name = :n"),
-                                     {"n": TENANT}).scalar_one()
+            conn.execute(
+                text("INSERT INTO tenants (name, created_at) VALUES (:n, :t)"),
+                {"n": TENANT, "t": _now_param(conn.dialect.name)},
+            )
+            tenant_id = conn.execute(
+                text("SELECT id FROM tenants WHERE name = :n"), {"n": TENANT}
+            ).scalar_one()
             for name, type_, options in fields:
-                store_fields.add_field(conn, int(tenant_id), CustomField(
-                    name=name, type=FieldType(type_),
-                    options=tuple(options.split(",")) if options else ()))
+                store_fields.add_field(
+                    conn,
+                    int(tenant_id),
+                    CustomField(
+                        name=name,
+                        type=FieldType(type_),
+                        options=tuple(options.split(",")) if options else (),
+                    ),
+                )
     finally:
         engine.dispose()
     return int(tenant_id)
@@ -238,8 +263,15 @@ def personsd_schema(url: str, fields: Sequence[tuple[str, str, str | None]] = ()
 
 # What a SQLite connection's speed depends on; foreign_keys so the limit checks
 # the tenant reference as personsd's writes do.
-SQLITE_PRAGMAS = ("journal_mode", "synchronous", "foreign_keys", "cache_size", "temp_store",
-                  "mmap_size", "locking_mode")
+SQLITE_PRAGMAS = (
+    "journal_mode",
+    "synchronous",
+    "foreign_keys",
+    "cache_size",
+    "temp_store",
+    "mmap_size",
+    "locking_mode",
+)
 
 
 def sqlite_pragmas(url: str) -> list[str]:
@@ -249,8 +281,10 @@ def sqlite_pragmas(url: str) -> list[str]:
     engine = db.connect(url)
     try:
         with engine.connect() as conn:
-            return [f"{name}={conn.exec_driver_sql(f'PRAGMA {name}').scalar()}"
-                    for name in SQLITE_PRAGMAS]
+            return [
+                f"{name}={conn.exec_driver_sql(f'PRAGMA {name}').scalar()}"
+                for name in SQLITE_PRAGMAS
+            ]
     finally:
         engine.dispose()
 

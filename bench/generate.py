@@ -38,16 +38,69 @@ CUSTOM_FIELDS = (
     ("sport_interests", "multi_select", ",".join(SPORTS)),
 )
 FIRST_NAMES = (
-    "James", "Mary", "Robert", "Patricia", "John", "Jennifer", "Michael", "Linda",
-    "David", "Elizabeth", "William", "Barbara", "Richard", "Susan", "Joseph", "Jessica",
-    "Thomas", "Sarah", "Charles", "Karen", "Christopher", "Lisa", "Daniel", "Nancy",
-    "Matthew", "Betty", "Anthony", "Margaret", "Mark", "Sandra", "Donald", "Ashley",
-    "José", "Zoë", "Renée", "Chloé", "Siobhán", "Łukasz", "Ana-María", "O'Neil",
+    "James",
+    "Mary",
+    "Robert",
+    "Patricia",
+    "John",
+    "Jennifer",
+    "Michael",
+    "Linda",
+    "David",
+    "Elizabeth",
+    "William",
+    "Barbara",
+    "Richard",
+    "Susan",
+    "Joseph",
+    "Jessica",
+    "Thomas",
+    "Sarah",
+    "Charles",
+    "Karen",
+    "Christopher",
+    "Lisa",
+    "Daniel",
+    "Nancy",
+    "Matthew",
+    "Betty",
+    "Anthony",
+    "Margaret",
+    "Mark",
+    "Sandra",
+    "Donald",
+    "Ashley",
+    "José",
+    "Zoë",
+    "Renée",
+    "Chloé",
+    "Siobhán",
+    "Łukasz",
+    "Ana-María",
+    "O'Neil",
 )
 # Real, populous area codes; phonenumbers has the final say on each exchange.
 AREA_CODES = (
-    212, 213, 214, 305, 312, 404, 415, 512, 602, 617,
-    702, 713, 718, 720, 773, 503, 206, 303, 612, 919,
+    212,
+    213,
+    214,
+    305,
+    312,
+    404,
+    415,
+    512,
+    602,
+    617,
+    702,
+    713,
+    718,
+    720,
+    773,
+    503,
+    206,
+    303,
+    612,
+    919,
 )
 SUBSCRIBERS = 10_000
 # Fictional (555) and service (N11) exchanges are left out even where
@@ -75,8 +128,10 @@ def valid_pairs() -> tuple[tuple[int, int], ...]:
             ok = True
             for subscriber in (0, 4321, 9999):  # both ends and the middle of the block
                 number = phonenumbers.parse(f"+1{area}{exchange}{subscriber:04d}", None)
-                if not (phonenumbers.is_valid_number(number)
-                        and phonenumbers.number_type(number) in mobile):
+                if not (
+                    phonenumbers.is_valid_number(number)
+                    and phonenumbers.number_type(number) in mobile
+                ):
                     ok = False
                     break
             if ok:
@@ -161,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rows", type=int)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output file (default: the cache under bench/data/)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output file (default: the cache under bench/data/)"
+    )
     args = parser.parse_args(argv)
     path = write(args.out, args.rows, args.seed) if args.out else cached(args.rows, args.seed)
     print(path)

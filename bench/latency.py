@@ -57,14 +57,21 @@ def write_key(folder: Path) -> tuple[Path, Path]:
 
     key = Ed25519PrivateKey.generate()
     private = folder / "id_ed25519"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.OpenSSH,
-                                          serialization.NoEncryption()))
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
     private.chmod(0o600)
     public = folder / "id_ed25519.pub"
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                     serialization.PublicFormat.OpenSSH)
-                       + b" bench\n")
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        + b" bench\n"
+    )
     return private, public
 
 
@@ -82,24 +89,36 @@ def measure_latency(home: Path, *, repeats: int, rows: int = 10) -> Latency:
     private, public = write_key(home)
 
     def cli(*args: str) -> None:
-        measure([sys.executable, "-m", "personsd", "--config", str(config), *args],
-                env=CLEAN_ENV).check("personsd " + " ".join(args[:2]))
+        measure(
+            [sys.executable, "-m", "personsd", "--config", str(config), *args], env=CLEAN_ENV
+        ).check("personsd " + " ".join(args[:2]))
 
     cli("tenants", "add", TENANT, "--ssh-key", str(public))
     for name, type_, options in generate.CUSTOM_FIELDS:
-        cli("fields", "add", "--tenant", TENANT, name, "--type", type_,
-            *(["--options", options] if options else []))
+        cli(
+            "fields",
+            "add",
+            "--tenant",
+            TENANT,
+            name,
+            "--type",
+            type_,
+            *(["--options", options] if options else []),
+        )
     outbox = home / "var" / "tenants" / TENANT / "outbox"
     with (home / "daemon.log").open("ab") as log:
-        daemon = spawn([sys.executable, "-m", "personsd", "--config", str(config), "run"],
-                       stdout=log, stderr=subprocess.STDOUT, env=CLEAN_ENV)
+        daemon = spawn(
+            [sys.executable, "-m", "personsd", "--config", str(config), "run"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=CLEAN_ENV,
+        )
     try:
         _wait_listening(port, daemon.proc)
         times = _uploads(home, port, private, outbox, repeats + 1, rows)
     finally:
         rss_mb = _stop(daemon)
-    return Latency(samples=tuple(times[1:]), warmup=times[0],
-                   daemon_peak_rss_mb=rss_mb)
+    return Latency(samples=tuple(times[1:]), warmup=times[0], daemon_peak_rss_mb=rss_mb)
 
 
 def _stop(daemon: Spawned, timeout: float = 30.0) -> float:
@@ -127,8 +146,9 @@ def _wait_listening(port: int, daemon: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("the daemon's SFTP port did not open within 60 s")
 
 
-def _uploads(home: Path, port: int, private: Path, outbox: Path, count: int,
-             rows: int) -> list[float]:
+def _uploads(
+    home: Path, port: int, private: Path, outbox: Path, count: int, rows: int
+) -> list[float]:
     import paramiko
 
     key = paramiko.Ed25519Key.from_private_key_file(str(private))

@@ -42,8 +42,16 @@ from personsd.store import fields as store_fields
 from personsd.store.models import sqlite_timestamp
 from personsd.store.persons import _encode as encode_attributes  # the stored JSON text
 
-COLUMNS = ("tenant_id", "person_key", "external_person_id", "mdn", "vibes_device_id",
-           "attributes", "created_at", "updated_at")
+COLUMNS = (
+    "tenant_id",
+    "person_key",
+    "external_person_id",
+    "mdn",
+    "vibes_device_id",
+    "attributes",
+    "created_at",
+    "updated_at",
+)
 IDENTIFIERS = ("external_person_id", "mdn", "vibes_device_id")
 MULTI_SELECT_DELIMITER = "|"  # the bench files have no header section
 
@@ -58,8 +66,9 @@ def tenant_fields(url: str, tenant_id: int) -> dict[str, CustomField]:
         engine.dispose()
 
 
-def records(path: Path, tenant_id: int, fields: dict[str, CustomField], limit: int | None,
-            stamp: object) -> Iterator[tuple[object, ...]]:
+def records(
+    path: Path, tenant_id: int, fields: dict[str, CustomField], limit: int | None, stamp: object
+) -> Iterator[tuple[object, ...]]:
     """The persons table's row for each file row, as personsd would create it.
 
     Only what the bench files hold is handled (a field-name row, commas, new
@@ -85,17 +94,23 @@ def records(path: Path, tenant_id: int, fields: dict[str, CustomField], limit: i
                         raise ValueError(f"{field.name}: {stored}")
                     attributes[str(field.id)] = stored
             mdn = ids.get("mdn")
-            yield (tenant_id, new_key(), ids.get("external_person_id"),
-                   normalize_mdn(mdn) if mdn else None, ids.get("vibes_device_id"),
-                   encode_attributes(attributes), stamp, stamp)
+            yield (
+                tenant_id,
+                new_key(),
+                ids.get("external_person_id"),
+                normalize_mdn(mdn) if mdn else None,
+                ids.get("vibes_device_id"),
+                encode_attributes(attributes),
+                stamp,
+                stamp,
+            )
 
 
 def _copy_text(value: object) -> str:
     if value is None:
         return "\\N"
     text = str(value)
-    return (text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
-            .replace("\r", "\\r"))
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def load_postgresql(url: str, path: Path, tenant_id: int, limit: int | None) -> tuple[int, float]:
@@ -124,16 +139,16 @@ def load_postgresql(url: str, path: Path, tenant_id: int, limit: int | None) -> 
     return count, seconds
 
 
-def load_sqlite(url: str, path: Path, tenant_id: int, limit: int | None,
-                pragmas: list[str]) -> tuple[int, float]:
+def load_sqlite(
+    url: str, path: Path, tenant_id: int, limit: int | None, pragmas: list[str]
+) -> tuple[int, float]:
     """executemany of rows built beforehand (in batches): only the inserts are timed."""
     fields = tenant_fields(url, tenant_id)
     database = url.removeprefix("sqlite:///")
     stamp = sqlite_timestamp(datetime.now(UTC))
     conn = sqlite3.connect(database, isolation_level=None)
     seconds = 0.0
-    sql = (f"INSERT INTO persons ({', '.join(COLUMNS)})"
-           f" VALUES ({', '.join('?' * len(COLUMNS))})")
+    sql = f"INSERT INTO persons ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
     try:
         for pragma in pragmas:
             conn.execute(f"PRAGMA {pragma}")
@@ -159,8 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True)
     parser.add_argument("--tenant-id", type=int, required=True)
     parser.add_argument("--rows", type=int, default=None, help="only the first N rows")
-    parser.add_argument("--pragma", action="append", default=[],
-                        help="SQLite: a PRAGMA to set first, NAME=VALUE (repeatable)")
+    parser.add_argument(
+        "--pragma",
+        action="append",
+        default=[],
+        help="SQLite: a PRAGMA to set first, NAME=VALUE (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.url.startswith("sqlite"):
         count, seconds = load_sqlite(args.url, args.file, args.tenant_id, args.rows, args.pragma)

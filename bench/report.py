@@ -63,8 +63,7 @@ class Check:
         return YES if self.met else NO
 
 
-def _find(results: Sequence[Result], db: str, what: str, size: int | None = None
-          ) -> Result | None:
+def _find(results: Sequence[Result], db: str, what: str, size: int | None = None) -> Result | None:
     for result in results:
         if result.db == db and result.what == what and (size is None or result.size == size):
             return result
@@ -88,10 +87,11 @@ def ratios(results: Sequence[Result], result: Result) -> Ratios:
     def over(reference: Result | None) -> float | None:
         return result.rate / reference.rate if reference and reference.rate else None
 
-    return Ratios(limit=over(_find(results, result.db, "limit", result.size)),
-                  raw=over(_find(results, result.db, "raw copy", result.size)),
-                  alternative=over(_find(results, result.db,
-                                         result.what.replace("personsd", "alternative"))))
+    return Ratios(
+        limit=over(_find(results, result.db, "limit", result.size)),
+        raw=over(_find(results, result.db, "raw copy", result.size)),
+        alternative=over(_find(results, result.db, result.what.replace("personsd", "alternative"))),
+    )
 
 
 def row_checks(results: Sequence[Result], result: Result) -> list[Check]:
@@ -102,13 +102,24 @@ def row_checks(results: Sequence[Result], result: Result) -> list[Check]:
     factor = LIMIT_FACTORS[result.what]
     checks = []
     if to_limit is not None:
-        checks.append(Check(target=f"≥ {factor}× limit", found=f"{to_limit:.2f}×",
-                            met=to_limit >= factor))
+        checks.append(
+            Check(target=f"≥ {factor}× limit", found=f"{to_limit:.2f}×", met=to_limit >= factor)
+        )
     if to_alt is not None:
-        checks.append(Check(target=f"≥ {ALT_FACTOR:.0f}× alternative", found=f"{to_alt:.1f}×",
-                            met=to_alt >= ALT_FACTOR))
-    checks.append(Check(target=f"RSS ≤ {RSS_LIMIT_MB:.0f} MB", found=f"{result.peak_rss_mb:.0f} MB",
-                        met=result.peak_rss_mb <= RSS_LIMIT_MB))
+        checks.append(
+            Check(
+                target=f"≥ {ALT_FACTOR:.0f}× alternative",
+                found=f"{to_alt:.1f}×",
+                met=to_alt >= ALT_FACTOR,
+            )
+        )
+    checks.append(
+        Check(
+            target=f"RSS ≤ {RSS_LIMIT_MB:.0f} MB",
+            found=f"{result.peak_rss_mb:.0f} MB",
+            met=result.peak_rss_mb <= RSS_LIMIT_MB,
+        )
+    )
     if result.failed:
         checks.append(Check(target="no failed rows", found=str(result.failed), met=False))
     return checks
@@ -123,16 +134,22 @@ def global_checks(results: Sequence[Result], lat: LatencyLike | None) -> list[Ch
             big = _find(results, db, what, 10_000_000)
             if small and big:
                 growth = big.peak_rss_mb / small.peak_rss_mb - 1
-                checks.append(Check(
-                    target=f"{db} {what}: RSS at 10M within {RSS_GROWTH:.0%} of 1M",
-                    found=f"{small.peak_rss_mb:.0f} → {big.peak_rss_mb:.0f} MB ({growth:+.1%})",
-                    met=growth <= RSS_GROWTH))
+                checks.append(
+                    Check(
+                        target=f"{db} {what}: RSS at 10M within {RSS_GROWTH:.0%} of 1M",
+                        found=f"{small.peak_rss_mb:.0f} → {big.peak_rss_mb:.0f} MB ({growth:+.1%})",
+                        met=growth <= RSS_GROWTH,
+                    )
+                )
     if lat is not None:
-        checks.append(Check(
-            target=f"upload close → summary.json, 10 rows: median ≤ {LATENCY_LIMIT:.0f} s",
-            found=f"median {lat.median * 1000:.0f} ms (max {lat.worst * 1000:.0f} ms, "
-                  f"{len(lat.samples)} uploads)",
-            met=lat.median <= LATENCY_LIMIT))
+        checks.append(
+            Check(
+                target=f"upload close → summary.json, 10 rows: median ≤ {LATENCY_LIMIT:.0f} s",
+                found=f"median {lat.median * 1000:.0f} ms (max {lat.worst * 1000:.0f} ms, "
+                f"{len(lat.samples)} uploads)",
+                met=lat.median <= LATENCY_LIMIT,
+            )
+        )
     return checks
 
 
@@ -173,12 +190,17 @@ def _ratio(value: float | None, digits: int) -> str:
 def machine() -> dict[str, str]:
     uname = subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip()
     cpu = _proc_field("/proc/cpuinfo", "model name", lambda v: v)
-    memory = _proc_field("/proc/meminfo", "MemTotal",
-                         lambda v: f"{int(v.split()[0]) / 1024 / 1024:.1f} GiB")
+    memory = _proc_field(
+        "/proc/meminfo", "MemTotal", lambda v: f"{int(v.split()[0]) / 1024 / 1024:.1f} GiB"
+    )
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return {"uname -a": uname or platform.platform(), "CPU": cpu,
-            "nproc": str(os.cpu_count()), "memory": memory,
-            "load average (1, 5, 15 min) at the end": load}
+    return {
+        "uname -a": uname or platform.platform(),
+        "CPU": cpu,
+        "nproc": str(os.cpu_count()),
+        "memory": memory,
+        "load average (1, 5, 15 min) at the end": load,
+    }
 
 
 def _proc_field(path: str, name: str, shape: Callable[[str], str]) -> str:
@@ -193,11 +215,17 @@ def _proc_field(path: str, name: str, shape: Callable[[str], str]) -> str:
     return "?"
 
 
-def render(results: Sequence[Result], lat: LatencyLike | None, *, argv: Sequence[str],
-           alt_rows: int, wall_seconds: float, notes: Sequence[str]) -> str:
+def render(
+    results: Sequence[Result],
+    lat: LatencyLike | None,
+    *,
+    argv: Sequence[str],
+    alt_rows: int,
+    wall_seconds: float,
+    notes: Sequence[str],
+) -> str:
     """The whole results page."""
-    host = "\n".join(f"- {name}: `{value}`" for name, value in
-                     {**machine(), **versions()}.items())
+    host = "\n".join(f"- {name}: `{value}`" for name, value in {**machine(), **versions()}.items())
     lines = [
         "# personsd benchmark results",
         "",

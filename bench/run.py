@@ -50,9 +50,11 @@ def log(message: str) -> None:
 
 
 def record(result: Result) -> Result:
-    log(f"  {result.db:<10} {result.size:>9} {result.what:<22} {result.rows:>9} rows "
+    log(
+        f"  {result.db:<10} {result.size:>9} {result.what:<22} {result.rows:>9} rows "
         f"{result.seconds:8.2f} s ({result.cpu_seconds:6.2f} CPU s) {result.rate:8.0f} rows/s "
-        f"{result.peak_rss_mb:7.1f} MB")
+        f"{result.peak_rss_mb:7.1f} MB"
+    )
     return result
 
 
@@ -60,11 +62,20 @@ def run_raw(db: str, size: int, path: Path, work: Path) -> Result:
     """The file's columns into a plain table with two unique indexes: bare ingest speed."""
     with scratch_db(db, work) as url:
         pragmas = sqlite_pragmas(url) if db == "sqlite" else []
-        measured = measure(python("raw.py", "--url", url, *(f"--pragma={p}" for p in pragmas),
-                                  str(path))).check(f"raw copy on {db}")
-    return record(Result(db=db, size=size, what="raw copy", rows=int(measured.json()["rows"]),
-                         seconds=float(measured.json()["seconds"]),
-                         peak_rss_mb=measured.peak_rss_mb, cpu_seconds=measured.cpu_seconds))
+        measured = measure(
+            python("raw.py", "--url", url, *(f"--pragma={p}" for p in pragmas), str(path))
+        ).check(f"raw copy on {db}")
+    return record(
+        Result(
+            db=db,
+            size=size,
+            what="raw copy",
+            rows=int(measured.json()["rows"]),
+            seconds=float(measured.json()["seconds"]),
+            peak_rss_mb=measured.peak_rss_mb,
+            cpu_seconds=measured.cpu_seconds,
+        )
+    )
 
 
 def run_limit(db: str, size: int, path: Path, work: Path) -> Result:
@@ -72,15 +83,31 @@ def run_limit(db: str, size: int, path: Path, work: Path) -> Result:
     with scratch_db(db, work) as url:
         tenant_id = personsd_schema(url, generate.CUSTOM_FIELDS)
         pragmas = sqlite_pragmas(url) if db == "sqlite" else []
-        measured = measure(python("limit.py", "--url", url, "--tenant-id", str(tenant_id),
-                                  *(f"--pragma={p}" for p in pragmas),
-                                  str(path))).check(f"limit on {db}")
+        measured = measure(
+            python(
+                "limit.py",
+                "--url",
+                url,
+                "--tenant-id",
+                str(tenant_id),
+                *(f"--pragma={p}" for p in pragmas),
+                str(path),
+            )
+        ).check(f"limit on {db}")
     rows = int(measured.json()["rows"])
     # The database's own time (rows encoded beforehand): the ceiling to compare with.
     seconds = float(measured.json()["seconds"])
-    return record(Result(db=db, size=size, what="limit", rows=rows, seconds=seconds,
-                         peak_rss_mb=measured.peak_rss_mb,
-                         cpu_seconds=measured.cpu_seconds))
+    return record(
+        Result(
+            db=db,
+            size=size,
+            what="limit",
+            rows=rows,
+            seconds=seconds,
+            peak_rss_mb=measured.peak_rss_mb,
+            cpu_seconds=measured.cpu_seconds,
+        )
+    )
 
 
 def run_alternative(db: str, path: Path, rows: int, work: Path) -> list[Result]:
@@ -89,16 +116,35 @@ def run_alternative(db: str, path: Path, rows: int, work: Path) -> list[Result]:
     with scratch_db(db, work) as url:
         tenant_id = personsd_schema(url)
         for what, expected in (("initial", "created"), ("delta", "updated")):
-            measured = measure(python("alternative.py", "--url", url, "--tenant-id",
-                                      str(tenant_id), "--rows", str(rows), str(path)))
+            measured = measure(
+                python(
+                    "alternative.py",
+                    "--url",
+                    url,
+                    "--tenant-id",
+                    str(tenant_id),
+                    "--rows",
+                    str(rows),
+                    str(path),
+                )
+            )
             counts = measured.check(f"alternative on {db}").json()
             if counts[expected] != counts["rows"]:
                 log(f"  warning: alternative {what} on {db}: {counts}")
-            results.append(record(Result(
-                db=db, size=rows, what=f"alternative {what}", rows=int(counts["rows"]),
-                seconds=measured.seconds, peak_rss_mb=measured.peak_rss_mb,
-                cpu_seconds=measured.cpu_seconds,
-                failed=int(counts["failed"]))))
+            results.append(
+                record(
+                    Result(
+                        db=db,
+                        size=rows,
+                        what=f"alternative {what}",
+                        rows=int(counts["rows"]),
+                        seconds=measured.seconds,
+                        peak_rss_mb=measured.peak_rss_mb,
+                        cpu_seconds=measured.cpu_seconds,
+                        failed=int(counts["failed"]),
+                    )
+                )
+            )
     return results
 
 
@@ -115,14 +161,24 @@ def write_site(home: Path, url: str) -> Path:
     )
     personsd_cli(config, "tenants", "add", TENANT).check("personsd tenants add")
     for name, type_, options in generate.CUSTOM_FIELDS:
-        personsd_cli(config, "fields", "add", "--tenant", TENANT, name, "--type", type_,
-                     *(["--options", options] if options else [])).check("personsd fields add")
+        personsd_cli(
+            config,
+            "fields",
+            "add",
+            "--tenant",
+            TENANT,
+            name,
+            "--type",
+            type_,
+            *(["--options", options] if options else []),
+        ).check("personsd fields add")
     return config
 
 
 def personsd_cli(config: Path, *args: str) -> Measured:
-    return measure([sys.executable, "-m", "personsd", "--config", str(config), *args],
-                   env=CLEAN_ENV)
+    return measure(
+        [sys.executable, "-m", "personsd", "--config", str(config), *args], env=CLEAN_ENV
+    )
 
 
 def run_personsd(db: str, size: int, path: Path, work: Path) -> list[Result]:
@@ -134,19 +190,30 @@ def run_personsd(db: str, size: int, path: Path, work: Path) -> list[Result]:
         home = work / f"site-{db}-{size}"
         config = write_site(home, url)
         try:
-            for what, source, expected in (("personsd fixed cost", empty, None),
-                                           ("personsd initial", path, "created"),
-                                           ("personsd delta", path, "updated")):
+            for what, source, expected in (
+                ("personsd fixed cost", empty, None),
+                ("personsd initial", path, "created"),
+                ("personsd delta", path, "updated"),
+            ):
                 measured = personsd_cli(config, "import", str(source), "--tenant", TENANT)
                 summary = measured.check(f"personsd import on {db}").json()
                 counts = summary["rows"]
                 if expected and (counts[expected] != counts["total"] or counts["failed"]):
                     log(f"  warning: {what} on {db}: rows {counts}, errors {summary['errors']}")
-                results.append(record(Result(
-                    db=db, size=size, what=what, rows=int(counts["total"]),
-                    seconds=measured.seconds, peak_rss_mb=measured.peak_rss_mb,
-                    cpu_seconds=measured.cpu_seconds,
-                    failed=int(counts["failed"]))))
+                results.append(
+                    record(
+                        Result(
+                            db=db,
+                            size=size,
+                            what=what,
+                            rows=int(counts["total"]),
+                            seconds=measured.seconds,
+                            peak_rss_mb=measured.peak_rss_mb,
+                            cpu_seconds=measured.cpu_seconds,
+                            failed=int(counts["failed"]),
+                        )
+                    )
+                )
         finally:
             shutil.rmtree(home, ignore_errors=True)
     return results
@@ -154,24 +221,50 @@ def run_personsd(db: str, size: int, path: Path, work: Path) -> list[Result]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
-                        help="comma-separated row counts (default: 100000,1000000)")
+    parser.add_argument(
+        "--sizes",
+        default=",".join(map(str, DEFAULT_SIZES)),
+        help="comma-separated row counts (default: 100000,1000000)",
+    )
     parser.add_argument("--with-10m", action="store_true", help="also 10,000,000 rows")
-    parser.add_argument("--db", default=",".join(DATABASES),
-                        help="comma-separated: sqlite, postgresql (default: both)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke test: {QUICK_SIZE} rows, a small ORM subset, 3 uploads")
-    parser.add_argument("--alt-rows", type=int, default=None,
-                        help="rows of the ORM alternative (default 10000; 2000 with --quick)")
-    parser.add_argument("--latency-repeats", type=int, default=None,
-                        help="measured uploads (default 7; 3 with --quick)")
+    parser.add_argument(
+        "--db",
+        default=",".join(DATABASES),
+        help="comma-separated: sqlite, postgresql (default: both)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke test: {QUICK_SIZE} rows, a small ORM subset, 3 uploads",
+    )
+    parser.add_argument(
+        "--alt-rows",
+        type=int,
+        default=None,
+        help="rows of the ORM alternative (default 10000; 2000 with --quick)",
+    )
+    parser.add_argument(
+        "--latency-repeats",
+        type=int,
+        default=None,
+        help="measured uploads (default 7; 3 with --quick)",
+    )
     parser.add_argument("--no-latency", action="store_true", help="skip the daemon latency")
-    parser.add_argument("--personsd-only", action="store_true",
-                        help="skip the two references and the alternative (a 10M-row memory check)")
+    parser.add_argument(
+        "--personsd-only",
+        action="store_true",
+        help="skip the two references and the alternative (a 10M-row memory check)",
+    )
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "results.md")
     args = parser.parse_args(argv)
-    args.sizes = [QUICK_SIZE] if args.quick else sorted(
-        {int(s) for s in args.sizes.split(",") if s} | ({10_000_000} if args.with_10m else set()))
+    args.sizes = (
+        [QUICK_SIZE]
+        if args.quick
+        else sorted(
+            {int(s) for s in args.sizes.split(",") if s}
+            | ({10_000_000} if args.with_10m else set())
+        )
+    )
     args.db = [d.strip() for d in args.db.split(",") if d.strip()]
     unknown = set(args.db) - set(DATABASES)
     if unknown or not args.db or not args.sizes or min(args.sizes) < 1:
@@ -220,14 +313,22 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_latency:
             log(f"daemon latency: {args.latency_repeats} uploads of 10 rows")
             lat = latency.measure_latency(work / "latency", repeats=args.latency_repeats)
-            log(f"  median {lat.median * 1000:.0f} ms, max {lat.worst * 1000:.0f} ms, "
+            log(
+                f"  median {lat.median * 1000:.0f} ms, max {lat.worst * 1000:.0f} ms, "
                 f"warm-up {lat.warmup * 1000:.0f} ms, daemon peak RSS "
-                f"{lat.daemon_peak_rss_mb:.1f} MB")
+                f"{lat.daemon_peak_rss_mb:.1f} MB"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     wall = time.perf_counter() - started
-    page = report.render(results, lat, argv=sys.argv[1:] if argv is None else argv,
-                         alt_rows=alt_rows, wall_seconds=wall, notes=notes)
+    page = report.render(
+        results,
+        lat,
+        argv=sys.argv[1:] if argv is None else argv,
+        alt_rows=alt_rows,
+        wall_seconds=wall,
+        notes=notes,
+    )
     print(report.table_text(results, lat))
     args.output.write_text(page, encoding="utf-8")
     log(f"wrote {args.output} ({wall:.0f} s in all)")

@@ -102,9 +102,15 @@ class Site:
     def inbox(self, tenant: str) -> Path:
         return self.root / "tenants" / tenant / "inbox"
 
-    def cli(self, *args: str, input: str | bytes | None = None, expect: int | None = 0,
-            env: Mapping[str, str | None] | None = None, config: bool = True,
-            catch: bool = False) -> Result:
+    def cli(
+        self,
+        *args: str,
+        input: str | bytes | None = None,
+        expect: int | None = 0,
+        env: Mapping[str, str | None] | None = None,
+        config: bool = True,
+        catch: bool = False,
+    ) -> Result:
         """Run ``personsd [--config FILE] ARGS`` in process; check the exit code.
 
         An exception escaping the command fails the test, unless ``catch``: then it is
@@ -116,13 +122,24 @@ class Site:
             assert expect == result.exit_code, (argv, result.output)
         return result
 
-    def variant(self, *, carrier: str = "none", carrier_url: str = "",
-                extra_import: Mapping[str, Any] | None = None) -> Site:
+    def variant(
+        self,
+        *,
+        carrier: str = "none",
+        carrier_url: str = "",
+        extra_import: Mapping[str, Any] | None = None,
+    ) -> Site:
         """The same installation (root, database) under other ``[import]`` settings."""
         settings = json.dumps([carrier, carrier_url, dict(extra_import or {})], sort_keys=True)
         name = f"personsd-{hashlib.sha1(settings.encode()).hexdigest()[:12]}.toml"
-        config = write_config(self.home, self.db_url, name=name, carrier=carrier,
-                              carrier_url=carrier_url, extra_import=extra_import)
+        config = write_config(
+            self.home,
+            self.db_url,
+            name=name,
+            carrier=carrier,
+            carrier_url=carrier_url,
+            extra_import=extra_import,
+        )
         return Site(home=self.home, config=config, db_url=self.db_url)
 
     def add_tenant(self, name: str = "acme", fields: Sequence[Sequence[str]] = ()) -> None:
@@ -152,11 +169,17 @@ class Site:
         assert published == summary
         text = (outbox / summary["reports"]["errors"]).read_bytes().decode("utf-8")
         lines = list(csv.reader(io.StringIO(text, newline="")))
-        return Imported(exit_code=exit_code, summary=summary, errors_header=lines[0],
-                        errors=lines[1:], stdout=stdout)
+        return Imported(
+            exit_code=exit_code,
+            summary=summary,
+            errors_header=lines[0],
+            errors=lines[1:],
+            stdout=stdout,
+        )
 
-    def import_bytes(self, name: str, data: bytes | str, tenant: str = "acme", *,
-                     expect: int = 0) -> Imported:
+    def import_bytes(
+        self, name: str, data: bytes | str, tenant: str = "acme", *, expect: int = 0
+    ) -> Imported:
         return self.import_file(self.write(name, data), tenant, expect=expect)
 
     def export_text(self, tenant: str = "acme") -> str:
@@ -169,14 +192,19 @@ class Site:
     def by_external_id(self, tenant: str = "acme") -> dict[str, dict[str, str]]:
         return {p["external_person_id"]: p for p in self.export(tenant)}
 
-    def subprocess(self, *args: str, input: bytes | None = None,
-                   env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    def subprocess(
+        self, *args: str, input: bytes | None = None, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
         """The real thing: ``python -m personsd --config FILE ARGS`` in a child process."""
         child_env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
         child_env.update(env or {})
         return subprocess.run(
             [sys.executable, "-m", "personsd", "--config", str(self.config), *args],
-            input=input, capture_output=True, env=child_env, cwd=self.home, timeout=60,
+            input=input,
+            capture_output=True,
+            env=child_env,
+            cwd=self.home,
+            timeout=60,
             check=False,
         )
 
@@ -188,12 +216,20 @@ def assert_clean_exit(result: Result, code: int) -> None:
     assert result.stderr.startswith("personsd: "), result.stderr
 
 
-def make_site(home: Path, db_url: str, *, carrier: str = "none", carrier_url: str = "",
-              extra_import: Mapping[str, Any] | None = None, init: bool = True) -> Site:
+def make_site(
+    home: Path,
+    db_url: str,
+    *,
+    carrier: str = "none",
+    carrier_url: str = "",
+    extra_import: Mapping[str, Any] | None = None,
+    init: bool = True,
+) -> Site:
     """A site in ``home`` with its config written and (by default) ``personsd init`` run."""
     home.mkdir(parents=True, exist_ok=True)
-    config = write_config(home, db_url, carrier=carrier, carrier_url=carrier_url,
-                          extra_import=extra_import)
+    config = write_config(
+        home, db_url, carrier=carrier, carrier_url=carrier_url, extra_import=extra_import
+    )
     site = Site(home=home, config=config, db_url=db_url)
     if init:
         site.cli("init")

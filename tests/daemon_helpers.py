@@ -34,8 +34,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 20.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> Any:
     """Poll until ``predicate()`` is truthy; fail the test with ``what`` otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -73,8 +77,12 @@ class Daemon:
             "database": {"url": self.db_url},
             "paths": {"root": "var"},
             "sftp": {"listen": f"127.0.0.1:{self.port}"},
-            "import": {"carrier_lookup": "none", "settle_seconds": 0.3, "rescan_seconds": 2,
-                       "workers": 2},
+            "import": {
+                "carrier_lookup": "none",
+                "settle_seconds": 0.3,
+                "rescan_seconds": 2,
+                "workers": 2,
+            },
             "log": {"format": "json", "level": "info"},
         }
         for name, values in self.extra.items():
@@ -85,15 +93,25 @@ class Daemon:
             lines.extend(f"{key} = {json.dumps(value)}" for key, value in values.items())
         self.config.write_text("\n".join(lines) + "\n")
 
-    def cli(self, *args: str, stdin: str | None = None, check: bool = True
-            ) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "personsd", "--config", str(self.config), *args],
-            input=stdin, capture_output=True, text=True, check=check, timeout=120,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
         )
 
-    def add_tenant(self, name: str, *, key_file: Path | None = None,
-                   fields: tuple[tuple[str, str, str | None], ...] = SEED_FIELDS) -> None:
+    def add_tenant(
+        self,
+        name: str,
+        *,
+        key_file: Path | None = None,
+        fields: tuple[tuple[str, str, str | None], ...] = SEED_FIELDS,
+    ) -> None:
         args = ["tenants", "add", name]
         if key_file is not None:
             args += ["--ssh-key", str(key_file)]
@@ -113,7 +131,9 @@ class Daemon:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "personsd", "--config", str(self.config), "run"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
         )
         log.close()
         pid = self.proc.pid
@@ -141,8 +161,10 @@ class Daemon:
         return found
 
     def has_event(self, name: str, **fields: Any) -> bool:
-        return any(e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
-                   for e in self.events())
+        return any(
+            e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
+            for e in self.events()
+        )
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
@@ -172,9 +194,11 @@ class Daemon:
 
     def summary(self, tenant: str, file: str, timeout: float = 30.0) -> dict[str, Any]:
         """Wait for the summary.json of ``file`` and return it."""
+
         def find() -> Path | None:
             found = sorted(self.outbox(tenant).glob(f"{file}.*.summary.json"))
             return found[-1] if found else None
+
         path = wait_for(find, timeout=timeout, what=f"summary of {file}")
         return dict(json.loads(path.read_text()))
 
@@ -189,14 +213,31 @@ def ssh_key(folder: Path, name: str = "id_ed25519") -> Path:
     return path
 
 
-def sftp_batch(key: Path, port: int, user: str, commands: str, cwd: Path
-               ) -> subprocess.CompletedProcess[str]:
+def sftp_batch(
+    key: Path, port: int, user: str, commands: str, cwd: Path
+) -> subprocess.CompletedProcess[str]:
     """Run the OpenSSH `sftp` binary with a batch of commands."""
     batch = cwd / "batch.sftp"
     batch.write_text(commands)
     return subprocess.run(
-        ["sftp", "-b", str(batch), "-i", str(key), "-P", str(port),
-         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-         "-o", "BatchMode=yes", f"{user}@127.0.0.1"],
-        capture_output=True, text=True, cwd=cwd, timeout=60,
+        [
+            "sftp",
+            "-b",
+            str(batch),
+            "-i",
+            str(key),
+            "-P",
+            str(port),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            f"{user}@127.0.0.1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
     )

@@ -106,9 +106,9 @@ def export(
     return rows
 
 
-def normalise_export(rows: Sequence[Sequence[str]], keep_keys: Iterable[str] = ()) -> list[
-    list[str]
-]:
+def normalise_export(
+    rows: Sequence[Sequence[str]], keep_keys: Iterable[str] = ()
+) -> list[list[str]]:
     """An export with person_id replaced by its rank and unknown person_keys blanked.
 
     PostgreSQL sequences leave gaps and new keys are random, so only the order
@@ -145,8 +145,15 @@ class Published:
 
     def stable_summary(self) -> dict[str, Any]:
         """The summary without what differs between two runs of the same file."""
-        unstable = {"import_id", "tenant", "received_at", "started_at", "finished_at",
-                    "reports", "duplicate_of"}
+        unstable = {
+            "import_id",
+            "tenant",
+            "received_at",
+            "started_at",
+            "finished_at",
+            "reports",
+            "duplicate_of",
+        }
         return {k: v for k, v in self.summary.items() if k not in unstable}
 
 

@@ -32,23 +32,33 @@ FIXED_COLUMNS = ("line", "row", "error_class", "error_message", "field", "value"
 NULL = "[null]"
 
 # SPEC 3, copied by hand on purpose.
-MDN_FORMAT = ("MobilePhoneErrors::InvalidMDNFormat",
-              "The MDN is incorrectly formatted. It should be an E.164 MDN.")
+MDN_FORMAT = (
+    "MobilePhoneErrors::InvalidMDNFormat",
+    "The MDN is incorrectly formatted. It should be an E.164 MDN.",
+)
 FIELD_NOT_FOUND = ("PersonErrors::CustomFieldNotFound", "Custom field not found")
 NOT_FOUND = ("PersonErrors::PersonNotFound", "Person not found")
 PHONE_TAKEN = ("PersonErrors::MobilePhoneAlreadyAssigned", "Mobile Phone Already Assigned")
 BAD_PERSON_ID = ("PersonErrors::InvalidPersonID", "Invalid person_id")
 MDN_CHANGE = ("PersonErrors::MdnChangeNotAllowed", "mdn change not allowed")
-NO_KEY = ("PersonErrors::PersonCreateRequiresDeviceOrExternalPersonId",
-          "Creating a person requires a device or an external person id")
+NO_KEY = (
+    "PersonErrors::PersonCreateRequiresDeviceOrExternalPersonId",
+    "Creating a person requires a device or an external person id",
+)
 UNIQUE = ("PG::UniqueViolation", "duplicate key value violates unique constraint")
 BAD_VALUE = ("PersonErrors::InvalidCustomFieldValue", "Invalid custom field value")
 ROW_FORMAT = "PersonErrors::InvalidImportRowFormat"
 
 
 def new_person(person_id: int, person_key: str) -> dict[str, Any]:
-    return {"person_id": person_id, "person_key": person_key, "external_person_id": None,
-            "mdn": None, "vibes_device_id": None, "fields": {}}
+    return {
+        "person_id": person_id,
+        "person_key": person_key,
+        "external_person_id": None,
+        "mdn": None,
+        "vibes_device_id": None,
+        "fields": {},
+    }
 
 
 @dataclass
@@ -75,8 +85,9 @@ class Result:
             row += [p[c] or "" for c in BUILTINS[2:]]
             for f in ordered:
                 value = p["fields"].get(f.name)
-                row.append("" if value is None else
-                           "|".join(value) if isinstance(value, tuple) else value)
+                row.append(
+                    "" if value is None else "|".join(value) if isinstance(value, tuple) else value
+                )
             rows.append(row)
         return rows
 
@@ -95,8 +106,13 @@ class RowFailed(Exception):
         self.errors = errors
 
 
-def run(data: bytes, fields: Sequence[CustomField], persons: list[dict[str, Any]],
-        *, max_row_bytes: int = 1 << 20) -> Result:
+def run(
+    data: bytes,
+    fields: Sequence[CustomField],
+    persons: list[dict[str, Any]],
+    *,
+    max_row_bytes: int = 1 << 20,
+) -> Result:
     """Import ``data`` row by row into ``persons`` (changed in place)."""
     fh = io.BytesIO(data)
     layout = read_layout(fh, max_row_bytes=max_row_bytes)
@@ -109,16 +125,23 @@ def run(data: bytes, fields: Sequence[CustomField], persons: list[dict[str, Any]
             if raw.error is not None:
                 e = raw.error
                 raise RowFailed([(e.error_class, e.message, e.field, e.value)])
-            outcome = one_row(dict(zip(layout.fields, raw.values, strict=False)),
-                              len(layout.fields), len(raw.values), by_name,
-                              layout.multi_delimiter, persons, next_id)
+            outcome = one_row(
+                dict(zip(layout.fields, raw.values, strict=False)),
+                len(layout.fields),
+                len(raw.values),
+                by_name,
+                layout.multi_delimiter,
+                persons,
+                next_id,
+            )
         except RowFailed as failed:
             result.counts["failed"] += 1
             width = len(layout.fields)
             values = list(raw.values[:width]) + [""] * (width - len(raw.values))
             for error_class, message, column, value in failed.errors:
-                result.errors.append([str(raw.line), str(raw.row), error_class, message,
-                                      column, value, *values])
+                result.errors.append(
+                    [str(raw.line), str(raw.row), error_class, message, column, value, *values]
+                )
                 result.error_counts[error_class] += 1
             continue
         result.counts[outcome] += 1
@@ -135,8 +158,15 @@ def holder(persons: list[dict[str, Any]], column: str, value: object) -> dict[st
     return None
 
 
-def one_row(row: dict[str, str], expected: int, found: int, fields: dict[str, CustomField],
-            multi_delimiter: str, persons: list[dict[str, Any]], next_id: int) -> str:
+def one_row(
+    row: dict[str, str],
+    expected: int,
+    found: int,
+    fields: dict[str, CustomField],
+    multi_delimiter: str,
+    persons: list[dict[str, Any]],
+    next_id: int,
+) -> str:
     """SPEC 2 for one row; raises RowFailed, else answers "created" or "updated"."""
     if expected != found:
         raise RowFailed([(ROW_FORMAT, f"Expected {expected} fields, found {found}", "", "")])

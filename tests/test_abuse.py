@@ -87,8 +87,11 @@ def pid_of(daemon: Daemon) -> int:
 
 
 def limit_events(daemon: Daemon, limit: str, since: int = 0) -> list[dict[str, Any]]:
-    return [e for e in daemon.events()[since:]
-            if e.get("event") == "sftp.limit" and e.get("limit") == limit]
+    return [
+        e
+        for e in daemon.events()[since:]
+        if e.get("event") == "sftp.limit" and e.get("limit") == limit
+    ]
 
 
 def login(port: int, key: Path, user: str, *, source: str = "127.0.0.1") -> paramiko.Transport:
@@ -131,8 +134,12 @@ LIMITS = {"inbox_bytes": 4 * MiB, "inbox_files": 5, "connections_per_tenant": 6}
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Path]]:
     home = tmp_path_factory.mktemp("abuse")
-    daemon = Daemon(home=home, db_url=f"sqlite:///{home / 'persons.db'}", port=free_port(),
-                    extra={"import": {"rescan_seconds": 0.5}, "limits": LIMITS})
+    daemon = Daemon(
+        home=home,
+        db_url=f"sqlite:///{home / 'persons.db'}",
+        port=free_port(),
+        extra={"import": {"rescan_seconds": 0.5}, "limits": LIMITS},
+    )
     key = ssh_key(home)
     add_tenants(daemon, TENANTS, key)
     start(daemon, TENANTS)
@@ -151,13 +158,16 @@ def h(tmp_path: Path) -> Iterator[Harness]:
 
 # -- 2: memory and time before login --------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_huge_packet_before_login_costs_no_memory(site: tuple[Daemon, Path]) -> None:
     """A banner, then one declared 2 GiB packet streamed into: cut at max_packet_bytes."""
     daemon, _ = site
     mark = len(daemon.events())
-    with PeakRss(pid_of(daemon)) as mem, \
-            socket.create_connection(("127.0.0.1", daemon.port)) as sock:
+    with (
+        PeakRss(pid_of(daemon)) as mem,
+        socket.create_connection(("127.0.0.1", daemon.port)) as sock,
+    ):
         sock.settimeout(10)
         assert sock.recv(64).startswith(b"SSH-2.0-")
         sock.sendall(b"SSH-2.0-abuser\r\n")
@@ -175,8 +185,10 @@ def test_an_endless_line_before_the_banner_costs_no_memory(site: tuple[Daemon, P
     """Bytes with no line end before the version string: cut at max_banner_bytes."""
     daemon, _ = site
     mark = len(daemon.events())
-    with PeakRss(pid_of(daemon)) as mem, \
-            socket.create_connection(("127.0.0.1", daemon.port)) as sock:
+    with (
+        PeakRss(pid_of(daemon)) as mem,
+        socket.create_connection(("127.0.0.1", daemon.port)) as sock,
+    ):
         hung_up = flood(sock, 32 * MiB)
     assert mem.growth < GROWTH_ALLOWED, f"grew by {mem.growth / MiB:.0f} MiB"
     assert hung_up, "the daemon kept reading one banner line"
@@ -185,8 +197,11 @@ def test_an_endless_line_before_the_banner_costs_no_memory(site: tuple[Daemon, P
 
 def test_login_must_complete_within_the_grace_time(tmp_path: Path) -> None:
     """A client that connects and never logs in is cut after login_grace_seconds."""
-    with running_server(tmp_path, limits=SftpLimits(login_grace_seconds=1)) as h, \
-            capture_logs() as logs, socket.create_connection(("127.0.0.1", h.port)) as sock:
+    with (
+        running_server(tmp_path, limits=SftpLimits(login_grace_seconds=1)) as h,
+        capture_logs() as logs,
+        socket.create_connection(("127.0.0.1", h.port)) as sock,
+    ):
         sock.settimeout(10)
         sock.sendall(b"SSH-2.0-silent\r\n")
         started = time.monotonic()
@@ -194,11 +209,13 @@ def test_login_must_complete_within_the_grace_time(tmp_path: Path) -> None:
             pass  # until the server hangs up
         assert time.monotonic() - started < 8
         wait_for(lambda: events(logs, "sftp.limit"))
-    assert [("login_grace", "127.0.0.1")] == [(e["limit"], e["ip"])
-                                              for e in events(logs, "sftp.limit")]
+    assert [("login_grace", "127.0.0.1")] == [
+        (e["limit"], e["ip"]) for e in events(logs, "sftp.limit")
+    ]
 
 
 # -- 3: memory after login ------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_channel_data_beyond_the_window_ends_the_connection(site: tuple[Daemon, Path]) -> None:
@@ -227,8 +244,9 @@ def test_channel_data_beyond_the_window_ends_the_connection(site: tuple[Daemon, 
     finally:
         transport.close()
     assert mem.growth < GROWTH_ALLOWED, f"grew by {mem.growth / MiB:.0f} MiB"
-    found = wait_for(lambda: limit_events(daemon, "channel_window", mark),
-                     what="sftp.limit channel_window")
+    found = wait_for(
+        lambda: limit_events(daemon, "channel_window", mark), what="sftp.limit channel_window"
+    )
     assert ("flooder", "127.0.0.1") == (found[0]["tenant"], found[0]["ip"])
 
 
@@ -248,7 +266,8 @@ def test_channels_per_connection_are_capped(tmp_path: Path) -> None:
         finally:
             transport.close()
     assert ["channels_per_connection", "channel_opens"] == [
-        e["limit"] for e in events(logs, "sftp.limit")]
+        e["limit"] for e in events(logs, "sftp.limit")
+    ]
 
 
 def _reopens(transport: paramiko.Transport) -> bool:
@@ -261,8 +280,17 @@ def _reopens(transport: paramiko.Transport) -> bool:
 
 # -- 4: descriptors -------------------------------------------------------------------------
 
-def hold_handles(port: int, key: Path, user: str, source: str, sessions: int, handles: int,
-                 held: list[Any], refusals: list[str]) -> None:
+
+def hold_handles(
+    port: int,
+    key: Path,
+    user: str,
+    source: str,
+    sessions: int,
+    handles: int,
+    held: list[Any],
+    refusals: list[str],
+) -> None:
     """One connection, ``sessions`` SFTP sessions, each opening up to ``handles`` files."""
     try:
         transport = login(port, key, user, source=source)
@@ -286,13 +314,15 @@ def hold_handles(port: int, key: Path, user: str, source: str, sessions: int, ha
                 break
 
 
-def attack_handles(port: int, key: Path, user: str, source: str = "127.0.0.1",
-                   connections: int = 10) -> tuple[list[Any], list[str]]:
+def attack_handles(
+    port: int, key: Path, user: str, source: str = "127.0.0.1", connections: int = 10
+) -> tuple[list[Any], list[str]]:
     held: list[Any] = []
     refusals: list[str] = []
-    threads = [threading.Thread(target=hold_handles,
-                                args=(port, key, user, source, 4, 64, held, refusals))
-               for _ in range(connections)]
+    threads = [
+        threading.Thread(target=hold_handles, args=(port, key, user, source, 4, 64, held, refusals))
+        for _ in range(connections)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -318,8 +348,10 @@ def test_handles_and_connections_per_tenant_leave_others_room(site: tuple[Daemon
         # connections_per_tenant = 6 of the 10; together they hold max_handles_per_tenant.
         assert (6 * 4, SftpLimits().max_handles_per_tenant) == (len(sessions), len(handles))
         assert any("Too many open handles for this account" in r for r in refusals)
-        wait_for(lambda: limit_events(daemon, "handles_per_tenant", mark),
-                 what="sftp.limit handles_per_tenant")
+        wait_for(
+            lambda: limit_events(daemon, "handles_per_tenant", mark),
+            what="sftp.limit handles_per_tenant",
+        )
         assert limit_events(daemon, "connections_per_tenant", mark)
         # Another tenant, from another address, logs in and uploads meanwhile.
         transport = login(daemon.port, key, "alice", source="127.0.0.2")
@@ -338,8 +370,12 @@ def test_handles_and_connections_per_tenant_leave_others_room(site: tuple[Daemon
 @pytest.mark.slow
 def test_the_daemon_keeps_descriptors_for_itself(tmp_path: Path) -> None:
     """Near its RLIMIT_NOFILE the daemon refuses SFTP handles but still imports and logs."""
-    daemon = Daemon(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'persons.db'}",
-                    port=free_port(), extra={"import": {"rescan_seconds": 0.5}})
+    daemon = Daemon(
+        home=tmp_path,
+        db_url=f"sqlite:///{tmp_path / 'persons.db'}",
+        port=free_port(),
+        extra={"import": {"rescan_seconds": 0.5}},
+    )
     key = ssh_key(tmp_path)
     add_tenants(daemon, ("mallory", "alice"), key)
     start(daemon, ("mallory", "alice"))
@@ -353,14 +389,16 @@ def test_the_daemon_keeps_descriptors_for_itself(tmp_path: Path) -> None:
             # Parallel sessions may each pass the check at once: a few over, never the reserve.
             assert open_fds(pid) < limit - 32, "SFTP took the daemon's reserve"
             assert any("Too many open files on the server" in r for r in refusals)
-            found = wait_for(lambda: limit_events(daemon, "descriptors"),
-                             what="sftp.limit descriptors")
+            found = wait_for(
+                lambda: limit_events(daemon, "descriptors"), what="sftp.limit descriptors"
+            )
             assert "mallory" == found[0]["tenant"]
             # The daemon still has descriptors for the database, an import and its log.
             (daemon.inbox("alice") / "local.persons").write_text("external_person_id\ne1\n")
             assert "completed" == daemon.summary("alice", "local.persons")["status"]
         finally:
             release(held)
+
         # Once mallory is gone (the daemon frees its side lazily), logins work again.
         def alice_logs_in() -> bool:
             try:
@@ -383,6 +421,7 @@ def test_the_unit_raises_the_descriptor_limit() -> None:
 
 
 # -- 5: holes and quotas --------------------------------------------------------------------
+
 
 def test_walking_the_write_gap_gives_no_giant_sparse_file(h: Harness) -> None:
     """1-byte writes, each max_write_gap_bytes past the last: refused once holes pass the cap."""
@@ -423,9 +462,11 @@ def test_inbox_quota_holds_across_connections(site: tuple[Daemon, Path]) -> None
     try:
         clients = [paramiko.SFTPClient.from_transport(t) for t in transports]
         errors: list[str] = []
-        threads = [threading.Thread(target=upload, args=(c, f"big{i}.persons.filepart", 3 * MiB,
-                                                         errors))
-                   for i, c in enumerate(clients) if c is not None]
+        threads = [
+            threading.Thread(target=upload, args=(c, f"big{i}.persons.filepart", 3 * MiB, errors))
+            for i, c in enumerate(clients)
+            if c is not None
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -469,11 +510,13 @@ def test_inbox_files_quota_fails_at_open(site: tuple[Daemon, Path]) -> None:
         sftp.open("/inbox/.in.now-fits.persons", "wb").close()
     finally:
         transport.close()
-    assert [("quota", "inbox_files")] == [(e["tenant"], e["limit"])
-                                          for e in limit_events(daemon, "inbox_files", mark)]
+    assert [("quota", "inbox_files")] == [
+        (e["tenant"], e["limit"]) for e in limit_events(daemon, "inbox_files", mark)
+    ]
 
 
 # -- SPEC 1.1 and 12: names -----------------------------------------------------------------
+
 
 def test_names_longer_than_200_bytes_cannot_be_created(h: Harness) -> None:
     """SPEC 1.1: open for writing and rename refuse a name of more than 200 bytes (UTF-8)."""
@@ -508,11 +551,14 @@ def test_dot_name_uploads_are_the_clients_own(h: Harness) -> None:
 
 # -- 14: guesses, auth answers, key exchange ------------------------------------------------
 
+
 def test_parallel_connections_get_no_more_guesses_than_the_cap(tmp_path: Path) -> None:
     """10 connections guessing at once: at most max_failed_logins passwords are verified."""
     limits = SftpLimits(max_failed_logins=5, ban_seconds=60)
-    with running_server(tmp_path, limits=limits,
-                        passwords={"acme": hash_password("right")}) as h, capture_logs() as logs:
+    with (
+        running_server(tmp_path, limits=limits, passwords={"acme": hash_password("right")}) as h,
+        capture_logs() as logs,
+    ):
         barrier = threading.Barrier(10)
 
         def guess(n: int) -> None:
@@ -559,12 +605,21 @@ def test_allowed_methods_are_the_same_for_every_user(tmp_path: Path) -> None:
 def test_group_exchange_is_not_offered(h: Harness, tmp_path: Path) -> None:
     """A client preferring diffie-hellman-group-exchange-sha256 gets another kex, not a reset."""
     gex = "diffie-hellman-group-exchange-sha256"
-    preferring = openssh_sftp(h.port, "acme", h.keys["acme"].path, "ls /\n", tmp_path,
-                              "-o", f"KexAlgorithms={gex},curve25519-sha256@libssh.org", "-v")
+    preferring = openssh_sftp(
+        h.port,
+        "acme",
+        h.keys["acme"].path,
+        "ls /\n",
+        tmp_path,
+        "-o",
+        f"KexAlgorithms={gex},curve25519-sha256@libssh.org",
+        "-v",
+    )
     assert 0 == preferring.returncode, preferring.stderr
     assert "kex: algorithm: curve25519-sha256@libssh.org" in preferring.stderr
-    only = openssh_sftp(h.port, "acme", h.keys["acme"].path, "ls /\n", tmp_path,
-                        "-o", f"KexAlgorithms={gex}")
+    only = openssh_sftp(
+        h.port, "acme", h.keys["acme"].path, "ls /\n", tmp_path, "-o", f"KexAlgorithms={gex}"
+    )
     assert 0 != only.returncode  # nothing in common: refused
 
 
@@ -573,8 +628,13 @@ def test_ssh_audit_finds_no_failure(h: Harness) -> None:
     """ssh-audit (Debian package) against the server: no failure-level finding."""
     if shutil.which("ssh-audit") is None:
         pytest.skip("ssh-audit is not installed (Debian package ssh-audit); .ci/run installs it")
-    result = subprocess.run(["ssh-audit", "-n", "-b", "-t", "20", "-p", str(h.port), "127.0.0.1"],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        ["ssh-audit", "-n", "-b", "-t", "20", "-p", str(h.port), "127.0.0.1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert "[fail]" not in result.stdout, result.stdout
     assert result.returncode in (0, 2), result.stdout + result.stderr  # 2: warnings only
     assert "diffie-hellman-group-exchange" not in result.stdout

@@ -17,10 +17,14 @@ import pytest
 from cli_helpers import FIXED_COLUMNS, Imported, Site, make_site, shared_database
 
 ROW_FORMAT = "PersonErrors::InvalidImportRowFormat"
-ENCODING = ("FileEngine::EncodingDetection::Unknown8BitEncodingDetected",
-            "File is not UTF-8 or ASCII encoded")
-MDN_FORMAT = ("MobilePhoneErrors::InvalidMDNFormat",
-              "The MDN is incorrectly formatted. It should be an E.164 MDN.")
+ENCODING = (
+    "FileEngine::EncodingDetection::Unknown8BitEncodingDetected",
+    "File is not UTF-8 or ASCII encoded",
+)
+MDN_FORMAT = (
+    "MobilePhoneErrors::InvalidMDNFormat",
+    "The MDN is incorrectly formatted. It should be an E.164 MDN.",
+)
 BAD_SELECT = ("PersonErrors::InvalidSelectCustomFieldValue", "Invalid custom field value")
 FIELD_NOT_FOUND = ("PersonErrors::CustomFieldNotFound", "Custom field not found")
 EXCEEDS = (ROW_FORMAT, "Row exceeds 1048576 bytes")
@@ -30,8 +34,9 @@ TEN_MB = 10 * 1024 * 1024
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def shared(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
     home = tmp_path_factory.mktemp(f"bad-input-{request.param}")
     with shared_database(request.param, home) as url:
         yield make_site(home, url)
@@ -62,8 +67,13 @@ def tenant(shared: Site) -> Tenant:
 
 
 def counts(total: int, failed: int) -> dict[str, int]:
-    return {"total": total, "succeeded": total - failed, "failed": failed,
-            "created": total - failed, "updated": 0}
+    return {
+        "total": total,
+        "succeeded": total - failed,
+        "failed": failed,
+        "created": total - failed,
+        "updated": 0,
+    }
 
 
 def test_unknown_column_fails_only_rows_using_it(tenant: Tenant) -> None:
@@ -175,8 +185,10 @@ def test_unknown_header_rejects_the_whole_file(tenant: Tenant) -> None:
     """SPEC 1.2: an unknown header name rejects the file at file level; no row applied."""
     done = tenant.run("hdr.persons", "Delimeter: ;\n\nexternal_person_id;nick\ng1;a\n", expect=3)
 
-    assert {"class": "PersonErrors::InvalidImportFileFormat",
-            "message": "Unknown header 'Delimeter'"} == done.summary["file_error"]
+    assert {
+        "class": "PersonErrors::InvalidImportFileFormat",
+        "message": "Unknown header 'Delimeter'",
+    } == done.summary["file_error"]
     assert {} == tenant.persons()
 
 
@@ -188,16 +200,12 @@ def test_crlf_and_mixed_line_endings(tenant: Tenant) -> None:
 
     assert [("3", "2", ROW_FORMAT, "Expected 2 fields, found 3", "", "")] == done.errors_at()
     assert counts(4, 1) == done.summary["rows"]
-    assert {"g1": "a", "g2": "c", "g3": "d"} == {
-        k: p["nick"] for k, p in tenant.persons().items()}
+    assert {"g1": "a", "g2": "c", "g3": "d"} == {k: p["nick"] for k, p in tenant.persons().items()}
 
 
 def test_quoted_line_breaks_keep_line_numbers_right(tenant: Tenant) -> None:
     """SPEC 1.3/4: quoted values span lines; errors.csv names the physical line a row starts."""
-    data = (HEAD + 'g1,"multi\nline\r\nvalue"\n'
-            'b1,"x\ny",z\n'
-            'g2,"say ""hi"", ok"\n'
-            "b2,x,y\n")
+    data = HEAD + 'g1,"multi\nline\r\nvalue"\nb1,"x\ny",z\ng2,"say ""hi"", ok"\nb2,x,y\n'
 
     done = tenant.run("quoted.persons", data)
 
@@ -207,8 +215,9 @@ def test_quoted_line_breaks_keep_line_numbers_right(tenant: Tenant) -> None:
     ] == done.errors_at()
     assert ["b1", "x\ny"] == done.errors[0][6:]
     site = tenant.site
-    shown = json.loads(site.cli("persons", "show", "--tenant", tenant.name,
-                                "--external-person-id", "g1").stdout)
+    shown = json.loads(
+        site.cli("persons", "show", "--tenant", tenant.name, "--external-person-id", "g1").stdout
+    )
     assert "multi\nline\r\nvalue" == shown["fields"]["nick"]
     assert 'say "hi", ok' == tenant.persons()["g2"]["nick"]
 
@@ -240,22 +249,24 @@ def test_blank_lines_bom_and_spaces(tenant: Tenant) -> None:
 
 def test_fields_header_with_tab_delimiter(tenant: Tenant) -> None:
     """SPEC 1.2: `Fields` and `Delimiter: tab` headers; the body's first line is data."""
-    data = ("Fields: external_person_id , nick,tags\nDelimiter: tab\n"
-            "Multi-Select-Delimiter: ;\n\n"
-            "g1\ta\ta;b\nb1\tx\ta|b\ng2\tc\t\n")
+    data = (
+        "Fields: external_person_id , nick,tags\nDelimiter: tab\n"
+        "Multi-Select-Delimiter: ;\n\n"
+        "g1\ta\ta;b\nb1\tx\ta|b\ng2\tc\t\n"
+    )
 
     done = tenant.run("tab.persons", data)
 
     assert [("6", "2", *BAD_SELECT, "tags", "a|b")] == done.errors_at()
     persons = tenant.persons()
     assert {"g1": ("a", "a|b"), "g2": ("c", "")} == {
-        k: (p["nick"], p["tags"]) for k, p in persons.items()}
+        k: (p["nick"], p["tags"]) for k, p in persons.items()
+    }
 
 
 def test_equal_delimiters_need_quoted_multi_select_values(tenant: Tenant) -> None:
     """SPEC 1.2: with `Delimiter: |` a multi-select value is quoted, then split."""
-    data = ("Delimiter: |\n\nexternal_person_id|tags\n"
-            'g1|"a|b"\nb1|a|b\ng2|b\n')
+    data = 'Delimiter: |\n\nexternal_person_id|tags\ng1|"a|b"\nb1|a|b\ng2|b\n'
 
     done = tenant.run("pipes.persons", data)
 
@@ -263,9 +274,11 @@ def test_equal_delimiters_need_quoted_multi_select_values(tenant: Tenant) -> Non
     assert {"g1": "a|b", "g2": "b"} == {k: p["tags"] for k, p in tenant.persons().items()}
 
 
-@pytest.mark.parametrize("data", ["external_person_id,nick\n", "external_person_id,nick",
-                                  "external_person_id,nick\n\n\r\n"],
-                         ids=["newline", "no-newline", "blank-lines"])
+@pytest.mark.parametrize(
+    "data",
+    ["external_person_id,nick\n", "external_person_id,nick", "external_person_id,nick\n\n\r\n"],
+    ids=["newline", "no-newline", "blank-lines"],
+)
 def test_field_names_without_rows_complete_with_zero_rows(tenant: Tenant, data: str) -> None:
     """SPEC 1.3: a file with field names and no rows completes with 0 rows."""
     done = tenant.run("none.persons", data)
@@ -279,11 +292,13 @@ def test_formula_cells_are_neutralised_in_errors_csv(tenant: Tenant) -> None:
     """SPEC 4: cells starting with =, @, TAB, CR or a sign not followed by a number get `'`."""
     site = tenant.site
     site.cli("fields", "add", "--tenant", tenant.name, "note", "--type", "string")
-    data = ("external_person_id,mdn,note\n"
-            "=cmd|' /C calc'!A0,=1+2,@SUM(A1)\n"
-            'b2,+1 299,"\t=x"\n'
-            "b3,-5,+12995550005\n"
-            "g1,,-7.5\n")
+    data = (
+        "external_person_id,mdn,note\n"
+        "=cmd|' /C calc'!A0,=1+2,@SUM(A1)\n"
+        'b2,+1 299,"\t=x"\n'
+        "b3,-5,+12995550005\n"
+        "g1,,-7.5\n"
+    )
 
     done = tenant.run("formula.persons", data)
 

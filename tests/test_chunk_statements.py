@@ -91,8 +91,7 @@ def per_chunk(bench: Bench, chunk_rows: int, tenant: str, path: Path) -> list[in
     def on_chunk(_rows: int, _bytes: int) -> None:
         marks.append(bench.counter.statements)
 
-    outcome = run_import(bench.engine, bench.configs[chunk_rows], tenant, path,
-                         on_chunk=on_chunk)
+    outcome = run_import(bench.engine, bench.configs[chunk_rows], tenant, path, on_chunk=on_chunk)
     assert 0 == outcome.summary.rows.failed
     assert ROWS // chunk_rows == len(marks)
     return [b - a for a, b in itertools.pairwise(marks)]
@@ -106,8 +105,14 @@ def test_statements_per_chunk_do_not_grow_with_chunk_size(bench: Bench) -> None:
         tenant = new_tenant_name()
         add_tenant(bench.engine, tenant)
         counts[chunk_rows] = {
-            name: set(per_chunk(bench, chunk_rows, tenant,
-                                write_file(bench.root / f"{tenant}.{name}.persons", version)))
+            name: set(
+                per_chunk(
+                    bench,
+                    chunk_rows,
+                    tenant,
+                    write_file(bench.root / f"{tenant}.{name}.persons", version),
+                )
+            )
             for name, version in scenarios
         }
     for name, _ in scenarios:

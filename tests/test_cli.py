@@ -38,8 +38,9 @@ def site(tmp_path: Path, db_url: str) -> Site:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def shared(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
     """One installation per database for the tests that only look at a tenant of their own."""
     home = tmp_path_factory.mktemp(f"cli-{request.param}")
     with shared_database(request.param, home) as url:
@@ -69,12 +70,17 @@ def engine_of(site: Site) -> Iterator[Engine]:
 def ssh_public_key(directory: Path, name: str) -> Path:
     """A real OpenSSH ed25519 public key file, made by ssh-keygen."""
     private = directory / name
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@test",
-                    "-f", str(private)], check=True, capture_output=True, timeout=30)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@test", "-f", str(private)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     return directory / f"{name}.pub"
 
 
 # -- init, db upgrade, configuration ----------------------------------------------------------
+
 
 def test_init_is_idempotent(tmp_path: Path, db_url: str) -> None:
     """SPEC 7: `init` creates directories, schema and host key once; running it again is a no-op."""
@@ -94,8 +100,7 @@ def test_init_is_idempotent(tmp_path: Path, db_url: str) -> None:
     assert key_bytes == key.read_bytes()
     assert 0o600 == stat.S_IMODE(key.stat().st_mode)
     assert site.inbox("acme").is_dir()
-    assert ["acme"] == [t["name"] for t in json.loads(site.cli("tenants", "list",
-                                                                "--json").stdout)]
+    assert ["acme"] == [t["name"] for t in json.loads(site.cli("tenants", "list", "--json").stdout)]
     with engine_of(site) as engine:
         assert db.head_revision() == db.current_revision(engine)
 
@@ -113,8 +118,9 @@ def test_config_from_environment_variable(site: Site) -> None:
     """SPEC 7: without --config the file named by PERSONSD_CONFIG is used."""
     site.cli("tenants", "add", "acme")
 
-    done = site.cli("tenants", "list", "--json", config=False,
-                    env={"PERSONSD_CONFIG": str(site.config)})
+    done = site.cli(
+        "tenants", "list", "--json", config=False, env={"PERSONSD_CONFIG": str(site.config)}
+    )
 
     assert ["acme"] == [t["name"] for t in json.loads(done.stdout)]
 
@@ -124,11 +130,13 @@ def test_database_url_environment_overrides_config(site: Site, tmp_path: Path) -
     site.cli("tenants", "add", "acme")
     other_home = tmp_path / "other"
     other_home.mkdir()
-    other = Site(home=other_home, db_url=site.db_url,
-                 config=write_config(other_home, f"sqlite:///{other_home / 'other.db'}"))
+    other = Site(
+        home=other_home,
+        db_url=site.db_url,
+        config=write_config(other_home, f"sqlite:///{other_home / 'other.db'}"),
+    )
 
-    overridden = other.cli("tenants", "list", "--json",
-                           env={"PERSONSD_DATABASE_URL": site.db_url})
+    overridden = other.cli("tenants", "list", "--json", env={"PERSONSD_DATABASE_URL": site.db_url})
     plain = other.cli("tenants", "list", "--json")
 
     assert ["acme"] == [t["name"] for t in json.loads(overridden.stdout)]
@@ -138,16 +146,15 @@ def test_database_url_environment_overrides_config(site: Site, tmp_path: Path) -
 @pytest.mark.parametrize(
     ("toml", "named"),
     [
-        ('[import]\nchunk_size = 10\n', "chunk_size"),
-        ('[imports]\nworkers = 2\n', "imports"),
-        ('[import]\nworkers = 0\n', "workers"),
+        ("[import]\nchunk_size = 10\n", "chunk_size"),
+        ("[imports]\nworkers = 2\n", "imports"),
+        ("[import]\nworkers = 0\n", "workers"),
         ('[import]\ncarrier_lookup = "psychic"\n', "carrier_lookup"),
         ('[log]\nformat = "xml"\n', "format"),
     ],
     ids=["unknown-key", "unknown-section", "bad-workers", "bad-carrier", "bad-log-format"],
 )
-def test_bad_configuration_is_refused_naming_the_key(tmp_path: Path, toml: str,
-                                                     named: str) -> None:
+def test_bad_configuration_is_refused_naming_the_key(tmp_path: Path, toml: str, named: str) -> None:
     """SPEC 8: unknown keys and bad values are refused at start, the message naming them."""
     config = tmp_path / "bad.toml"
     config.write_text(f'[paths]\nroot = "var"\n{toml}')
@@ -209,19 +216,30 @@ def test_missing_config_file_exits_1(tmp_path: Path) -> None:
 
 # -- tenants ----------------------------------------------------------------------------------
 
+
 def test_tenants_add_with_keys_and_password(site: Site, tmp_path: Path) -> None:
     """SPEC 7: `tenants add` stores every --ssh-key and a hashed --password-stdin; makes dirs."""
     keys = [ssh_public_key(tmp_path, "k1"), ssh_public_key(tmp_path, "k2")]
 
-    done = site.cli("tenants", "add", "acme", "--ssh-key", str(keys[0]), "--ssh-key",
-                    str(keys[1]), "--password-stdin", input="s3cret pass\n")
+    done = site.cli(
+        "tenants",
+        "add",
+        "acme",
+        "--ssh-key",
+        str(keys[0]),
+        "--ssh-key",
+        str(keys[1]),
+        "--password-stdin",
+        input="s3cret pass\n",
+    )
 
     assert "acme" in done.stdout
     assert "s3cret" not in done.output
     assert site.inbox("acme").is_dir()
     assert site.outbox("acme").is_dir()
     assert [{"name": "acme", "keys": 2, "password": True}] == json.loads(
-        site.cli("tenants", "list", "--json").stdout)
+        site.cli("tenants", "list", "--json").stdout
+    )
     with engine_of(site) as engine, engine.connect() as conn:
         stored = store_tenants.get_tenant(conn, "acme")
     assert stored is not None
@@ -250,8 +268,9 @@ def test_tenants_add_existing_name_exits_1(site: Site) -> None:
     ],
     ids=["bad-name", "missing-key-file", "empty-password"],
 )
-def test_tenants_add_refuses_bad_input(site: Site, args: list[str], stdin: str | None,
-                                       message: str) -> None:
+def test_tenants_add_refuses_bad_input(
+    site: Site, args: list[str], stdin: str | None, message: str
+) -> None:
     """SPEC 7: a bad tenant name, key file or empty password exits 1 and creates nothing."""
     done = site.cli("tenants", "add", *args, input=stdin, expect=1)
 
@@ -270,8 +289,7 @@ def test_tenants_add_refuses_a_file_that_is_not_a_public_key(site: Site, tmp_pat
     assert [] == json.loads(site.cli("tenants", "list", "--json").stdout)
 
 
-def test_tenants_add_refuses_a_private_key_without_echoing_it(site: Site,
-                                                             tmp_path: Path) -> None:
+def test_tenants_add_refuses_a_private_key_without_echoing_it(site: Site, tmp_path: Path) -> None:
     """SPEC 6/7: a private key given as --ssh-key is refused (exit 1) and never printed."""
     ssh_public_key(tmp_path, "mine")
     private = tmp_path / "mine"
@@ -293,7 +311,8 @@ def test_tenants_list_text_and_json(site: Site, tmp_path: Path) -> None:
 
     assert ["acme", "beta"] == sorted(t["name"] for t in listed)
     assert {"acme": (0, False), "beta": (1, False)} == {
-        t["name"]: (t["keys"], t["password"]) for t in listed}
+        t["name"]: (t["keys"], t["password"]) for t in listed
+    }
     assert ["acme", "beta"] == sorted(line.split("\t")[0] for line in text.splitlines())
 
 
@@ -305,13 +324,11 @@ def test_tenants_remove(site: Site) -> None:
 
     site.cli("tenants", "remove", "acme")
 
-    assert ["beta"] == [t["name"] for t in json.loads(site.cli("tenants", "list",
-                                                                "--json").stdout)]
+    assert ["beta"] == [t["name"] for t in json.loads(site.cli("tenants", "list", "--json").stdout)]
     assert not (site.root / "tenants" / "acme").exists()
     kept = list((site.root / "state" / "removed").glob("acme*/outbox/a.persons.*.summary.json"))
     assert 1 == len(kept)
-    assert "unknown tenant" in site.cli("persons", "export", "--tenant", "acme",
-                                        expect=1).stderr
+    assert "unknown tenant" in site.cli("persons", "export", "--tenant", "acme", expect=1).stderr
     assert "unknown tenant" in site.cli("tenants", "remove", "acme", expect=1).stderr
     site.cli("tenants", "add", "acme")
     assert "" == site.export_text("acme").split("\n", 1)[1]
@@ -319,32 +336,64 @@ def test_tenants_remove(site: Site) -> None:
 
 # -- fields -----------------------------------------------------------------------------------
 
+
 def test_fields_add_list_remove(shared: Site, tenant: str) -> None:
     """SPEC 7: `fields add|list|remove` with types, options, charset and max length."""
     site = shared
-    site.cli("fields", "add", "--tenant", tenant, "sport", "--type", "multi_select",
-             "--options", "football, hockey")
-    site.cli("fields", "add", "--tenant", tenant, "code", "--type", "string", "--charset",
-             "gsm7", "--max-length", "10")
+    site.cli(
+        "fields",
+        "add",
+        "--tenant",
+        tenant,
+        "sport",
+        "--type",
+        "multi_select",
+        "--options",
+        "football, hockey",
+    )
+    site.cli(
+        "fields",
+        "add",
+        "--tenant",
+        tenant,
+        "code",
+        "--type",
+        "string",
+        "--charset",
+        "gsm7",
+        "--max-length",
+        "10",
+    )
     site.cli("fields", "add", "--tenant", tenant, "amount", "--type", "number")
 
     listed = json.loads(site.cli("fields", "list", "--tenant", tenant, "--json").stdout)
     text = site.cli("fields", "list", "--tenant", tenant).stdout
 
     assert [
-        {"name": "amount", "type": "number", "options": [], "charset": "unicode",
-         "max_length": 255},
+        {
+            "name": "amount",
+            "type": "number",
+            "options": [],
+            "charset": "unicode",
+            "max_length": 255,
+        },
         {"name": "code", "type": "string", "options": [], "charset": "gsm7", "max_length": 10},
-        {"name": "sport", "type": "multi_select", "options": ["football", "hockey"],
-         "charset": "unicode", "max_length": 255},
+        {
+            "name": "sport",
+            "type": "multi_select",
+            "options": ["football", "hockey"],
+            "charset": "unicode",
+            "max_length": 255,
+        },
     ] == listed
     assert ["amount", "code", "sport"] == [line.split("\t")[0] for line in text.splitlines()]
 
     site.cli("fields", "remove", "--tenant", tenant, "code")
-    assert ["amount", "sport"] == [f["name"] for f in json.loads(
-        site.cli("fields", "list", "--tenant", tenant, "--json").stdout)]
-    assert "no field" in site.cli("fields", "remove", "--tenant", tenant, "code",
-                                  expect=1).stderr
+    assert ["amount", "sport"] == [
+        f["name"]
+        for f in json.loads(site.cli("fields", "list", "--tenant", tenant, "--json").stdout)
+    ]
+    assert "no field" in site.cli("fields", "remove", "--tenant", tenant, "code", expect=1).stderr
 
 
 @pytest.mark.parametrize(
@@ -359,11 +408,20 @@ def test_fields_add_list_remove(shared: Site, tenant: str) -> None:
         (["n", "--type", "number", "--max-length", "5"], 1, "max_length"),
         (["s", "--type", "string", "--charset", "ebcdic"], 2, "ebcdic"),
     ],
-    ids=["bad-type", "upper-case-name", "builtin-name", "long-name", "select-no-options",
-         "bad-option-key", "max-length-on-number", "bad-charset"],
+    ids=[
+        "bad-type",
+        "upper-case-name",
+        "builtin-name",
+        "long-name",
+        "select-no-options",
+        "bad-option-key",
+        "max-length-on-number",
+        "bad-charset",
+    ],
 )
-def test_fields_add_refuses_bad_definitions(shared: Site, tenant: str, args: list[str],
-                                            code: int, message: str) -> None:
+def test_fields_add_refuses_bad_definitions(
+    shared: Site, tenant: str, args: list[str], code: int, message: str
+) -> None:
     """SPEC 1.5/7: a bad type is a usage error (2); a bad name or option exits 1 with a message."""
     done = shared.cli("fields", "add", "--tenant", tenant, *args, expect=code)
 
@@ -375,15 +433,19 @@ def test_fields_add_duplicate_and_unknown_tenant_exit_1(shared: Site, tenant: st
     """SPEC 7: a field name defined twice, or a tenant that does not exist, exits 1."""
     shared.cli("fields", "add", "--tenant", tenant, "nick", "--type", "string")
 
-    duplicate = shared.cli("fields", "add", "--tenant", tenant, "nick", "--type", "number",
-                           expect=1)
-    unknown = shared.cli("fields", "add", "--tenant", "nosuch", "nick", "--type", "string",
-                         expect=1)
+    duplicate = shared.cli(
+        "fields", "add", "--tenant", tenant, "nick", "--type", "number", expect=1
+    )
+    unknown = shared.cli(
+        "fields", "add", "--tenant", "nosuch", "nick", "--type", "string", expect=1
+    )
 
     assert "already exists" in duplicate.stderr
     assert "unknown tenant" in unknown.stderr
-    assert [("nick", "string")] == [(f["name"], f["type"]) for f in json.loads(
-        shared.cli("fields", "list", "--tenant", tenant, "--json").stdout)]
+    assert [("nick", "string")] == [
+        (f["name"], f["type"])
+        for f in json.loads(shared.cli("fields", "list", "--tenant", tenant, "--json").stdout)
+    ]
 
 
 # -- persons export / show --------------------------------------------------------------------
@@ -398,7 +460,7 @@ EXPORT_FIELDS = [
 ]
 EXPORT_SOURCE = (
     "external_person_id,mdn,vibes_device_id,zip,amount,born,tags,color,nick\n"
-    "e1,(229) 555-1234,d1,k1a0b1,007.50,2020-01-02T03:04:05+0200,a|b|a,red,\"x, y\"\n"
+    'e1,(229) 555-1234,d1,k1a0b1,007.50,2020-01-02T03:04:05+0200,a|b|a,red,"x, y"\n'
     "e2,2295551235,,12345-6789,100.00,2020-01-02,c,,plain\n"
     "e3,,d3,K1A 0B1,-0.0,2021-06-30T23:59:59-05:30,,blue,\n"
 )
@@ -419,18 +481,27 @@ def test_persons_export_values_as_stored(shared: Site, tenant: str) -> None:
     text = shared.export_text(tenant)
 
     lines = text.split("\n")
-    assert ",".join([*EXPORT_COLUMNS, "amount", "born", "color", "nick", "tags", "zip"]) == (
-        lines[0])
+    assert (
+        ",".join([*EXPORT_COLUMNS, "amount", "born", "color", "nick", "tags", "zip"]) == (lines[0])
+    )
     rows = list(csv.reader(io.StringIO(text, newline="")))[1:]
     ids = [int(r[0]) for r in rows]
     assert sorted(ids) == ids
     assert 3 == len(set(ids))
     assert all(len(r[1]) == 36 and r[1] == r[1].lower() for r in rows)
     assert [
-        ["e1", "+12295551234", "d1", "7.5", "2020-01-02T01:04:05Z", "red", "x, y", "a|b",
-         "K1A 0B1"],
-        ["e2", "+12295551235", "", "100", "2020-01-02T00:00:00Z", "", "plain", "c",
-         "12345-6789"],
+        [
+            "e1",
+            "+12295551234",
+            "d1",
+            "7.5",
+            "2020-01-02T01:04:05Z",
+            "red",
+            "x, y",
+            "a|b",
+            "K1A 0B1",
+        ],
+        ["e2", "+12295551235", "", "100", "2020-01-02T00:00:00Z", "", "plain", "c", "12345-6789"],
         ["e3", "", "d3", "0", "2021-07-01T05:29:59Z", "blue", "", "", "K1A 0B1"],
     ] == [r[2:] for r in rows]
 
@@ -446,17 +517,28 @@ def test_persons_export_to_file_round_trips(shared: Site, tenant: str, tmp_path:
     assert "" == written.stdout
     assert shared.export_text(tenant) == target.read_text(encoding="utf-8")
     assert {"total": 3, "succeeded": 3, "failed": 0, "created": 0, "updated": 3} == (
-        again.summary["rows"])
+        again.summary["rows"]
+    )
     assert target.read_text(encoding="utf-8") == shared.export_text(tenant)
 
 
-@pytest.mark.parametrize("target", ["missing-dir/all.persons", "."],
-                         ids=["missing-directory", "a-directory"])
-def test_persons_export_to_unwritable_output_exits_1(shared: Site, tenant: str,
-                                                     tmp_path: Path, target: str) -> None:
+@pytest.mark.parametrize(
+    "target", ["missing-dir/all.persons", "."], ids=["missing-directory", "a-directory"]
+)
+def test_persons_export_to_unwritable_output_exits_1(
+    shared: Site, tenant: str, tmp_path: Path, target: str
+) -> None:
     """SPEC 7: an --output that cannot be written is an error (exit 1, message), no traceback."""
-    done = shared.cli("persons", "export", "--tenant", tenant, "--output",
-                      str(tmp_path / target), expect=None, catch=True)
+    done = shared.cli(
+        "persons",
+        "export",
+        "--tenant",
+        tenant,
+        "--output",
+        str(tmp_path / target),
+        expect=None,
+        catch=True,
+    )
 
     assert_clean_exit(done, 1)
 
@@ -466,15 +548,28 @@ def test_persons_show_by_each_selector(shared: Site, tenant: str) -> None:
     export_tenant(shared, tenant)
     e1 = shared.by_external_id(tenant)["e1"]
     expected = {
-        "person_id": int(e1["person_id"]), "person_key": e1["person_key"],
-        "external_person_id": "e1", "mdn": "+12295551234", "vibes_device_id": "d1",
-        "fields": {"amount": "7.5", "born": "2020-01-02T01:04:05Z", "color": "red",
-                   "nick": "x, y", "tags": "a|b", "zip": "K1A 0B1"},
+        "person_id": int(e1["person_id"]),
+        "person_key": e1["person_key"],
+        "external_person_id": "e1",
+        "mdn": "+12295551234",
+        "vibes_device_id": "d1",
+        "fields": {
+            "amount": "7.5",
+            "born": "2020-01-02T01:04:05Z",
+            "color": "red",
+            "nick": "x, y",
+            "tags": "a|b",
+            "zip": "K1A 0B1",
+        },
     }
 
-    for selector in (["--person-id", e1["person_id"]], ["--person-key", e1["person_key"]],
-                     ["--external-person-id", "e1"], ["--mdn", "+12295551234"],
-                     ["--mdn", "229-555-1234"]):
+    for selector in (
+        ["--person-id", e1["person_id"]],
+        ["--person-key", e1["person_key"]],
+        ["--external-person-id", "e1"],
+        ["--mdn", "+12295551234"],
+        ["--mdn", "229-555-1234"],
+    ):
         done = shared.cli("persons", "show", "--tenant", tenant, *selector)
         assert expected == json.loads(done.stdout), selector
 
@@ -491,8 +586,9 @@ def test_persons_show_by_each_selector(shared: Site, tenant: str) -> None:
     ],
     ids=["id", "key", "external-id", "mdn", "no-selector", "two-selectors"],
 )
-def test_persons_show_not_found_or_misused(shared: Site, tenant: str, selector: list[str],
-                                           code: int) -> None:
+def test_persons_show_not_found_or_misused(
+    shared: Site, tenant: str, selector: list[str], code: int
+) -> None:
     """SPEC 7: no such person exits 1; no selector or two selectors is a usage error (2)."""
     export_tenant(shared, tenant)
 
@@ -503,6 +599,7 @@ def test_persons_show_not_found_or_misused(shared: Site, tenant: str, selector: 
 
 # -- import -----------------------------------------------------------------------------------
 
+
 def test_import_exit_codes(shared: Site, tenant: str) -> None:
     """SPEC 7: import exits 0 even with failed rows, 3 when rejected, 1 missing file/tenant."""
     site = shared
@@ -512,8 +609,11 @@ def test_import_exit_codes(shared: Site, tenant: str) -> None:
     source = site.write("ok.persons", "external_person_id\ne3\n")
     unknown = site.cli("import", str(source), "--tenant", "nosuch", expect=1)
 
-    assert (0, "completed", 1) == (with_errors.exit_code, with_errors.summary["status"],
-                                   with_errors.summary["rows"]["failed"])
+    assert (0, "completed", 1) == (
+        with_errors.exit_code,
+        with_errors.summary["status"],
+        with_errors.summary["rows"]["failed"],
+    )
     assert "rejected" == rejected.summary["status"]
     assert "nope.persons" in missing.stderr
     assert "" == missing.stdout
@@ -524,14 +624,19 @@ def test_import_exit_codes(shared: Site, tenant: str) -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["import", "x.persons"], ["import", "--tenant", "acme"], ["import", "a", "b", "--tenant",
-                                                                 "acme"], ["frobnicate"]],
+    [
+        ["import", "x.persons"],
+        ["import", "--tenant", "acme"],
+        ["import", "a", "b", "--tenant", "acme"],
+        ["frobnicate"],
+    ],
     ids=["no-tenant", "no-file", "two-files", "unknown-command"],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
     """SPEC 7: a malformed command line exits 2."""
-    site = Site(home=tmp_path, config=write_config(tmp_path, f"sqlite:///{tmp_path}/p.db"),
-                db_url="")
+    site = Site(
+        home=tmp_path, config=write_config(tmp_path, f"sqlite:///{tmp_path}/p.db"), db_url=""
+    )
 
     site.cli(*args, expect=2)
 
@@ -545,8 +650,10 @@ def test_rejected_import_through_the_console_script(site: Site) -> None:
 
     assert 3 == done.returncode, done.stderr.decode()
     summary = json.loads(done.stdout)
-    assert {"class": "PersonErrors::InvalidImportFileFormat",
-            "message": "File name must end with .persons"} == summary["file_error"]
+    assert {
+        "class": "PersonErrors::InvalidImportFileFormat",
+        "message": "File name must end with .persons",
+    } == summary["file_error"]
     assert (site.outbox("acme") / f"notes.txt.{summary['import_id']}.errors.csv").is_file()
 
 
@@ -562,10 +669,12 @@ def test_duplicate_file_names_the_earlier_import(shared: Site, tenant: str) -> N
     assert first.summary["import_id"] == second.summary["duplicate_of"]
     assert first.summary["sha256"] == second.summary["sha256"]
     assert {"total": 1, "succeeded": 1, "failed": 0, "created": 0, "updated": 1} == (
-        second.summary["rows"])
+        second.summary["rows"]
+    )
 
 
 # -- imports list / retry ---------------------------------------------------------------------
+
 
 def test_imports_list(site: Site) -> None:
     """SPEC 7: `imports list [--tenant] [--json]` shows every import with status and counts."""
@@ -579,16 +688,25 @@ def test_imports_list(site: Site) -> None:
     text = site.cli("imports", "list").stdout
 
     assert [
-        (ok.summary["import_id"], "acme", "a.persons", "completed",
-         {"total": 2, "succeeded": 1, "failed": 1, "created": 1, "updated": 0}),
-        (bad.summary["import_id"], "beta", "b.persons", "rejected",
-         {"total": 0, "succeeded": 0, "failed": 0, "created": 0, "updated": 0}),
+        (
+            ok.summary["import_id"],
+            "acme",
+            "a.persons",
+            "completed",
+            {"total": 2, "succeeded": 1, "failed": 1, "created": 1, "updated": 0},
+        ),
+        (
+            bad.summary["import_id"],
+            "beta",
+            "b.persons",
+            "rejected",
+            {"total": 0, "succeeded": 0, "failed": 0, "created": 0, "updated": 0},
+        ),
     ] == [(i["import_id"], i["tenant"], i["file"], i["status"], i["rows"]) for i in everything]
     assert [bad.summary["import_id"]] == [i["import_id"] for i in only_beta]
     assert 2 == len(text.splitlines())
     assert "completed" in text.splitlines()[0]
-    assert "unknown tenant" in site.cli("imports", "list", "--tenant", "nosuch",
-                                        expect=1).stderr
+    assert "unknown tenant" in site.cli("imports", "list", "--tenant", "nosuch", expect=1).stderr
 
 
 def test_imports_retry_queues_a_failed_import_only(site: Site) -> None:
@@ -601,24 +719,30 @@ def test_imports_retry_queues_a_failed_import_only(site: Site) -> None:
         failed_id = importer.create(engine, tenant="acme", path=source, source="cli")
         importer.fail(engine, cfg, failed_id, "RuntimeError('boom')")
     summary = json.loads(
-        (site.outbox("acme") / f"poison.persons.{failed_id}.summary.json").read_text())
+        (site.outbox("acme") / f"poison.persons.{failed_id}.summary.json").read_text()
+    )
 
     retried = site.cli("imports", "retry", str(failed_id))
 
     assert "failed" == summary["status"]
     assert f"import {failed_id} queued again\n" == retried.stdout
-    statuses = {i["import_id"]: (i["status"], i["attempts"])
-                for i in json.loads(site.cli("imports", "list", "--json").stdout)}
+    statuses = {
+        i["import_id"]: (i["status"], i["attempts"])
+        for i in json.loads(site.cli("imports", "list", "--json").stdout)
+    }
     assert ("queued", 0) == statuses[failed_id]
     assert "completed" == statuses[done.summary["import_id"]][0]
     assert "not failed" in site.cli("imports", "retry", str(failed_id), expect=1).stderr
-    assert "not failed" in site.cli("imports", "retry", str(done.summary["import_id"]),
-                                    expect=1).stderr
+    assert (
+        "not failed"
+        in site.cli("imports", "retry", str(done.summary["import_id"]), expect=1).stderr
+    )
     assert "does not exist" in site.cli("imports", "retry", "424242", expect=1).stderr
 
 
-@pytest.mark.parametrize("import_id", ["424242", str(2**63), str(10**30)],
-                         ids=["unknown", "past-bigint", "huge"])
+@pytest.mark.parametrize(
+    "import_id", ["424242", str(2**63), str(10**30)], ids=["unknown", "past-bigint", "huge"]
+)
 def test_imports_retry_of_unknown_id_exits_1(site: Site, import_id: str) -> None:
     """SPEC 7: `imports retry` of an id that does not exist exits 1 with a message."""
     done = site.cli("imports", "retry", import_id, expect=None, catch=True)

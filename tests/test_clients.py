@@ -26,15 +26,29 @@ pytestmark = pytest.mark.slow
 
 TENANTS = ("lftp", "rclone", "openssh", "winscp")
 CONTENT = "external_person_id,first_name\ne1,Ann\ne2,Bob\n"
-SSH_OPTIONS = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-               "-o", "LogLevel=ERROR", "-o", "IdentitiesOnly=yes", "-F", "/dev/null")
+SSH_OPTIONS = (
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "IdentitiesOnly=yes",
+    "-F",
+    "/dev/null",
+)
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Path, Path]]:
     home = tmp_path_factory.mktemp("clients")
-    daemon = Daemon(home=home, db_url=f"sqlite:///{home / 'persons.db'}", port=free_port(),
-                    extra={"import": {"rescan_seconds": 0.5}})
+    daemon = Daemon(
+        home=home,
+        db_url=f"sqlite:///{home / 'persons.db'}",
+        port=free_port(),
+        extra={"import": {"rescan_seconds": 0.5}},
+    )
     key = ssh_key(home)
     add_tenants(daemon, TENANTS, key)
     work = home / "client"
@@ -53,11 +67,18 @@ def tool(name: str) -> str:
     return path
 
 
-def run(*args: str, cwd: Path, env: dict[str, str] | None = None
-        ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "SSH_AUTH_SOCK": "", "HOME": str(cwd), **(env or {})},
-                          check=False)
+def run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "SSH_AUTH_SOCK": "", "HOME": str(cwd), **(env or {})},
+        check=False,
+    )
 
 
 def imported_once(daemon: Daemon, tenant: str, name: str) -> None:
@@ -72,14 +93,17 @@ def test_lftp_with_a_temp_file_uploads(site: tuple[Daemon, Path, Path]) -> None:
     daemon, key, work = site
     (work / "lftp.persons").write_text(CONTENT)
     connect = " ".join(("ssh", "-a", "-x", *SSH_OPTIONS, "-i", str(key)))
-    script = (f"set sftp:connect-program '{connect}'; set xfer:use-temp-file yes; "
-              f"open -u lftp, -p {daemon.port} sftp://127.0.0.1; "
-              "put lftp.persons -o /inbox/lftp.persons; bye")
+    script = (
+        f"set sftp:connect-program '{connect}'; set xfer:use-temp-file yes; "
+        f"open -u lftp, -p {daemon.port} sftp://127.0.0.1; "
+        "put lftp.persons -o /inbox/lftp.persons; bye"
+    )
     result = run(tool("lftp"), "-c", script, cwd=work)
     assert (0, "") == (result.returncode, result.stderr)
     imported_once(daemon, "lftp", "lftp.persons")
-    assert daemon.has_event("sftp.rename", tenant="lftp", file="lftp.persons",
-                            renamed_from=".in.lftp.persons")
+    assert daemon.has_event(
+        "sftp.rename", tenant="lftp", file="lftp.persons", renamed_from=".in.lftp.persons"
+    )
 
 
 def test_rclone_copy_uploads_and_sets_the_time(site: tuple[Daemon, Path, Path]) -> None:
@@ -89,10 +113,13 @@ def test_rclone_copy_uploads_and_sets_the_time(site: tuple[Daemon, Path, Path]) 
     source.mkdir()
     (source / "rclone.persons").write_text(CONTENT)
     config = work / "rclone.conf"
-    config.write_text(f"[partner]\ntype = sftp\nhost = 127.0.0.1\nport = {daemon.port}\n"
-                      f"user = rclone\nkey_file = {key}\n")
-    result = run(tool("rclone"), "--config", str(config), "copy", str(source), "partner:/inbox",
-                 cwd=work)
+    config.write_text(
+        f"[partner]\ntype = sftp\nhost = 127.0.0.1\nport = {daemon.port}\n"
+        f"user = rclone\nkey_file = {key}\n"
+    )
+    result = run(
+        tool("rclone"), "--config", str(config), "copy", str(source), "partner:/inbox", cwd=work
+    )
     assert (0, "") == (result.returncode, result.stderr)
     imported_once(daemon, "rclone", "rclone.persons")
 
@@ -102,8 +129,20 @@ def test_openssh_put_preserving_times_and_mode(site: tuple[Daemon, Path, Path]) 
     daemon, key, work = site
     (work / "openssh.persons").write_text(CONTENT)
     (work / "batch.sftp").write_text("put -p openssh.persons /inbox/openssh.persons\n")
-    result = run(tool("sftp"), "-b", "batch.sftp", "-i", str(key), "-P", str(daemon.port),
-                 *SSH_OPTIONS, "-o", "BatchMode=yes", "openssh@127.0.0.1", cwd=work)
+    result = run(
+        tool("sftp"),
+        "-b",
+        "batch.sftp",
+        "-i",
+        str(key),
+        "-P",
+        str(daemon.port),
+        *SSH_OPTIONS,
+        "-o",
+        "BatchMode=yes",
+        "openssh@127.0.0.1",
+        cwd=work,
+    )
     assert (0, "") == (result.returncode, result.stderr)
     imported_once(daemon, "openssh", "openssh.persons")
 

@@ -1,6 +1,5 @@
 """Configuration of SPEC section 8: keys, defaults, refusals, environment, relative paths."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -91,18 +90,32 @@ def test_every_key_parses(tmp_path: Path) -> None:
     expected = Config(
         database=DatabaseConfig(url="postgresql+psycopg://personsd@db.example:5432/persons"),
         root=Path("/srv/personsd"),
-        sftp=SftpConfig(enabled=False, host="0.0.0.0", port=2022,
-                        host_key=Path("/etc/personsd/host_key")),
-        imports=ImportConfig(workers=4, chunk_rows=1000, settle_seconds=2.5,
-                             rescan_seconds=10.0, max_row_bytes=4096, max_attempts=5,
-                             carrier_lookup="http",
-                             carrier_lookup_url="https://carrier.example/lookup"),
+        sftp=SftpConfig(
+            enabled=False, host="0.0.0.0", port=2022, host_key=Path("/etc/personsd/host_key")
+        ),
+        imports=ImportConfig(
+            workers=4,
+            chunk_rows=1000,
+            settle_seconds=2.5,
+            rescan_seconds=10.0,
+            max_row_bytes=4096,
+            max_attempts=5,
+            carrier_lookup="http",
+            carrier_lookup_url="https://carrier.example/lookup",
+        ),
         archive=ArchiveConfig(keep_days=7.0),
-        limits=LimitsConfig(inbox_bytes=1_000_000, inbox_files=20, connections_per_address=3,
-                            connections_per_tenant=4),
+        limits=LimitsConfig(
+            inbox_bytes=1_000_000,
+            inbox_files=20,
+            connections_per_address=3,
+            connections_per_tenant=4,
+        ),
         metrics=MetricsConfig(host="127.0.0.1", port=9464),
-        notify=NotifyConfig(url="https://hooks.example/personsd",
-                            secret_file=Path("/etc/personsd/webhook.key"), timeout_seconds=2.5),
+        notify=NotifyConfig(
+            url="https://hooks.example/personsd",
+            secret_file=Path("/etc/personsd/webhook.key"),
+            timeout_seconds=2.5,
+        ),
         cluster=ClusterConfig(instance="node-a", lease_seconds=12.0),
         pgp=PgpConfig(home=Path("/etc/personsd/gnupg")),
         log=LogConfig(format="json", level="debug"),
@@ -138,15 +151,37 @@ def test_root_moves_default_database_and_host_key(tmp_path: Path) -> None:
 
 def test_example_config_documents_the_defaults() -> None:
     """config/personsd.toml holds every key, each at its default value."""
-    assert dataclasses.replace(load(EXAMPLE, env={}), source=None) == parse({}, base=Path("/"),
-                                                                            env={})
+    assert dataclasses.replace(load(EXAMPLE, env={}), source=None) == parse(
+        {}, base=Path("/"), env={}
+    )
     text = EXAMPLE.read_text(encoding="utf-8")
-    for key in ("url", "root", "enabled", "listen", "host_key", "workers", "chunk_rows",
-                "settle_seconds", "rescan_seconds", "max_row_bytes", "max_attempts",
-                "carrier_lookup", "carrier_lookup_url", "keep_days", "inbox_bytes",
-                "inbox_files", "connections_per_address", "connections_per_tenant",
-                "secret_file", "timeout_seconds", "instance", "lease_seconds", "home",
-                "format", "level"):
+    for key in (
+        "url",
+        "root",
+        "enabled",
+        "listen",
+        "host_key",
+        "workers",
+        "chunk_rows",
+        "settle_seconds",
+        "rescan_seconds",
+        "max_row_bytes",
+        "max_attempts",
+        "carrier_lookup",
+        "carrier_lookup_url",
+        "keep_days",
+        "inbox_bytes",
+        "inbox_files",
+        "connections_per_address",
+        "connections_per_tenant",
+        "secret_file",
+        "timeout_seconds",
+        "instance",
+        "lease_seconds",
+        "home",
+        "format",
+        "level",
+    ):
         assert f"\n{key} = " in text, key
 
 
@@ -221,7 +256,11 @@ def test_metrics_ipv6_listen(tmp_path: Path) -> None:
     """metrics.listen takes HOST:PORT like sftp.listen, IPv6 in brackets."""
     config = load(write(tmp_path, '[metrics]\nlisten = "[::1]:9464"\n'), env={})
     assert (True, "::1", 9464, "[::1]:9464") == (
-        config.metrics.enabled, config.metrics.host, config.metrics.port, config.metrics.listen)
+        config.metrics.enabled,
+        config.metrics.host,
+        config.metrics.port,
+        config.metrics.listen,
+    )
 
 
 def test_http_lookup_needs_a_url(tmp_path: Path) -> None:
@@ -264,8 +303,11 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     """root, host_key and a relative SQLite URL resolve against the config file's directory."""
     etc = tmp_path / "etc"
     etc.mkdir()
-    path = write(etc, '[database]\nurl = "sqlite:///db/p.db"\n[paths]\nroot = "../var"\n'
-                      '[sftp]\nhost_key = "keys/host"\n')
+    path = write(
+        etc,
+        '[database]\nurl = "sqlite:///db/p.db"\n[paths]\nroot = "../var"\n'
+        '[sftp]\nhost_key = "keys/host"\n',
+    )
     config = load(path, env={})
     etc = etc.resolve()
     assert etc.parent / "var" == config.root

@@ -51,8 +51,11 @@ TENANT = "acme"
 FILE = "big.persons"
 FIELDS = (
     CustomField(name="first_name", type=FieldType.STRING),
-    CustomField(name="sport_interests", type=FieldType.MULTI_SELECT,
-                options=("football", "hockey", "soccer", "golf", "basketball")),
+    CustomField(
+        name="sport_interests",
+        type=FieldType.MULTI_SELECT,
+        options=("football", "hockey", "soccer", "golf", "basketball"),
+    ),
 )
 SPORTS = ("football", "hockey|golf", "", "soccer|basketball|football")
 # Volatile by nature: which import, which tenant, when, and the names built from the id.
@@ -61,6 +64,7 @@ SIGTERM_LIMIT = 10.0  # SPEC 5
 
 
 # -- the file and how results are compared -----------------------------------------------
+
 
 def persons_rows(rows: int) -> Iterator[str]:
     """The data lines: creates, updates of earlier persons, and failing rows.
@@ -114,9 +118,14 @@ def published(outbox: Path, pattern: str) -> list[Path]:
     return sorted(outbox.glob(pattern))
 
 
-def site(home: Path, db_url: str, *, tenants: tuple[str, ...] = (TENANT,),
-         extra: dict[str, dict[str, Any]] | None = None,
-         keys: tuple[KeySpec, ...] = ()) -> Daemon:
+def site(
+    home: Path,
+    db_url: str,
+    *,
+    tenants: tuple[str, ...] = (TENANT,),
+    extra: dict[str, dict[str, Any]] | None = None,
+    keys: tuple[KeySpec, ...] = (),
+) -> Daemon:
     """A personsd home on ``db_url`` with tenants and their fields (set up in process)."""
     home.mkdir(parents=True, exist_ok=True)
     config: dict[str, dict[str, Any]] = {
@@ -152,8 +161,11 @@ def start(daemon: Daemon) -> None:
     daemon.start()
     assert daemon.proc is not None
     pid = daemon.proc.pid
-    wait_for(lambda: daemon.has_event("daemon.started", pid=pid), timeout=60,
-             what=f"daemon.started of pid {pid}")
+    wait_for(
+        lambda: daemon.has_event("daemon.started", pid=pid),
+        timeout=60,
+        what=f"daemon.started of pid {pid}",
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -176,9 +188,20 @@ class Uninterrupted:
         self.source = write_persons_file(folder / FILE, ROWS)
         self.site = site(folder / "home", f"sqlite:///{folder / 'reference.db'}")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "personsd", "--config", str(self.site.config),
-             "import", str(self.source), "--tenant", TENANT],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "personsd",
+                "--config",
+                str(self.site.config),
+                "import",
+                str(self.source),
+                "--tenant",
+                TENANT,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self._result: Result | None = None
 
@@ -188,8 +211,11 @@ class Uninterrupted:
             assert 0 == self.proc.returncode, err
             summary = dict(json.loads(out))
             errors = (self.site.outbox(TENANT) / summary["reports"]["errors"]).read_bytes()
-            self._result = Result(summary=summary, errors_csv=errors,
-                                  export=normalised_export(self.site.export(TENANT)))
+            self._result = Result(
+                summary=summary,
+                errors_csv=errors,
+                export=normalised_export(self.site.export(TENANT)),
+            )
         return self._result
 
     def close(self) -> None:
@@ -224,16 +250,23 @@ class SharedReference:
     def result(self) -> Result:
         if self.mine is not None:
             result = self.mine.result()
-            self.path.write_text(json.dumps({"summary": result.summary,
-                                             "errors_csv": result.errors_csv.decode(),
-                                             "export": result.export}))
+            self.path.write_text(
+                json.dumps(
+                    {
+                        "summary": result.summary,
+                        "errors_csv": result.errors_csv.decode(),
+                        "export": result.export,
+                    }
+                )
+            )
             fcntl.flock(self.lock, fcntl.LOCK_UN)
             return result
         fcntl.flock(self.lock, fcntl.LOCK_EX)  # waits for the worker computing it
         fcntl.flock(self.lock, fcntl.LOCK_UN)
         data = json.loads(self.path.read_text())
-        return Result(summary=data["summary"], errors_csv=data["errors_csv"].encode(),
-                      export=data["export"])
+        return Result(
+            summary=data["summary"], errors_csv=data["errors_csv"].encode(), export=data["export"]
+        )
 
     def close(self) -> None:
         if self.mine is not None:
@@ -255,6 +288,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedRe
 
 
 # -- watching the import from outside ------------------------------------------------------
+
 
 @dataclass
 class Watch:
@@ -278,8 +312,12 @@ class Watch:
         return 0 if record is None else record.rows_total
 
     def wait_rows(self, at_least: int, timeout: float = 120.0) -> None:
-        wait_for(lambda: self.rows_done() >= at_least, timeout=timeout, interval=0.01,
-                 what=f"{at_least} rows committed")
+        wait_for(
+            lambda: self.rows_done() >= at_least,
+            timeout=timeout,
+            interval=0.01,
+            what=f"{at_least} rows committed",
+        )
 
 
 def kill_at_rows(daemon: Daemon, watch: Watch, at_least: int, *, into_chunk: float) -> int:
@@ -300,6 +338,7 @@ def kill_at_rows(daemon: Daemon, watch: Watch, at_least: int, *, into_chunk: flo
 
 
 # -- the test ------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
@@ -331,8 +370,9 @@ def test_kill_and_sigterm_mid_import_end_like_an_uninterrupted_run(
     assert [summary["import_id"]] == [record.id for record in imports], "queued more than once"
 
     outbox = daemon.outbox(TENANT)
-    assert [f"{FILE}.{summary['import_id']}.{kind}" for kind in ("errors.csv", "summary.json")
-            ] == [p.name for p in sorted(outbox.iterdir())], "missing, repeated or partial report"
+    assert [f"{FILE}.{summary['import_id']}.{kind}" for kind in ("errors.csv", "summary.json")] == [
+        p.name for p in sorted(outbox.iterdir())
+    ], "missing, repeated or partial report"
     assert expected.errors_csv == (outbox / summary["reports"]["errors"]).read_bytes()
     assert expected.export == export
     assert daemon.has_event("import.resumed", import_id=summary["import_id"])
@@ -355,8 +395,9 @@ def crash_through_import(daemon: Daemon, watch: Watch, source: Path) -> list[tup
     start(daemon)
 
     # Mid-import: wherever the kill lands, inside a chunk or between two.
-    kills.append(("rows 15%, at a commit",
-                  kill_at_rows(daemon, watch, ROWS * 15 // 100, into_chunk=0.0)))
+    kills.append(
+        ("rows 15%, at a commit", kill_at_rows(daemon, watch, ROWS * 15 // 100, into_chunk=0.0))
+    )
 
     # SIGTERM: the current chunk finishes or rolls back; exit 0 within 10 s.
     watch.wait_rows(ROWS * 40 // 100)
@@ -367,8 +408,9 @@ def crash_through_import(daemon: Daemon, watch: Watch, source: Path) -> list[tup
     assert "running" == (watch.current() or pytest.fail("no import")).status
     start(daemon)
 
-    kills.append(("rows 70%, inside a chunk",
-                  kill_at_rows(daemon, watch, ROWS * 70 // 100, into_chunk=0.6)))
+    kills.append(
+        ("rows 70%, inside a chunk", kill_at_rows(daemon, watch, ROWS * 70 // 100, into_chunk=0.6))
+    )
 
     # As the last chunk commits: between checkpoint, completion and publication.
     watch.wait_rows(ROWS)
@@ -391,8 +433,6 @@ def terminate(daemon: Daemon) -> tuple[int, float]:
     return code, elapsed
 
 
-
-
 def test_a_file_being_claimed_is_not_recovered_a_second_time(tmp_path: Path) -> None:
     """SPEC 5 (none applied twice): recovery running during a claim does not queue it again.
 
@@ -404,8 +444,15 @@ def test_a_file_being_claimed_is_not_recovered_a_second_time(tmp_path: Path) -> 
     upload takes long enough for the same to happen without any lock.
     """
     url = f"sqlite:///{tmp_path / 'persons.db'}"
-    cfg = config.parse({"paths": {"root": str(tmp_path / "var")}, "database": {"url": url},
-                        "import": {"carrier_lookup": "none"}}, base=tmp_path, env={})
+    cfg = config.parse(
+        {
+            "paths": {"root": str(tmp_path / "var")},
+            "database": {"url": url},
+            "import": {"carrier_lookup": "none"},
+        },
+        base=tmp_path,
+        env={},
+    )
     engine = db.connect(url)
     db.upgrade(engine)
     with write_tx(engine) as conn:
@@ -414,8 +461,13 @@ def test_a_file_being_claimed_is_not_recovered_a_second_time(tmp_path: Path) -> 
     upload.parent.mkdir(parents=True)
     upload.write_text("external_person_id\ne1\n")
     stat = upload.stat()
-    ready = ReadyFile(tenant=TENANT, path=upload, completed_at=time.time(), size=stat.st_size,
-                      mtime_ns=stat.st_mtime_ns)
+    ready = ReadyFile(
+        tenant=TENANT,
+        path=upload,
+        completed_at=time.time(),
+        size=stat.st_size,
+        mtime_ns=stat.st_mtime_ns,
+    )
     intake = Intake(engine=engine, cfg=cfg, on_queued=lambda: None)
 
     lock = sqlite3.connect(tmp_path / "persons.db", isolation_level=None)

@@ -33,10 +33,16 @@ SEED = SEED_FILE + "12345,Bad,Mdn,golf\n"
 SEED_ROWS = {"total": 5, "succeeded": 4, "failed": 1, "created": 4, "updated": 0}
 SEED_ERRORS = {"MobilePhoneErrors::InvalidMDNFormat": 1}
 SEED_ERROR_LINE = {
-    "line": "6", "row": "5", "error_class": "MobilePhoneErrors::InvalidMDNFormat",
+    "line": "6",
+    "row": "5",
+    "error_class": "MobilePhoneErrors::InvalidMDNFormat",
     "error_message": "The MDN is incorrectly formatted. It should be an E.164 MDN.",
-    "field": "mdn", "value": "12345", "mdn": "12345", "first_name": "Bad",
-    "last_name": "Mdn", "sport_interests": "golf",
+    "field": "mdn",
+    "value": "12345",
+    "mdn": "12345",
+    "first_name": "Bad",
+    "last_name": "Mdn",
+    "sport_interests": "golf",
 }
 TENANTS = ("openssh", "paramiko", "local", "filepart", "hidden", "reject", "dup")
 RESCAN = 0.5
@@ -44,6 +50,7 @@ QUIET = 1.5  # > settle_seconds + 2 * RESCAN: "never" has had its chances
 
 
 # -- a daemon per database, for the module --------------------------------------------------
+
 
 def module_db_url(kind: str, folder: Path) -> AbstractContextManager[str]:
     """Like conftest's ``db_url``, but for a module: SQLite file or a private PG schema."""
@@ -53,8 +60,14 @@ def module_db_url(kind: str, folder: Path) -> AbstractContextManager[str]:
 Fields = tuple[tuple[str, str, str | None], ...]
 
 
-def add_tenants(daemon: Daemon, names: tuple[str, ...], key: Path, *,
-                password: str | None = None, fields: Fields = SEED_FIELDS) -> None:
+def add_tenants(
+    daemon: Daemon,
+    names: tuple[str, ...],
+    key: Path,
+    *,
+    password: str | None = None,
+    fields: Fields = SEED_FIELDS,
+) -> None:
     """Tenants with custom fields, in process (the CLI costs seconds per call)."""
     public = key.with_name(key.name + ".pub").read_text().split()
     engine = db.connect(daemon.db_url)
@@ -63,12 +76,21 @@ def add_tenants(daemon: Daemon, names: tuple[str, ...], key: Path, *,
         with db.write_tx(engine) as conn:
             for name in names:
                 tenant_id = store_tenants.add_tenant(
-                    conn, name, keys=[(public[0], public[1])],
-                    password_hash=hash_password(password) if password else None)
+                    conn,
+                    name,
+                    keys=[(public[0], public[1])],
+                    password_hash=hash_password(password) if password else None,
+                )
                 for field_name, type_, options in fields:
-                    store_fields.add_field(conn, tenant_id, CustomField(
-                        name=field_name, type=type_,  # type: ignore[arg-type]
-                        options=tuple(options.split(",")) if options else ()))
+                    store_fields.add_field(
+                        conn,
+                        tenant_id,
+                        CustomField(
+                            name=field_name,
+                            type=type_,  # type: ignore[arg-type]
+                            options=tuple(options.split(",")) if options else (),
+                        ),
+                    )
     finally:
         engine.dispose()
     for name in names:
@@ -108,12 +130,14 @@ class Site:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Site]:
+def site(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
     home = tmp_path_factory.mktemp(f"e2e-{request.param}")
     with module_db_url(request.param, home) as url:
-        daemon = Daemon(home=home, db_url=url, port=free_port(),
-                        extra={"import": {"rescan_seconds": RESCAN}})
+        daemon = Daemon(
+            home=home, db_url=url, port=free_port(), extra={"import": {"rescan_seconds": RESCAN}}
+        )
         work = home / "client"
         work.mkdir()
         key = ssh_key(home)
@@ -128,13 +152,16 @@ def site(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
 
 # -- helpers ---------------------------------------------------------------------------------
 
+
 def parse_csv(text: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
 def summaries(daemon: Daemon, tenant: str, file: str) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text())
-            for p in sorted(daemon.outbox(tenant).glob(f"{file}.*.summary.json"))]
+    return [
+        json.loads(p.read_text())
+        for p in sorted(daemon.outbox(tenant).glob(f"{file}.*.summary.json"))
+    ]
 
 
 def archived(daemon: Daemon, tenant: str) -> list[str]:
@@ -152,10 +179,12 @@ def assert_seed_summary(summary: dict[str, Any], tenant: str, file: str) -> None
     assert SEED_ERRORS == summary["errors"]
     assert len(SEED.encode()) == summary["bytes"]
     assert {"errors": f"{file}.{summary['import_id']}.errors.csv", "retry": None} == (
-        summary["reports"])
+        summary["reports"]
+    )
 
 
 # -- tests -----------------------------------------------------------------------------------
+
 
 def test_openssh_put_then_get_reports_over_sftp(site: Site) -> None:
     """SPEC 4/6: OpenSSH `sftp` puts a file in /inbox and gets its summary and errors back."""
@@ -163,10 +192,14 @@ def test_openssh_put_then_get_reports_over_sftp(site: Site) -> None:
     site.put(tenant, "put seed.persons /inbox/seed.persons\n")
     import_id = daemon.summary(tenant, "seed.persons")["import_id"]
     base = f"seed.persons.{import_id}"
-    site.put(tenant, f"get /outbox/{base}.summary.json got.summary.json\n"
-                     f"get /outbox/{base}.errors.csv got.errors.csv\n")
-    assert_seed_summary(json.loads((site.work / "got.summary.json").read_text()), tenant,
-                        "seed.persons")
+    site.put(
+        tenant,
+        f"get /outbox/{base}.summary.json got.summary.json\n"
+        f"get /outbox/{base}.errors.csv got.errors.csv\n",
+    )
+    assert_seed_summary(
+        json.loads((site.work / "got.summary.json").read_text()), tenant, "seed.persons"
+    )
     assert [SEED_ERROR_LINE] == parse_csv((site.work / "got.errors.csv").read_text())
 
 
@@ -192,9 +225,13 @@ def test_paramiko_put_listdir_get(site: Site) -> None:
         # confirm=False: see test_paramiko_default_put_confirms_the_upload.
         sftp.put(str(site.work / "seed.persons"), "/inbox/para.persons", confirm=False)
         listed: list[str] = wait_for(
-            lambda: (names := sftp.listdir("/outbox")) and any(
-                n.endswith(".summary.json") for n in names) and names,
-            what="a summary in /outbox")
+            lambda: (
+                (names := sftp.listdir("/outbox"))
+                and any(n.endswith(".summary.json") for n in names)
+                and names
+            ),
+            what="a summary in /outbox",
+        )
         found = next(n for n in listed if n.endswith(".summary.json"))
         with sftp.open(f"/outbox/{found}") as fh:
             summary = json.loads(fh.read())
@@ -222,8 +259,9 @@ def test_paramiko_default_put_confirms_the_upload(site: Site) -> None:
         sizes = []
         for i in range(5):
             time.sleep(0.2)
-            sizes.append(sftp.put(str(site.work / "seed.persons"),
-                                  f"/inbox/confirm{i}.persons").st_size)
+            sizes.append(
+                sftp.put(str(site.work / "seed.persons"), f"/inbox/confirm{i}.persons").st_size
+            )
     finally:
         transport.close()
     assert [len(SEED.encode())] * 5 == sizes
@@ -237,15 +275,16 @@ def test_local_copy_into_inbox_is_imported(site: Site) -> None:
     shutil.copy(site.work / "seed.persons", daemon.inbox(tenant) / "copied.persons")
     summary = daemon.summary(tenant, "copied.persons")
     assert_seed_summary(summary, tenant, "copied.persons")
-    errors = (daemon.outbox(tenant) / f"copied.persons.{summary['import_id']}.errors.csv")
+    errors = daemon.outbox(tenant) / f"copied.persons.{summary['import_id']}.errors.csv"
     assert [SEED_ERROR_LINE] == parse_csv(errors.read_text())
 
 
 def test_filepart_renamed_to_persons_is_imported_once(site: Site) -> None:
     """SPEC 1.1: `x.filepart` is ignored; renamed to `x.persons` over SFTP it is imported once."""
     daemon, tenant = site.daemon, "filepart"
-    site.put(tenant, "put seed.persons /inbox/x.filepart\n"
-                     "rename /inbox/x.filepart /inbox/x.persons\n")
+    site.put(
+        tenant, "put seed.persons /inbox/x.filepart\nrename /inbox/x.filepart /inbox/x.persons\n"
+    )
     assert_seed_summary(daemon.summary(tenant, "x.persons"), tenant, "x.persons")
     time.sleep(QUIET)
     assert 1 == len(summaries(daemon, tenant, "x.persons"))
@@ -274,15 +313,21 @@ def test_other_names_are_rejected(site: Site) -> None:
     site.put(tenant, "put seed.persons /inbox/report.csv\n")
     summary = daemon.summary(tenant, "report.csv")
     assert "rejected" == summary["status"]
-    assert {"class": "PersonErrors::InvalidImportFileFormat",
-            "message": "File name must end with .persons"} == summary["file_error"]
+    assert {
+        "class": "PersonErrors::InvalidImportFileFormat",
+        "message": "File name must end with .persons",
+    } == summary["file_error"]
     assert 0 == summary["rows"]["total"]
     errors = parse_csv(
-        (daemon.outbox(tenant) / f"report.csv.{summary['import_id']}.errors.csv").read_text())
+        (daemon.outbox(tenant) / f"report.csv.{summary['import_id']}.errors.csv").read_text()
+    )
     assert [("PersonErrors::InvalidImportFileFormat", "File name must end with .persons", "")] == [
-        (e["error_class"], e["error_message"], e["row"]) for e in errors]
-    wait_for(lambda: f"{summary['import_id']}.report.csv" in archived(daemon, tenant),
-             what="the rejected file in the archive")
+        (e["error_class"], e["error_message"], e["row"]) for e in errors
+    ]
+    wait_for(
+        lambda: f"{summary['import_id']}.report.csv" in archived(daemon, tenant),
+        what="the rejected file in the archive",
+    )
     assert [] == visible_inbox(daemon, tenant)
 
 
@@ -296,5 +341,8 @@ def test_duplicate_upload_names_the_earlier_import(site: Site) -> None:
     assert None is first["duplicate_of"]
     assert first["import_id"] == second["duplicate_of"]
     assert first["sha256"] == second["sha256"]
-    assert ("completed", 5, 4) == (second["status"], second["rows"]["total"],
-                                   second["rows"]["updated"])
+    assert ("completed", 5, 4) == (
+        second["status"],
+        second["rows"]["total"],
+        second["rows"]["updated"],
+    )

@@ -32,8 +32,15 @@ PASSWORD = "pw-" + uuid.uuid4().hex  # unique: any occurrence in the log is a le
 WRONG_PASSWORD = "wrong-" + uuid.uuid4().hex
 CHUNK_ROWS = 500
 BULK_ROWS = 300_000  # ~55 s here (~5.5k rows/s): still running after 5 s on a far faster box
-IMPORT_EVENTS = ("import.queued", "import.started", "import.progress", "import.completed",
-                 "import.rejected", "import.failed", "import.resumed")
+IMPORT_EVENTS = (
+    "import.queued",
+    "import.started",
+    "import.progress",
+    "import.completed",
+    "import.rejected",
+    "import.failed",
+    "import.resumed",
+)
 UTC_ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 
@@ -46,8 +53,11 @@ class Run:
     stop_seconds: float
 
     def of(self, name: str, **fields: Any) -> list[dict[str, Any]]:
-        return [e for e in self.events
-                if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())]
+        return [
+            e
+            for e in self.events
+            if e.get("event") == name and all(e.get(k) == v for k, v in fields.items())
+        ]
 
 
 def login(port: int, password: str) -> paramiko.Transport:
@@ -60,8 +70,9 @@ def login(port: int, password: str) -> paramiko.Transport:
 def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     home = tmp_path_factory.mktemp(f"logs-{request.param}")
     with module_db_url(request.param, home) as url:
-        daemon = Daemon(home=home, db_url=url, port=free_port(),
-                        extra={"import": {"chunk_rows": CHUNK_ROWS}})
+        daemon = Daemon(
+            home=home, db_url=url, port=free_port(), extra={"import": {"chunk_rows": CHUNK_ROWS}}
+        )
         key = ssh_key(home)
         add_tenants(daemon, ("acme",), key, password=PASSWORD)
         add_tenants(daemon, ("bulk",), key, fields=(("color", "string", None),))
@@ -80,16 +91,22 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             finally:
                 transport.close()
             summary = daemon.summary("acme", "seed.persons")
-            wait_for(lambda: daemon.has_event("import.completed", tenant="acme"),
-                     what="import.completed of the small file")
+            wait_for(
+                lambda: daemon.has_event("import.completed", tenant="acme"),
+                what="import.completed of the small file",
+            )
 
             staging = home / "bulk.persons"
-            staging.write_text("external_person_id,color\n"
-                               + "".join(f"p{i},c{i % 5}\n" for i in range(BULK_ROWS)))
+            staging.write_text(
+                "external_person_id,color\n" + "".join(f"p{i},c{i % 5}\n" for i in range(BULK_ROWS))
+            )
             os.replace(staging, daemon.inbox("bulk") / "bulk.persons")
             # ProgressReporter's interval is fixed at 5 s (not in the config).
-            wait_for(lambda: daemon.has_event("import.progress", tenant="bulk"), timeout=30,
-                     what="import.progress of the large file")
+            wait_for(
+                lambda: daemon.has_event("import.progress", tenant="bulk"),
+                timeout=30,
+                what="import.progress of the large file",
+            )
             started = time.monotonic()
             code = daemon.stop()
             stopped = time.monotonic() - started
@@ -97,48 +114,65 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             if daemon.proc is not None:
                 daemon.kill()
         lines = daemon.log_path.read_text().splitlines()
-        yield Run(lines=lines, events=daemon.events(), summary=summary, exit_code=code,
-                  stop_seconds=stopped)
+        yield Run(
+            lines=lines,
+            events=daemon.events(),
+            summary=summary,
+            exit_code=code,
+            stop_seconds=stopped,
+        )
 
 
 def test_one_import_logs_its_steps_in_order(run: Run) -> None:
     """SPEC 9: an SFTP import logs login, upload, detected, queued, started, completed."""
     names = [e["event"] for e in run.events if e.get("tenant") == "acme"]
-    assert ["sftp.login", "sftp.upload", "file.detected", "import.queued", "import.started",
-            "import.completed"] == names
+    assert [
+        "sftp.login",
+        "sftp.upload",
+        "file.detected",
+        "import.queued",
+        "import.started",
+        "import.completed",
+    ] == names
 
 
 def test_import_events_carry_tenant_import_id_and_file(run: Run) -> None:
     """SPEC 9: each import event carries `tenant`, `import_id` and `file`."""
     found = [e for e in run.events if e["event"] in IMPORT_EVENTS]
     assert {"import.queued", "import.started", "import.progress", "import.completed"} <= {
-        e["event"] for e in found}
+        e["event"] for e in found
+    }
     for event in found:
         assert {"tenant", "import_id", "file"} <= event.keys(), event
         assert isinstance(event["import_id"], int), event
     small = [e for e in found if e["tenant"] == "acme"]
     assert {(run.summary["import_id"], "seed.persons")} == {
-        (e["import_id"], e["file"]) for e in small}
+        (e["import_id"], e["file"]) for e in small
+    }
 
 
 def test_completed_event_counts_match_the_summary(run: Run) -> None:
     """SPEC 9: `import.completed` reports the row counts of the summary."""
     [completed] = run.of("import.completed", tenant="acme")
     rows = SEED_ROWS
-    assert (rows["total"], rows["succeeded"], rows["failed"], rows["created"],
-            rows["updated"]) == (completed["rows"], completed["succeeded"],
-                                 completed["failed"], completed["created"],
-                                 completed["updated"])
+    assert (rows["total"], rows["succeeded"], rows["failed"], rows["created"], rows["updated"]) == (
+        completed["rows"],
+        completed["succeeded"],
+        completed["failed"],
+        completed["created"],
+        completed["updated"],
+    )
 
 
 def test_sftp_events_name_tenant_method_and_file(run: Run) -> None:
     """SPEC 6/9: logins (good and bad) and uploads are logged with who and what."""
     assert [("acme", "password", "127.0.0.1")] == [
-        (e["tenant"], e["method"], e["ip"]) for e in run.of("sftp.login")]
-    assert [("acme", "password")] == [(e["user"], e["method"])
-                                      for e in run.of("sftp.login_failed")]
+        (e["tenant"], e["method"], e["ip"]) for e in run.of("sftp.login")
+    ]
+    assert [("acme", "password")] == [(e["user"], e["method"]) for e in run.of("sftp.login_failed")]
     assert [("seed.persons", len(SEED.encode()))] == [
-        (e["file"], e["bytes"]) for e in run.of("sftp.upload", tenant="acme")]
+        (e["file"], e["bytes"]) for e in run.of("sftp.upload", tenant="acme")
+    ]
 
 
 def test_progress_event_fields(run: Run) -> None:
@@ -193,17 +227,34 @@ def test_importer_run_events_in_process(tmp_path: Path, db_url: str) -> None:
     context = {"tenant": "acme", "import_id": outcome.record.id, "file": "in.persons"}
     started = [e for e in logs if e["event"] == "import.started"]
     completed = [e for e in logs if e["event"] == "import.completed"]
-    assert [{**context, "event": "import.started", "log_level": "info", "attempt": 1, "row": 0,
-             "bytes": source.stat().st_size}] == [
-        {k: v for k, v in e.items() if k != "logger"} for e in started]
-    assert [{**context, "event": "import.completed", "log_level": "info", "rows": 3,
-             "succeeded": 2, "failed": 1, "created": 2, "updated": 0}] == [
-        {k: v for k, v in e.items() if k != "logger"} for e in completed]
+    assert [
+        {
+            **context,
+            "event": "import.started",
+            "log_level": "info",
+            "attempt": 1,
+            "row": 0,
+            "bytes": source.stat().st_size,
+        }
+    ] == [{k: v for k, v in e.items() if k != "logger"} for e in started]
+    assert [
+        {
+            **context,
+            "event": "import.completed",
+            "log_level": "info",
+            "rows": 3,
+            "succeeded": 2,
+            "failed": 1,
+            "created": 2,
+            "updated": 0,
+        }
+    ] == [{k: v for k, v in e.items() if k != "logger"} for e in completed]
 
 
 def test_a_healthy_run_logs_no_errors(run: Run) -> None:
     """SPEC 9: a run with nothing wrong (a port probe, a stop mid-import) logs no errors."""
     # Level `error` pages an operator: a wrong password is a warning, a TCP health
     # check (the test helper's port probe) or watchdog's shutdown chatter is nothing.
-    assert [] == [(e["event"], e.get("logger")) for e in run.events
-                  if e["level"] in ("error", "critical")]
+    assert [] == [
+        (e["event"], e.get("logger")) for e in run.events if e["level"] in ("error", "critical")
+    ]

@@ -19,9 +19,14 @@ FIELDS = (("color", "string", None),)
 
 
 @contextmanager
-def running(home: Path, db_url: str, tenants: tuple[str, ...], *,
-            before_start: dict[str, list[tuple[str, str, float]]] | None = None,
-            **imports: Any) -> Iterator[Daemon]:
+def running(
+    home: Path,
+    db_url: str,
+    tenants: tuple[str, ...],
+    *,
+    before_start: dict[str, list[tuple[str, str, float]]] | None = None,
+    **imports: Any,
+) -> Iterator[Daemon]:
     """A daemon whose tenants have a `color` field; ``before_start``: (name, body, mtime) files."""
     daemon = Daemon(home=home, db_url=db_url, port=free_port(), extra={"import": imports})
     add_tenants(daemon, tenants, ssh_key(home), fields=FIELDS)
@@ -48,9 +53,14 @@ def drop(daemon: Daemon, tenant: str, name: str, body: str) -> None:
 def completed_order(daemon: Daemon, tenant: str, count: int) -> list[str]:
     """The files of the tenant's first ``count`` `import.completed` events (logged after the
     summary is published, so waited for)."""
+
     def found() -> list[str]:
-        return [e["file"] for e in daemon.events()
-                if e.get("event") == "import.completed" and e.get("tenant") == tenant]
+        return [
+            e["file"]
+            for e in daemon.events()
+            if e.get("event") == "import.completed" and e.get("tenant") == tenant
+        ]
+
     wait_for(lambda: len(found()) >= count, what=f"{count} import.completed of {tenant}")
     return found()
 
@@ -66,8 +76,7 @@ def exported_colors(daemon: Daemon, tenant: str) -> dict[str, str]:
         header, *rows = export(engine, found.id)
     finally:
         engine.dispose()
-    return {row[header.index("external_person_id")]: row[header.index("color")]
-            for row in rows}
+    return {row[header.index("external_person_id")]: row[header.index("color")] for row in rows}
 
 
 def test_files_of_one_tenant_apply_in_drop_order(tmp_path: Path, db_url: str) -> None:
@@ -89,9 +98,11 @@ def test_order_is_completion_time_not_name(tmp_path: Path, db_url: str) -> None:
     # A backlog found at start: each file's mtime is when it was complete. All three
     # lie in one wall-clock second, 0.3 s apart, named against their order.
     second = int(time.time()) - 10
-    files = [("z.persons", "external_person_id,color\np1,v1\n", second + 0.1),
-             ("m.persons", "external_person_id,color\np1,v2\n", second + 0.4),
-             ("a.persons", "external_person_id,color\np1,v3\n", second + 0.7)]
+    files = [
+        ("z.persons", "external_person_id,color\np1,v1\n", second + 0.1),
+        ("m.persons", "external_person_id,color\np1,v2\n", second + 0.4),
+        ("a.persons", "external_person_id,color\np1,v3\n", second + 0.7),
+    ]
     with running(tmp_path, db_url, ("acme",), before_start={"acme": files}) as daemon:
         for name, _, _ in files:
             assert "completed" == daemon.summary("acme", name)["status"]
@@ -119,5 +130,4 @@ def test_large_file_of_one_tenant_does_not_delay_another(tmp_path: Path, db_url:
     assert ("completed", 3) == (small["status"], small["rows"]["total"])
     assert [] == large_summaries
     assert ["tiny.persons"] == [e["file"] for e in events if e["event"] == "import.completed"]
-    assert any(e["event"] == "import.started" and e.get("file") == "large.persons"
-               for e in events)
+    assert any(e["event"] == "import.started" and e.get("file") == "large.persons" for e in events)

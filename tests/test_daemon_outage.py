@@ -45,9 +45,12 @@ BIG_CHUNK = 2000
 
 # -- a private cluster -----------------------------------------------------------------
 
+
 def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
-                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
@@ -69,25 +72,49 @@ class Cluster:
         if self.as_postgres:
             for path in (self.base, self.sockets):
                 shutil.chown(path, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres",
-                  "--no-sync", "-E", "UTF8")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
 
     def _run(self, tool: str, *args: str) -> subprocess.CompletedProcess[str]:
         command = [str(self.bindir / tool), *args]
         if self.as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
-        return subprocess.run(command, capture_output=True, text=True, check=True, timeout=60,
-                              cwd=self.base)
+        return subprocess.run(
+            command, capture_output=True, text=True, check=True, timeout=60, cwd=self.base
+        )
 
     @property
     def url(self) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
     def start(self) -> None:
-        options = (f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c max_connections=50")
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
-                  str(self.log), "-w", "-t", "30", "start")
+        options = (
+            f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c max_connections=50"
+        )
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.log),
+            "-w",
+            "-t",
+            "30",
+            "start",
+        )
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
@@ -108,8 +135,9 @@ class Cluster:
         conninfo = self.url.replace("postgresql+psycopg://", "postgresql://", 1)
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(f'create schema "{schema}"')
-        options = "%20".join(f"-c{item.replace('=', '%3D')}"
-                             for item in (f"search_path={schema}", *settings))
+        options = "%20".join(
+            f"-c{item.replace('=', '%3D')}" for item in (f"search_path={schema}", *settings)
+        )
         return f"{self.url}?options={options}"
 
     def remove(self) -> None:
@@ -152,6 +180,7 @@ def down_guard(cluster: Cluster) -> Iterator[Cluster]:
 
 # -- helpers -----------------------------------------------------------------------------
 
+
 def small_file(index: int) -> str:
     """Ten rows of its own ext ids (no two files share a person), one malformed MDN."""
     base = 1_000 * index
@@ -172,8 +201,15 @@ def sftp_upload(daemon: Daemon, key: Path, name: str, text: str, folder: Path) -
     local.write_text(text)
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect("127.0.0.1", port=daemon.port, username=TENANT, key_filename=str(key),
-                   allow_agent=False, look_for_keys=False, timeout=10)
+    client.connect(
+        "127.0.0.1",
+        port=daemon.port,
+        username=TENANT,
+        key_filename=str(key),
+        allow_agent=False,
+        look_for_keys=False,
+        timeout=10,
+    )
     try:
         sftp = client.open_sftp()
         # No stat afterwards (confirm): the daemon may have claimed the file already.
@@ -185,8 +221,11 @@ def sftp_upload(daemon: Daemon, key: Path, name: str, text: str, folder: Path) -
 
 def files_anywhere(daemon: Daemon, name: str) -> list[Path]:
     """Every copy of ``name`` under the daemon's root (inbox, claimed, archive)."""
-    return [p for p in daemon.root.rglob(f"*{name}") if p.is_file()
-            and not p.name.endswith((".summary.json", ".errors.csv"))]
+    return [
+        p
+        for p in daemon.root.rglob(f"*{name}")
+        if p.is_file() and not p.name.endswith((".summary.json", ".errors.csv"))
+    ]
 
 
 def key_spec(private: Path) -> tuple[str, str]:
@@ -209,6 +248,7 @@ def fresh_watch(url: str) -> Watch:
 
 # -- the tests ---------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_files_arriving_while_the_database_is_down_are_all_imported_once(
@@ -217,13 +257,18 @@ def test_files_arriving_while_the_database_is_down_are_all_imported_once(
     """SPEC 5: database down, uploads are accepted and queued; each is imported once after."""
     cluster = down_guard
     key = ssh_key(tmp_path)
-    daemon = site(tmp_path / "home", cluster.schema_url(), keys=(key_spec(key),),
-                  extra={"sftp": {"enabled": True}})
+    daemon = site(
+        tmp_path / "home",
+        cluster.schema_url(),
+        keys=(key_spec(key),),
+        extra={"sftp": {"enabled": True}},
+    )
     files = {f"night{i}.persons": small_file(i) for i in range(1, 5)}
     try:
         start(daemon)
-        wait_for(lambda: (daemon.root / "state" / "tenants.json").exists(),
-                 what="the tenant snapshot")
+        wait_for(
+            lambda: (daemon.root / "state" / "tenants.json").exists(), what="the tenant snapshot"
+        )
         cluster.stop("fast")
         names = sorted(files)
         for name in names[:3]:
@@ -236,11 +281,16 @@ def test_files_arriving_while_the_database_is_down_are_all_imported_once(
         assert daemon.has_event("db.unavailable")
         assert {} == summaries(daemon)
         assert {name: 1 for name in names} == {
-            name: len(files_anywhere(daemon, name)) for name in names}, "a file went missing"
+            name: len(files_anywhere(daemon, name)) for name in names
+        }, "a file went missing"
 
         cluster.start()
-        wait_for(lambda: len(summaries(daemon)) == len(files), timeout=90, interval=0.2,
-                 what="four summaries")
+        wait_for(
+            lambda: len(summaries(daemon)) == len(files),
+            timeout=90,
+            interval=0.2,
+            what="four summaries",
+        )
         watch = fresh_watch(daemon.db_url)
         try:
             imports = watch.imports()
@@ -254,8 +304,10 @@ def test_files_arriving_while_the_database_is_down_are_all_imported_once(
 
     found = summaries(daemon)
     assert {name: "completed" for name in names} == {n: s["status"] for n, s in found.items()}
-    assert {name: {"total": 10, "succeeded": 9, "failed": 1, "created": 9, "updated": 0}
-            for name in names} == {n: s["rows"] for n, s in found.items()}
+    assert {
+        name: {"total": 10, "succeeded": 9, "failed": 1, "created": 9, "updated": 0}
+        for name in names
+    } == {n: s["rows"] for n, s in found.items()}
     assert sorted(names) == sorted(record.file_name for record in imports), "imported twice?"
     exported = {line.split(",")[2] for line in export.splitlines()[1:]}
     assert {f"f{1000 * i + r}" for i in range(1, 5) for r in range(1, 10)} == exported
@@ -269,8 +321,12 @@ def test_an_import_cut_off_by_a_database_crash_completes_with_the_same_result(
     """SPEC 5: the database dies mid-import; once back, the import ends as if never cut."""
     cluster = down_guard
     source = write_persons_file(tmp_path / "big.persons", BIG_ROWS)
-    daemon = site(tmp_path / "home", cluster.schema_url(), tenants=(TENANT, "reference"),
-                  extra={"import": {"chunk_rows": BIG_CHUNK}})
+    daemon = site(
+        tmp_path / "home",
+        cluster.schema_url(),
+        tenants=(TENANT, "reference"),
+        extra={"import": {"chunk_rows": BIG_CHUNK}},
+    )
     # The uninterrupted run first, before the daemon exists: nothing can take it over.
     done = daemon.cli("import", str(source), "--tenant", "reference")
     expected = json.loads(done.stdout)
@@ -323,8 +379,9 @@ def test_person_lookups_keep_using_the_unique_indexes_as_the_table_grows(
     auto_explain (superuser, per session) logs the plan of every statement.
     """
     cluster = down_guard
-    url = cluster.schema_url("session_preload_libraries=auto_explain",
-                             "auto_explain.log_min_duration=0")
+    url = cluster.schema_url(
+        "session_preload_libraries=auto_explain", "auto_explain.log_min_duration=0"
+    )
     source = write_persons_file(tmp_path / "grow.persons", 12_000)
     daemon = site(tmp_path / "home", url, extra={"import": {"chunk_rows": 200}})
     start_of_log = cluster.log.stat().st_size
@@ -337,16 +394,16 @@ def test_person_lookups_keep_using_the_unique_indexes_as_the_table_grows(
     plans = text.split(" plan:\n")[1:]
     # While the table is small a scan is the right plan; once it has grown
     # (the last third of the import) every lookup must probe the index.
-    for plan in plans[2 * len(plans) // 3:]:
+    for plan in plans[2 * len(plans) // 3 :]:
         query = plan.split("\n", 1)[0]
         if "CROSS JOIN LATERAL (SELECT" not in query:
             continue
         lookups += 1
         column = query.split("tenant_id = $2 AND ", 1)[1].split(" ", 1)[0]
-        probes = [line for line in plan.splitlines()
-                  if "Index Cond:" in line and column in line]
+        probes = [line for line in plan.splitlines() if "Index Cond:" in line and column in line]
         if not probes:
-            scans.append(f"{column}: " + " | ".join(
-                line.strip() for line in plan.splitlines()[1:4]))
+            scans.append(
+                f"{column}: " + " | ".join(line.strip() for line in plan.splitlines()[1:4])
+            )
     assert lookups >= 2 * 60 // 3 - 2, "auto_explain did not log every chunk's lookups"
     assert [] == scans, f"{len(scans)} of {lookups} lookups scanned the whole tenant"

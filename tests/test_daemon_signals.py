@@ -16,8 +16,9 @@ def _tenants_snapshot(daemon: Daemon) -> list[str]:
 
 def test_sighup_reloads_tenants_and_config(tmp_path: Path, db_url: str) -> None:
     """SIGHUP: tenants added since start are loaded, the new config is read."""
-    daemon = Daemon(home=tmp_path, db_url=db_url, port=free_port(),
-                    extra={"import": {"rescan_seconds": 3600}})
+    daemon = Daemon(
+        home=tmp_path, db_url=db_url, port=free_port(), extra={"import": {"rescan_seconds": 3600}}
+    )
     daemon.write_config()
     daemon.add_tenant("acme")
     daemon.start()

@@ -82,8 +82,14 @@ def test_unit_verifies_cleanly(tmp_path: Path) -> None:
 def test_unit_exposure_at_most_2() -> None:
     """`systemd-analyze security --offline` rates the unit's exposure at 2.0 or less."""
     # --threshold is on the 0-100 scale behind the 0.0-10.0 figure printed.
-    result = run(tool("systemd-analyze"), "security", "--offline=true", "--threshold=20",
-                 "--no-pager", str(UNIT))
+    result = run(
+        tool("systemd-analyze"),
+        "security",
+        "--offline=true",
+        "--threshold=20",
+        "--no-pager",
+        str(UNIT),
+    )
     match = re.search(r"Overall exposure level for personsd\.service: (\d+\.\d+)", result.stdout)
     assert match is not None, result.stdout + result.stderr
     exposure = float(match.group(1))
@@ -98,7 +104,8 @@ def test_unit_contract() -> None:
         "Service.NotifyAccess": ["main"],
         "Service.WatchdogSec": ["30"],
         "Service.ExecStart": [
-            "/opt/personsd/bin/personsd --config /etc/personsd/personsd.toml run"],
+            "/opt/personsd/bin/personsd --config /etc/personsd/personsd.toml run"
+        ],
         "Service.Environment": ["PERSONSD_CONFIG=/etc/personsd/personsd.toml"],
         "Service.EnvironmentFile": ["-/etc/personsd/env"],
         "Service.ExecReload": ["/bin/kill -HUP $MAINPID"],
@@ -154,11 +161,15 @@ def sysusers_root(tmp_path: Path) -> Path:
 def test_sysusers_creates_daemon_user_and_sftp_group(tmp_path: Path) -> None:
     """sysusers creates user personsd (home /var/lib/personsd, no shell) and group personsd-sftp."""
     root = sysusers_root(tmp_path)
-    users = {line.split(":")[0]: line.split(":") for line in
-             (root / "etc/passwd").read_text().splitlines()}
+    users = {
+        line.split(":")[0]: line.split(":")
+        for line in (root / "etc/passwd").read_text().splitlines()
+    }
     groups = {line.split(":")[0] for line in (root / "etc/group").read_text().splitlines()}
     assert (["/var/lib/personsd", "/usr/sbin/nologin"], {"personsd", "personsd-sftp"}) == (
-        users["personsd"][5:7], groups)
+        users["personsd"][5:7],
+        groups,
+    )
 
 
 @pytest.mark.parametrize(
@@ -172,10 +183,14 @@ def test_tmpfiles_layout(tmp_path: Path, snippet: str, tenants_owner: str) -> No
     root = sysusers_root(tmp_path)
     result = run(tool("systemd-tmpfiles"), "--create", f"--root={root}", str(DEPLOY / snippet))
     assert (0, "") == (result.returncode, result.stderr)
-    ids = {line.split(":")[2]: line.split(":")[0] for line in
-           (root / "etc/passwd").read_text().splitlines()}
-    gids = {line.split(":")[2]: line.split(":")[0] for line in
-            (root / "etc/group").read_text().splitlines()}
+    ids = {
+        line.split(":")[2]: line.split(":")[0]
+        for line in (root / "etc/passwd").read_text().splitlines()
+    }
+    gids = {
+        line.split(":")[2]: line.split(":")[0]
+        for line in (root / "etc/group").read_text().splitlines()
+    }
     ids["0"] = gids["0"] = "root"
 
     def describe(rel: str) -> str:
@@ -186,8 +201,10 @@ def test_tmpfiles_layout(tmp_path: Path, snippet: str, tenants_owner: str) -> No
         "var/lib/personsd": "root:personsd 750",
         "var/lib/personsd/state": "personsd:personsd 750",
         "var/lib/personsd/tenants": f"{tenants_owner}:personsd 750",
-    } == {rel: describe(rel) for rel in
-          ("var/lib/personsd", "var/lib/personsd/state", "var/lib/personsd/tenants")}
+    } == {
+        rel: describe(rel)
+        for rel in ("var/lib/personsd", "var/lib/personsd/state", "var/lib/personsd/tenants")
+    }
 
 
 # ---- OpenSSH alternative --------------------------------------------------
@@ -205,8 +222,18 @@ def in_namespace(script: str, *args: str, timeout: float = 60) -> subprocess.Com
     """Run a bash script in a private mount namespace (root only)."""
     if not IS_ROOT:
         pytest.skip("sshd needs /run/sshd, which only root can provide (private mount namespace)")
-    return run(tool("unshare"), "--mount", "--propagation", "private",
-               tool("bash"), "-euc", script, "bash", *args, timeout=timeout)
+    return run(
+        tool("unshare"),
+        "--mount",
+        "--propagation",
+        "private",
+        tool("bash"),
+        "-euc",
+        script,
+        "bash",
+        *args,
+        timeout=timeout,
+    )
 
 
 def sshd_config(tmp_path: Path, snippet: Path, *, port: int = 22) -> Path:
@@ -229,8 +256,9 @@ def effective(tmp_path: Path, snippet: Path) -> dict[str, str]:
     """`sshd -T` for user root: the settings a login of root would get."""
     sshd = tool("sshd")
     cfg = sshd_config(tmp_path, snippet)
-    result = in_namespace(PRIVATE_RUN + '"$1" -T -f "$2" -C user=root,host=client,addr=127.0.0.1',
-                          sshd, str(cfg))
+    result = in_namespace(
+        PRIVATE_RUN + '"$1" -T -f "$2" -C user=root,host=client,addr=127.0.0.1', sshd, str(cfg)
+    )
     assert 0 == result.returncode, result.stderr
     return dict(line.split(" ", 1) for line in result.stdout.splitlines() if " " in line)
 
@@ -247,9 +275,13 @@ def test_sshd_snippet_leaves_other_users_alone(tmp_path: Path) -> None:
     """The Match block ends with the snippet: users outside personsd-sftp keep the main settings."""
     got = effective(tmp_path, DEPLOY / "sshd_config.d/personsd.conf")
     keys = ("forcecommand", "chrootdirectory", "x11forwarding", "allowtcpforwarding", "subsystem")
-    assert {"forcecommand": "none", "chrootdirectory": "none", "x11forwarding": "yes",
-            "allowtcpforwarding": "yes", "subsystem": "sftp /usr/lib/openssh/sftp-server"} == {
-        k: got.get(k) for k in keys}
+    assert {
+        "forcecommand": "none",
+        "chrootdirectory": "none",
+        "x11forwarding": "yes",
+        "allowtcpforwarding": "yes",
+        "subsystem": "sftp /usr/lib/openssh/sftp-server",
+    } == {k: got.get(k) for k in keys}
 
 
 def test_sshd_snippet_locks_tenants_in(tmp_path: Path) -> None:
@@ -273,7 +305,9 @@ def test_sshd_snippet_locks_tenants_in(tmp_path: Path) -> None:
     assert expected == {k: got.get(k) for k in expected}
 
 
-E2E = PRIVATE_RUN + r"""
+E2E = (
+    PRIVATE_RUN
+    + r"""
 deploy=$1; work=$2; port=$3; sshd=$4
 # Private copies of /etc and /var/lib: accounts and the tenant tree live and
 # die with this namespace.
@@ -324,6 +358,7 @@ id acme >/dev/null 2>&1 && echo LOGIN-KEPT || echo LOGIN-GONE
 ls /var/lib/personsd/tenants /var/lib/personsd/state/removed | sed 's/\.[0-9]*$//;s/^/LS /'
 stat -c 'STAT %U:%G' /var/lib/personsd/state/removed/acme.*/inbox
 """
+)
 
 
 def free_port() -> int:
@@ -352,7 +387,7 @@ def test_openssh_tenant_end_to_end(tmp_path: Path) -> None:
         "/inbox",
         "/outbox",
         # the outbox is read-only for the tenant
-        'remote delete /outbox/old.persons.1.summary.json: Permission denied',
+        "remote delete /outbox/old.persons.1.summary.json: Permission denied",
         'dest open "/outbox/planted.persons": Permission denied',
         'remote mkdir "/outbox/planted": Permission denied',
         'remote rename "/outbox/old.persons.1.summary.json" to "/outbox/moved.json": '
@@ -380,7 +415,9 @@ def test_openssh_tenant_end_to_end(tmp_path: Path) -> None:
     ] == result.stdout.splitlines()
 
 
-BAD_NAMES = PRIVATE_RUN + r"""
+BAD_NAMES = (
+    PRIVATE_RUN
+    + r"""
 script=$1; work=$2; shift 2
 # A regression here must not create accounts on the host: private /etc, /var/lib.
 cp -a /etc "$work/etc"
@@ -390,6 +427,7 @@ for name in "$@"; do
     sh "$script" "$name" 2>&1 && echo "ACCEPTED $name" || echo "REFUSED $name: rc=$?"
 done
 """
+)
 
 
 def test_openssh_tenant_refuses_bad_names(tmp_path: Path) -> None:
@@ -409,15 +447,18 @@ def test_personsdctl_runs_as_the_service_user_with_its_environment(tmp_path: Pat
         # Outside pytest's 0700 tree: the target user must reach the stand-in binary.
         Path(tmp).chmod(0o755)
         result = run_personsdctl(Path(tmp))
-    assert (0, [
-        "nobody",
-        "/etc/personsd/personsd.toml",
-        "postgresql+psycopg://u:p$w@db/x?sslmode=require&a=b",
-        "two words",
-        "tenants",
-        "add",
-        "a b",
-    ]) == (result.returncode, result.stdout.splitlines()), result.stderr
+    assert (
+        0,
+        [
+            "nobody",
+            "/etc/personsd/personsd.toml",
+            "postgresql+psycopg://u:p$w@db/x?sslmode=require&a=b",
+            "two words",
+            "tenants",
+            "add",
+            "a b",
+        ],
+    ) == (result.returncode, result.stdout.splitlines()), result.stderr
 
 
 def run_personsdctl(tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -430,10 +471,22 @@ def run_personsdctl(tmp_path: Path) -> subprocess.CompletedProcess[str]:
         'OTHER="two words"\n'
     )
     stand_in = tmp_path / "personsd"
-    stand_in.write_text('#!/bin/sh\nprintf "%s\\n" "$(id -un)" "$PERSONSD_CONFIG" '
-                        '"$PERSONSD_DATABASE_URL" "$OTHER" "$@"\n')
+    stand_in.write_text(
+        '#!/bin/sh\nprintf "%s\\n" "$(id -un)" "$PERSONSD_CONFIG" '
+        '"$PERSONSD_DATABASE_URL" "$OTHER" "$@"\n'
+    )
     stand_in.chmod(0o755)
-    env = {"PATH": os.environ["PATH"], "PERSONSD_ENV_FILE": str(env_file),
-           "PERSONSD_BIN": str(stand_in), "PERSONSD_USER": "nobody"}
-    return subprocess.run([tool("sh"), str(DEPLOY / "personsdctl"), "tenants", "add", "a b"],
-                          env=env, capture_output=True, text=True, timeout=30, check=False)
+    env = {
+        "PATH": os.environ["PATH"],
+        "PERSONSD_ENV_FILE": str(env_file),
+        "PERSONSD_BIN": str(stand_in),
+        "PERSONSD_USER": "nobody",
+    }
+    return subprocess.run(
+        [tool("sh"), str(DEPLOY / "personsdctl"), "tenants", "add", "a b"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )

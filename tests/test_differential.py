@@ -57,12 +57,29 @@ UNKNOWN_KEY = "0b7e6a51-3f7c-4a51-9d0e-2a1c5b7f0e11"
 
 NUMBERS = [f"+120255501{i:02d}" for i in range(1, 7)]
 POOLS: dict[str, list[str]] = {
-    "person_id": [*(f"@pid{i}" for i in range(SEEDED)), "@0pid1", "999999999", "0", "-3",
-                  "abc", "[null]", "99999999999999999999"],
+    "person_id": [
+        *(f"@pid{i}" for i in range(SEEDED)),
+        "@0pid1",
+        "999999999",
+        "0",
+        "-3",
+        "abc",
+        "[null]",
+        "99999999999999999999",
+    ],
     "person_key": [*(f"@key{i}" for i in range(SEEDED)), "@KEY0", UNKNOWN_KEY, "[null]"],
     "external_person_id": ["e1", "e2", "e3", "e4", "e5", "E1", "[null]", "x" * 256],
-    "mdn": [*NUMBERS, "202-555-0101", "(202) 555-0103", "1 202 555 0104", "2025550105",
-            "12345", "+1202555", "abc", "[null]"],
+    "mdn": [
+        *NUMBERS,
+        "202-555-0101",
+        "(202) 555-0103",
+        "1 202 555 0104",
+        "2025550105",
+        "12345",
+        "+1202555",
+        "abc",
+        "[null]",
+    ],
     "vibes_device_id": ["d1", "d2", "d3", "d4", "d5", "[null]"],
     "nick": ["abc", "hello", "toolong", "€5", "naïve", "=A1", "@x", "[null]"],
     "score": ["7", "007.50", "-0.0", "-5", "1e5", "+5", "abc", "[null]"],
@@ -97,8 +114,7 @@ _SHAPES = st.sampled_from(["ok"] * 12 + ["short", "long", "blank"])
 
 @st.composite
 def file_specs(draw: st.DrawFn) -> FileSpec:
-    ids = draw(st.lists(st.sampled_from(IDENTIFIER_COLUMNS), min_size=1, max_size=5,
-                        unique=True))
+    ids = draw(st.lists(st.sampled_from(IDENTIFIER_COLUMNS), min_size=1, max_size=5, unique=True))
     custom = draw(st.lists(st.sampled_from(CUSTOM_COLUMNS), max_size=4, unique=True))
     unknown = draw(st.lists(st.sampled_from(UNKNOWN_COLUMNS), max_size=1))
     columns = tuple(draw(st.permutations(ids + custom + unknown)))
@@ -166,8 +182,15 @@ def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
         (root / "seed.persons").write_bytes(SEED)
         outcome = run_import(engine, configs[5000], tenant, root / "seed.persons")
         assert SEEDED == outcome.summary.rows.created
-        yield Bench(engine=engine, root=root, configs=configs, tenant=tenant,
-                    tenant_id=tenant_id, fields=fields, seeded=persons_of(engine, tenant_id))
+        yield Bench(
+            engine=engine,
+            root=root,
+            configs=configs,
+            tenant=tenant,
+            tenant_id=tenant_id,
+            fields=fields,
+            seeded=persons_of(engine, tenant_id),
+        )
         engine.dispose()
 
 
@@ -177,8 +200,9 @@ def reference_persons(bench: Bench) -> list[dict[str, Any]]:
     out = []
     for p in bench.seeded:
         person = reference.new_person(p.person_id, p.person_key)
-        person.update(external_person_id=p.external_person_id, mdn=p.mdn,
-                      vibes_device_id=p.vibes_device_id)
+        person.update(
+            external_person_id=p.external_person_id, mdn=p.mdn, vibes_device_id=p.vibes_device_id
+        )
         person["fields"] = {names[k]: v for k, v in p.attributes.items()}
         out.append(person)
     return out
@@ -192,8 +216,9 @@ def check_file(bench: Bench, spec: FileSpec) -> None:
     ref = reference.run(data, bench.fields, reference_persons(bench))
     seed_keys = [p.person_key for p in bench.seeded]
     expected_export = normalise_export(ref.export(bench.fields), seed_keys)
-    expected_counts = {k: ref.counts[k] for k in
-                       ("total", "succeeded", "failed", "created", "updated")}
+    expected_counts = {
+        k: ref.counts[k] for k in ("total", "succeeded", "failed", "created", "updated")
+    }
 
     errors_bytes = None
     for size in CHUNK_SIZES:
@@ -219,8 +244,9 @@ def check_file(bench: Bench, spec: FileSpec) -> None:
 # 200 examples take about 20 s on SQLite and 30 s on PostgreSQL on an idle
 # 2-core machine; the margin is for a machine busy with other work.
 @pytest.mark.timeout(300)
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-          deadline=None)
+@settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow], deadline=None
+)
 @given(spec=file_specs())
 @example(  # a clear then a re-use of the freed identifier within one chunk
     spec=FileSpec(

@@ -16,28 +16,40 @@ import pytest
 
 from cli_helpers import FIXED_COLUMNS, Site, make_site, shared_database
 
-MDN_FORMAT = ("MobilePhoneErrors::InvalidMDNFormat",
-              "The MDN is incorrectly formatted. It should be an E.164 MDN.")
+MDN_FORMAT = (
+    "MobilePhoneErrors::InvalidMDNFormat",
+    "The MDN is incorrectly formatted. It should be an E.164 MDN.",
+)
 FIELD_NOT_FOUND = ("PersonErrors::CustomFieldNotFound", "Custom field not found")
-CHARSET = ("PersonErrors::InvalidSelectCustomFieldValue",
-           "Custom field value is incompatible with the field’s character set")
+CHARSET = (
+    "PersonErrors::InvalidSelectCustomFieldValue",
+    "Custom field value is incompatible with the field’s character set",
+)
 BAD_SELECT = ("PersonErrors::InvalidSelectCustomFieldValue", "Invalid custom field value")
 BAD_VALUE = ("PersonErrors::InvalidCustomFieldValue", "Invalid custom field value")
 NOT_FOUND = ("PersonErrors::PersonNotFound", "Person not found")
 ASSIGNED = ("PersonErrors::MobilePhoneAlreadyAssigned", "Mobile Phone Already Assigned")
 BAD_PERSON_ID = ("PersonErrors::InvalidPersonID", "Invalid person_id")
 MDN_CHANGE = ("PersonErrors::MdnChangeNotAllowed", "mdn change not allowed")
-NEEDS_KEY = ("PersonErrors::PersonCreateRequiresDeviceOrExternalPersonId",
-             "Creating a person requires a device or an external person id")
+NEEDS_KEY = (
+    "PersonErrors::PersonCreateRequiresDeviceOrExternalPersonId",
+    "Creating a person requires a device or an external person id",
+)
 UNIQUE = ("PG::UniqueViolation", "duplicate key value violates unique constraint")
-TRANSIENT = ("CarrierLookupService::TransientLookupFailureError",
-             "A temporary issue with the carrier lookup service prevented the row from being "
-             "processed. Please try again later.")
-PERMANENT = ("CarrierLookupService::PermanentLookupFailureError",
-             "The MDN supplied is not a valid mobile phone active on a valid carrier.")
+TRANSIENT = (
+    "CarrierLookupService::TransientLookupFailureError",
+    "A temporary issue with the carrier lookup service prevented the row from being "
+    "processed. Please try again later.",
+)
+PERMANENT = (
+    "CarrierLookupService::PermanentLookupFailureError",
+    "The MDN supplied is not a valid mobile phone active on a valid carrier.",
+)
 ROW_FORMAT = "PersonErrors::InvalidImportRowFormat"
-ENCODING = ("FileEngine::EncodingDetection::Unknown8BitEncodingDetected",
-            "File is not UTF-8 or ASCII encoded")
+ENCODING = (
+    "FileEngine::EncodingDetection::Unknown8BitEncodingDetected",
+    "File is not UTF-8 or ASCII encoded",
+)
 FILE_FORMAT = "PersonErrors::InvalidImportFileFormat"
 NO_IDENTIFIER = "Couldn't find an external_person_id, mdn, or vibes_device_id field"
 
@@ -71,56 +83,107 @@ class RowCase:
 
 
 ROW_CASES = {
-    "mdn-format": RowCase(body="external_person_id,mdn\np2,12345\n", error=MDN_FORMAT,
-                          field="mdn", value="12345"),
-    "custom-field-not-found": RowCase(body="external_person_id,nosuch\np1,zzz\n",
-                                      error=FIELD_NOT_FOUND, field="nosuch", value="zzz"),
-    "charset": RowCase(body="external_person_id,nick\np1,café\n", error=CHARSET,
-                       field="nick", value="café"),
-    "single-select": RowCase(body="external_person_id,color\np1,green\n", error=BAD_SELECT,
-                             field="color", value="green"),
-    "single-select-case": RowCase(body="external_person_id,color\np1,Red\n", error=BAD_SELECT,
-                                  field="color", value="Red"),
-    "multi-select": RowCase(body="external_person_id,tags\np1,a|zzz\n", error=BAD_SELECT,
-                            field="tags", value="a|zzz"),
-    "number": RowCase(body="external_person_id,score\np1,1e5\n", error=BAD_VALUE,
-                      field="score", value="1e5"),
-    "date": RowCase(body="external_person_id,born\np1,2020-13-01\n", error=BAD_VALUE,
-                    field="born", value="2020-13-01"),
-    "postal-code": RowCase(body="external_person_id,zip\np1,1234\n", error=BAD_VALUE,
-                           field="zip", value="1234"),
-    "string-too-long": RowCase(body="external_person_id,bio\np1,abcdef\n", error=BAD_VALUE,
-                               field="bio", value="abcdef"),
-    "person-id-not-found": RowCase(body="person_id,nick\n999999,x\n", error=NOT_FOUND,
-                                   field="person_id", value="999999"),
-    "person-key-upper-case": RowCase(body="person_key,nick\n{p1_key_upper},x\n",
-                                     error=NOT_FOUND, field="person_key",
-                                     value="{p1_key_upper}"),
-    "phone-already-assigned": RowCase(body='external_person_id,mdn\np2,(229) 555-1234\n',
-                                      error=ASSIGNED, field="mdn", value="(229) 555-1234"),
-    "invalid-person-id": RowCase(body="person_id,nick\nabc,x\n", error=BAD_PERSON_ID,
-                                 field="person_id", value="abc"),
-    "mdn-change": RowCase(body="external_person_id,mdn\np1,+12295559999\n", error=MDN_CHANGE,
-                          field="mdn", value="+12295559999"),
-    "mdn-null-clear": RowCase(body="external_person_id,mdn\np1,[null]\n", error=MDN_CHANGE,
-                              field="mdn", value="[null]"),
-    "create-requires-key": RowCase(body="external_person_id,nick\n,x\n", error=NEEDS_KEY,
-                                   field="", value=""),
-    "unique-external-id": RowCase(body="person_id,external_person_id\n{p2_id},p1\n",
-                                  error=UNIQUE, field="external_person_id", value="p1"),
-    "unique-device-id": RowCase(body="external_person_id,vibes_device_id\np2,d1\n",
-                                error=UNIQUE, field="vibes_device_id", value="d1"),
-    "permanent-lookup": RowCase(body="external_person_id,mdn\np2,+12995550005\n",
-                                error=PERMANENT, field="mdn", value="+12995550005",
-                                carrier="offline"),
-    "row-field-count": RowCase(body="external_person_id,nick\np1,x,extra\n",
-                               error=(ROW_FORMAT, "Expected 2 fields, found 3"),
-                               field="", value=""),
-    "row-too-long": RowCase(body="external_person_id,nick\np1," + "x" * 100 + "\n",
-                            error=(ROW_FORMAT, "Row exceeds 80 bytes"), field="", value="",
-                            extra={"max_row_bytes": 80}),
-    "row-invalid-utf8": RowCase(body="external_person_id,nick\np1,caf\udce9\n",
-                                error=ENCODING, field="", value=""),
+    "mdn-format": RowCase(
+        body="external_person_id,mdn\np2,12345\n", error=MDN_FORMAT, field="mdn", value="12345"
+    ),
+    "custom-field-not-found": RowCase(
+        body="external_person_id,nosuch\np1,zzz\n",
+        error=FIELD_NOT_FOUND,
+        field="nosuch",
+        value="zzz",
+    ),
+    "charset": RowCase(
+        body="external_person_id,nick\np1,café\n", error=CHARSET, field="nick", value="café"
+    ),
+    "single-select": RowCase(
+        body="external_person_id,color\np1,green\n", error=BAD_SELECT, field="color", value="green"
+    ),
+    "single-select-case": RowCase(
+        body="external_person_id,color\np1,Red\n", error=BAD_SELECT, field="color", value="Red"
+    ),
+    "multi-select": RowCase(
+        body="external_person_id,tags\np1,a|zzz\n", error=BAD_SELECT, field="tags", value="a|zzz"
+    ),
+    "number": RowCase(
+        body="external_person_id,score\np1,1e5\n", error=BAD_VALUE, field="score", value="1e5"
+    ),
+    "date": RowCase(
+        body="external_person_id,born\np1,2020-13-01\n",
+        error=BAD_VALUE,
+        field="born",
+        value="2020-13-01",
+    ),
+    "postal-code": RowCase(
+        body="external_person_id,zip\np1,1234\n", error=BAD_VALUE, field="zip", value="1234"
+    ),
+    "string-too-long": RowCase(
+        body="external_person_id,bio\np1,abcdef\n", error=BAD_VALUE, field="bio", value="abcdef"
+    ),
+    "person-id-not-found": RowCase(
+        body="person_id,nick\n999999,x\n", error=NOT_FOUND, field="person_id", value="999999"
+    ),
+    "person-key-upper-case": RowCase(
+        body="person_key,nick\n{p1_key_upper},x\n",
+        error=NOT_FOUND,
+        field="person_key",
+        value="{p1_key_upper}",
+    ),
+    "phone-already-assigned": RowCase(
+        body="external_person_id,mdn\np2,(229) 555-1234\n",
+        error=ASSIGNED,
+        field="mdn",
+        value="(229) 555-1234",
+    ),
+    "invalid-person-id": RowCase(
+        body="person_id,nick\nabc,x\n", error=BAD_PERSON_ID, field="person_id", value="abc"
+    ),
+    "mdn-change": RowCase(
+        body="external_person_id,mdn\np1,+12295559999\n",
+        error=MDN_CHANGE,
+        field="mdn",
+        value="+12295559999",
+    ),
+    "mdn-null-clear": RowCase(
+        body="external_person_id,mdn\np1,[null]\n", error=MDN_CHANGE, field="mdn", value="[null]"
+    ),
+    "create-requires-key": RowCase(
+        body="external_person_id,nick\n,x\n", error=NEEDS_KEY, field="", value=""
+    ),
+    "unique-external-id": RowCase(
+        body="person_id,external_person_id\n{p2_id},p1\n",
+        error=UNIQUE,
+        field="external_person_id",
+        value="p1",
+    ),
+    "unique-device-id": RowCase(
+        body="external_person_id,vibes_device_id\np2,d1\n",
+        error=UNIQUE,
+        field="vibes_device_id",
+        value="d1",
+    ),
+    "permanent-lookup": RowCase(
+        body="external_person_id,mdn\np2,+12995550005\n",
+        error=PERMANENT,
+        field="mdn",
+        value="+12995550005",
+        carrier="offline",
+    ),
+    "row-field-count": RowCase(
+        body="external_person_id,nick\np1,x,extra\n",
+        error=(ROW_FORMAT, "Expected 2 fields, found 3"),
+        field="",
+        value="",
+    ),
+    "row-too-long": RowCase(
+        body="external_person_id,nick\np1," + "x" * 100 + "\n",
+        error=(ROW_FORMAT, "Row exceeds 80 bytes"),
+        field="",
+        value="",
+        extra={"max_row_bytes": 80},
+    ),
+    "row-invalid-utf8": RowCase(
+        body="external_person_id,nick\np1,caf\udce9\n", error=ENCODING, field="", value=""
+    ),
 }
 
 
@@ -129,22 +192,31 @@ def encode(text: str) -> bytes:
     return text.encode("utf-8", errors="surrogateescape")
 
 
-def prepared(tmp_path: Path, db_url: str, *, carrier: str = "none",
-             carrier_url: str = "", extra: dict[str, Any] | None = None) -> Site:
+def prepared(
+    tmp_path: Path,
+    db_url: str,
+    *,
+    carrier: str = "none",
+    carrier_url: str = "",
+    extra: dict[str, Any] | None = None,
+) -> Site:
     """A site whose tenant `acme` has FIELDS and the persons of PRIOR."""
-    site = make_site(tmp_path / "site", db_url, carrier=carrier, carrier_url=carrier_url,
-                     extra_import=extra)
+    site = make_site(
+        tmp_path / "site", db_url, carrier=carrier, carrier_url=carrier_url, extra_import=extra
+    )
     site.add_tenant("acme", FIELDS)
     # PRIOR's MDN is well-formed and valid, so every carrier mode lets it through.
     first = site.import_bytes("prior.persons", PRIOR)
     assert {"total": 2, "succeeded": 2, "failed": 0, "created": 2, "updated": 0} == (
-        first.summary["rows"])
+        first.summary["rows"]
+    )
     return site
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def shared(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
     """One prepared site per database for the cases that must leave it unchanged.
 
     Sound to share: every case asserts that the export is the same after it.
@@ -159,8 +231,11 @@ def test_row_error_is_reported_and_changes_nothing(shared: Site, case: RowCase) 
     """SPEC 3/4: each row error with its exact class, message, field and value; row not applied."""
     site = shared.variant(carrier=case.carrier, extra_import=case.extra)
     persons = site.by_external_id()
-    filled = {"p1_id": persons["p1"]["person_id"], "p2_id": persons["p2"]["person_id"],
-              "p1_key_upper": persons["p1"]["person_key"].upper()}
+    filled = {
+        "p1_id": persons["p1"]["person_id"],
+        "p2_id": persons["p2"]["person_id"],
+        "p1_key_upper": persons["p1"]["person_key"].upper(),
+    }
     body = case.body.format(**filled)
     before = site.export_text()
 
@@ -169,7 +244,8 @@ def test_row_error_is_reported_and_changes_nothing(shared: Site, case: RowCase) 
     assert 0 == done.exit_code
     assert "completed" == done.summary["status"]
     assert {"total": 1, "succeeded": 0, "failed": 1, "created": 0, "updated": 0} == (
-        done.summary["rows"])
+        done.summary["rows"]
+    )
     assert {case.error[0]: 1} == done.summary["errors"]
     header = body.split("\n", 1)[0].split(",")
     assert [*FIXED_COLUMNS, *header] == done.errors_header
@@ -183,8 +259,7 @@ def test_all_value_errors_of_a_row_are_reported(tmp_path: Path, db_url: str) -> 
     site = prepared(tmp_path, db_url)
     before = site.export_text()
 
-    done = site.import_bytes("two.persons", "external_person_id,mdn,score,color\n"
-                                            "p2,12,abc,green\n")
+    done = site.import_bytes("two.persons", "external_person_id,mdn,score,color\np2,12,abc,green\n")
 
     assert [
         ("2", "1", *MDN_FORMAT, "mdn", "12"),
@@ -193,7 +268,8 @@ def test_all_value_errors_of_a_row_are_reported(tmp_path: Path, db_url: str) -> 
     ] == done.errors_at()
     assert {MDN_FORMAT[0]: 1, BAD_VALUE[0]: 1, BAD_SELECT[0]: 1} == done.summary["errors"]
     assert {"total": 1, "succeeded": 0, "failed": 1, "created": 0, "updated": 0} == (
-        done.summary["rows"])
+        done.summary["rows"]
+    )
     assert before == site.export_text()
 
 
@@ -201,14 +277,15 @@ def test_failed_row_leaves_earlier_and_later_rows_applied(tmp_path: Path, db_url
     """SPEC 2: a row applies completely or not at all; its neighbours are unaffected."""
     site = prepared(tmp_path, db_url)
 
-    done = site.import_bytes("mix.persons", "external_person_id,mdn,nick\n"
-                                            "p3,,three\n"
-                                            "p1,+12295559999,changed\n"
-                                            "p1,,again\n")
+    done = site.import_bytes(
+        "mix.persons",
+        "external_person_id,mdn,nick\np3,,three\np1,+12295559999,changed\np1,,again\n",
+    )
 
     assert [("3", "2", *MDN_CHANGE, "mdn", "+12295559999")] == done.errors_at()
     assert {"total": 3, "succeeded": 2, "failed": 1, "created": 1, "updated": 1} == (
-        done.summary["rows"])
+        done.summary["rows"]
+    )
     persons = site.by_external_id()
     assert ("+12295551234", "again") == (persons["p1"]["mdn"], persons["p1"]["nick"])
     assert "three" == persons["p3"]["nick"]
@@ -227,8 +304,7 @@ SEQUENCE = (
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 2, 5000])
-def test_rows_see_the_rows_before_them_whatever_the_chunks(shared: Site,
-                                                           chunk_rows: int) -> None:
+def test_rows_see_the_rows_before_them_whatever_the_chunks(shared: Site, chunk_rows: int) -> None:
     """SPEC 2: each row meets the database as the rows before it left it, across chunks."""
     tenant = f"seq{chunk_rows}"
     shared.add_tenant(tenant, [("nick", "string")])
@@ -243,13 +319,16 @@ def test_rows_see_the_rows_before_them_whatever_the_chunks(shared: Site,
         ("8", "7", *UNIQUE, "vibes_device_id", "dn2"),
     ] == done.errors_at()
     assert {"total": 7, "succeeded": 3, "failed": 4, "created": 2, "updated": 1} == (
-        done.summary["rows"])
+        done.summary["rows"]
+    )
     assert {"n1": ("+12295550101", "dn1", "d"), "n2": ("", "dn2", "f")} == {
         k: (p["mdn"], p["vibes_device_id"], p["nick"])
-        for k, p in site.by_external_id(tenant).items()}
+        for k, p in site.by_external_id(tenant).items()
+    }
 
 
 # -- file-level errors -------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class FileCase:
@@ -264,59 +343,133 @@ class FileCase:
 
 
 FILE_CASES = {
-    "name-not-persons": FileCase(name="customer.csv", data=b"external_person_id\np9\n",
-                                 error_class=FILE_FORMAT,
-                                 message="File name must end with .persons", line=""),
-    "empty": FileCase(name="empty.persons", data=b"", error_class=FILE_FORMAT,
-                      message="File is empty", line=""),
-    "unknown-header": FileCase(name="h.persons",
-                               data=b"Delimeter: ;\n\nexternal_person_id\np9\n",
-                               error_class=FILE_FORMAT, message="Unknown header 'Delimeter'",
-                               line="1"),
-    "repeated-header": FileCase(name="h.persons",
-                                data=b"Delimiter: ;\ndelimiter: ;\n\nexternal_person_id\np9\n",
-                                error_class=FILE_FORMAT, message="Repeated header", line="2",
-                                exact=False),
-    "long-delimiter": FileCase(name="h.persons",
-                               data=b"Delimiter: ;;\n\nexternal_person_id\np9\n",
-                               error_class=FILE_FORMAT, message="Delimiter", line="1",
-                               exact=False),
-    "quote-delimiter": FileCase(name="h.persons",
-                                data=b'Multi-Select-Delimiter: "\n\nexternal_person_id\np9\n',
-                                error_class=FILE_FORMAT, message="Multi-Select-Delimiter",
-                                line="1", exact=False),
-    "unclosed-headers": FileCase(name="h.persons", data=b"Fields: external_person_id\n",
-                                 error_class=FILE_FORMAT, message="not closed", line="1",
-                                 exact=False),
-    "repeated-field": FileCase(name="f.persons",
-                               data=b"external_person_id,nick,nick\np9,a,b\n",
-                               error_class=FILE_FORMAT, message="nick", line="1", exact=False),
-    "no-identifier": FileCase(name="f.persons", data=b"nick,color\nx,red\n",
-                              error_class=FILE_FORMAT, message=NO_IDENTIFIER, line="1"),
-    "upper-case-identifier": FileCase(name="f.persons", data=b"MDN,nick\n+12295550001,x\n",
-                                      error_class=FILE_FORMAT, message=NO_IDENTIFIER,
-                                      line="1"),
-    "bom-only": FileCase(name="empty.persons", data=b"\xef\xbb\xbf", error_class=FILE_FORMAT,
-                         message="File is empty", line=""),
-    "blank-lines-only": FileCase(name="empty.persons", data=b"\n \r\n\n",
-                                 error_class=FILE_FORMAT, message="File is empty", line=""),
-    "invalid-utf8-field-names": FileCase(name="f.persons",
-                                         data=b"external_person_id,caf\xe9\np9,x\n",
-                                         error_class=ENCODING[0], message=ENCODING[1],
-                                         line="1"),
-    "no-identifier-in-fields-header": FileCase(name="f.persons",
-                                               data=b"Fields: nick\n\nx\n",
-                                               error_class=FILE_FORMAT, message=NO_IDENTIFIER,
-                                               line="1"),
-    "utf-16": FileCase(name="u.persons", data="external_person_id\np9\n".encode("utf-16"),
-                       error_class=ENCODING[0], message=ENCODING[1], line=""),
-    "utf-16-be": FileCase(name="u.persons",
-                          data=b"\xfe\xff" + "external_person_id\np9\n".encode("utf-16-be"),
-                          error_class=ENCODING[0], message=ENCODING[1], line=""),
-    "utf-32": FileCase(name="u.persons", data="external_person_id\np9\n".encode("utf-32"),
-                       error_class=ENCODING[0], message=ENCODING[1], line=""),
-    "nul-in-first-64k": FileCase(name="n.persons", data=b"external_person_id\np\x009\np8\n",
-                                 error_class=ENCODING[0], message=ENCODING[1], line=""),
+    "name-not-persons": FileCase(
+        name="customer.csv",
+        data=b"external_person_id\np9\n",
+        error_class=FILE_FORMAT,
+        message="File name must end with .persons",
+        line="",
+    ),
+    "empty": FileCase(
+        name="empty.persons", data=b"", error_class=FILE_FORMAT, message="File is empty", line=""
+    ),
+    "unknown-header": FileCase(
+        name="h.persons",
+        data=b"Delimeter: ;\n\nexternal_person_id\np9\n",
+        error_class=FILE_FORMAT,
+        message="Unknown header 'Delimeter'",
+        line="1",
+    ),
+    "repeated-header": FileCase(
+        name="h.persons",
+        data=b"Delimiter: ;\ndelimiter: ;\n\nexternal_person_id\np9\n",
+        error_class=FILE_FORMAT,
+        message="Repeated header",
+        line="2",
+        exact=False,
+    ),
+    "long-delimiter": FileCase(
+        name="h.persons",
+        data=b"Delimiter: ;;\n\nexternal_person_id\np9\n",
+        error_class=FILE_FORMAT,
+        message="Delimiter",
+        line="1",
+        exact=False,
+    ),
+    "quote-delimiter": FileCase(
+        name="h.persons",
+        data=b'Multi-Select-Delimiter: "\n\nexternal_person_id\np9\n',
+        error_class=FILE_FORMAT,
+        message="Multi-Select-Delimiter",
+        line="1",
+        exact=False,
+    ),
+    "unclosed-headers": FileCase(
+        name="h.persons",
+        data=b"Fields: external_person_id\n",
+        error_class=FILE_FORMAT,
+        message="not closed",
+        line="1",
+        exact=False,
+    ),
+    "repeated-field": FileCase(
+        name="f.persons",
+        data=b"external_person_id,nick,nick\np9,a,b\n",
+        error_class=FILE_FORMAT,
+        message="nick",
+        line="1",
+        exact=False,
+    ),
+    "no-identifier": FileCase(
+        name="f.persons",
+        data=b"nick,color\nx,red\n",
+        error_class=FILE_FORMAT,
+        message=NO_IDENTIFIER,
+        line="1",
+    ),
+    "upper-case-identifier": FileCase(
+        name="f.persons",
+        data=b"MDN,nick\n+12295550001,x\n",
+        error_class=FILE_FORMAT,
+        message=NO_IDENTIFIER,
+        line="1",
+    ),
+    "bom-only": FileCase(
+        name="empty.persons",
+        data=b"\xef\xbb\xbf",
+        error_class=FILE_FORMAT,
+        message="File is empty",
+        line="",
+    ),
+    "blank-lines-only": FileCase(
+        name="empty.persons",
+        data=b"\n \r\n\n",
+        error_class=FILE_FORMAT,
+        message="File is empty",
+        line="",
+    ),
+    "invalid-utf8-field-names": FileCase(
+        name="f.persons",
+        data=b"external_person_id,caf\xe9\np9,x\n",
+        error_class=ENCODING[0],
+        message=ENCODING[1],
+        line="1",
+    ),
+    "no-identifier-in-fields-header": FileCase(
+        name="f.persons",
+        data=b"Fields: nick\n\nx\n",
+        error_class=FILE_FORMAT,
+        message=NO_IDENTIFIER,
+        line="1",
+    ),
+    "utf-16": FileCase(
+        name="u.persons",
+        data="external_person_id\np9\n".encode("utf-16"),
+        error_class=ENCODING[0],
+        message=ENCODING[1],
+        line="",
+    ),
+    "utf-16-be": FileCase(
+        name="u.persons",
+        data=b"\xfe\xff" + "external_person_id\np9\n".encode("utf-16-be"),
+        error_class=ENCODING[0],
+        message=ENCODING[1],
+        line="",
+    ),
+    "utf-32": FileCase(
+        name="u.persons",
+        data="external_person_id\np9\n".encode("utf-32"),
+        error_class=ENCODING[0],
+        message=ENCODING[1],
+        line="",
+    ),
+    "nul-in-first-64k": FileCase(
+        name="n.persons",
+        data=b"external_person_id\np\x009\np8\n",
+        error_class=ENCODING[0],
+        message=ENCODING[1],
+        line="",
+    ),
 }
 
 
@@ -337,20 +490,22 @@ def test_file_error_rejects_the_file(shared: Site, case: FileCase) -> None:
     else:
         assert case.message in message
     assert {"total": 0, "succeeded": 0, "failed": 0, "created": 0, "updated": 0} == (
-        summary["rows"])
+        summary["rows"]
+    )
     assert {"errors": f"{case.name}.{summary['import_id']}.errors.csv", "retry": None} == (
-        summary["reports"])
+        summary["reports"]
+    )
     assert FIXED_COLUMNS == done.errors_header
     assert [[case.line, "", case.error_class, message, "", ""]] == done.errors
     # SPEC 4: `errors` counts the report's error lines by class.
     assert {case.error_class: 1} == summary["errors"]
     assert before == site.export_text()
     listed = json.loads(site.cli("imports", "list", "--tenant", "acme", "--json").stdout)
-    assert "rejected" == next(i for i in listed if i["import_id"] == summary["import_id"])[
-        "status"]
+    assert "rejected" == next(i for i in listed if i["import_id"] == summary["import_id"])["status"]
 
 
 # -- the carrier lookup service ----------------------------------------------------------------
+
 
 class CarrierService:
     """A real HTTP carrier lookup on 127.0.0.1 (SPEC 2 `http`): GET ?mdn= -> {"valid": bool}."""
@@ -421,10 +576,15 @@ RETRY_CASES = {
 }
 
 
-@pytest.mark.parametrize(("body", "retry_body", "applied"), RETRY_CASES.values(),
-                         ids=RETRY_CASES.keys())
+@pytest.mark.parametrize(
+    ("body", "retry_body", "applied"), RETRY_CASES.values(), ids=RETRY_CASES.keys()
+)
 def test_transient_lookup_failure_writes_a_retry_file(
-    tmp_path: Path, db_url: str, carrier_service: CarrierService, body: str, retry_body: str,
+    tmp_path: Path,
+    db_url: str,
+    carrier_service: CarrierService,
+    body: str,
+    retry_body: str,
     applied: tuple[str, str],
 ) -> None:
     """SPEC 2/4: 5xx after retries -> TransientLookupFailureError, row in a re-droppable file."""
@@ -438,7 +598,8 @@ def test_transient_lookup_failure_writes_a_retry_file(
     assert [(line, "1", *TRANSIENT, "mdn", "+12295550001")] == done.errors_at()
     assert {TRANSIENT[0]: 1} == done.summary["errors"]
     assert {"total": 2, "succeeded": 1, "failed": 1, "created": 1, "updated": 0} == (
-        done.summary["rows"])
+        done.summary["rows"]
+    )
     retry_name = f"night.persons.{done.summary['import_id']}.retry.persons"
     assert retry_name == done.summary["reports"]["retry"]
     retry_file = site.outbox("acme") / retry_name
@@ -453,15 +614,17 @@ def test_transient_lookup_failure_writes_a_retry_file(
 
     assert "completed" == again.summary["status"]
     assert {"total": 1, "succeeded": 1, "failed": 0, "created": 0, "updated": 1} == (
-        again.summary["rows"])
+        again.summary["rows"]
+    )
     assert [] == again.errors
     assert None is again.summary["reports"]["retry"]
     p2 = site.by_external_id()["p2"]
     assert ("+12295550001", *applied) == (p2["mdn"], p2["nick"], p2["tags"])
 
 
-def test_negative_http_answer_is_permanent(tmp_path: Path, db_url: str,
-                                           carrier_service: CarrierService) -> None:
+def test_negative_http_answer_is_permanent(
+    tmp_path: Path, db_url: str, carrier_service: CarrierService
+) -> None:
     """SPEC 2: a negative answer of the http service -> PermanentLookupFailureError, no retry."""
     site = prepared(tmp_path, db_url, carrier="http", carrier_url=carrier_service.url)
     before = site.export_text()

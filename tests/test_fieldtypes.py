@@ -67,8 +67,23 @@ def test_valid_field_names_are_accepted(name: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", "Age", "1abc", "_a", "a-b", "a b", "a" * 65, "abc\n", "é", "ａ", "person_id",
-     "person_key", "external_person_id", "mdn", "vibes_device_id"],
+    [
+        "",
+        "Age",
+        "1abc",
+        "_a",
+        "a-b",
+        "a b",
+        "a" * 65,
+        "abc\n",
+        "é",
+        "ａ",
+        "person_id",
+        "person_key",
+        "external_person_id",
+        "mdn",
+        "vibes_device_id",
+    ],
 )
 def test_invalid_or_built_in_field_names_are_refused(name: str) -> None:
     """A name outside [a-z][a-z0-9_]{0,63} or equal to a built-in field is refused."""
@@ -158,12 +173,15 @@ def test_string_is_stored_as_given_up_to_max_length() -> None:
 def test_too_long_string_error_has_exact_class_and_message() -> None:
     """A too long string is PersonErrors::InvalidCustomFieldValue / Invalid custom field value."""
     error = parse(string_field(max_length=2), "abc")
-    assert RowError(
-        error_class="PersonErrors::InvalidCustomFieldValue",
-        message="Invalid custom field value",
-        field="s",
-        value="abc",
-    ) == error
+    assert (
+        RowError(
+            error_class="PersonErrors::InvalidCustomFieldValue",
+            message="Invalid custom field value",
+            field="s",
+            value="abc",
+        )
+        == error
+    )
 
 
 def test_charset_error_has_exact_class_and_message() -> None:
@@ -218,9 +236,19 @@ def test_charset_error_wins_over_length() -> None:
 @pytest.mark.parametrize(
     ("raw", "stored"),
     [
-        ("007.50", "7.5"), ("100.00", "100"), ("-0.0", "0"), ("-0.50", "-0.5"),
-        ("0", "0"), ("-0", "0"), ("000", "0"), ("42", "42"), ("-42", "-42"),
-        ("3.14159", "3.14159"), ("0.001", "0.001"), ("10", "10"), ("1.0", "1"),
+        ("007.50", "7.5"),
+        ("100.00", "100"),
+        ("-0.0", "0"),
+        ("-0.50", "-0.5"),
+        ("0", "0"),
+        ("-0", "0"),
+        ("000", "0"),
+        ("42", "42"),
+        ("-42", "-42"),
+        ("3.14159", "3.14159"),
+        ("0.001", "0.001"),
+        ("10", "10"),
+        ("1.0", "1"),
         ("12345678901234567890.12345678901234567890", "12345678901234567890.1234567890123456789"),
         ("9" * 64, "9" * 64),
     ],
@@ -232,8 +260,27 @@ def test_numbers_are_canonical(raw: str, stored: str) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["+5", ".5", "1.", "1e5", "1E5", "--1", "-", "1.2.3", "1,5", "0x10", "1 000", "٣", "１",
-     "²", "NaN", "Infinity", "1_000", "9" * 65, "-" + "9" * 64],
+    [
+        "+5",
+        ".5",
+        "1.",
+        "1e5",
+        "1E5",
+        "--1",
+        "-",
+        "1.2.3",
+        "1,5",
+        "0x10",
+        "1 000",
+        "٣",
+        "１",
+        "²",
+        "NaN",
+        "Infinity",
+        "1_000",
+        "9" * 65,
+        "-" + "9" * 64,
+    ],
 )
 def test_malformed_numbers_are_invalid(raw: str) -> None:
     """Numbers are -?digits(.digits)? in ASCII, at most 64 characters."""
@@ -280,13 +327,33 @@ def test_dates_become_utc(raw: str, stored: str) -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        "2025-02-30", "2025-02-29", "2025-13-01", "2025-00-10", "2025-04-31", "0000-01-01",
-        "2025-01-01T24:00:00Z", "2025-01-01T12:60:00Z", "2025-01-01T12:00:60Z",
-        "2025-01-01T12:00:00", "2025-01-01 12:00:00Z", "2025-01-01t12:00:00z",
-        "2025-01-01T12:00Z", "2025-01-01T12:00:00.5Z", "2025-01-01T12:00:00+2",
-        "2025-01-01T12:00:00+02", "2025-01-01T12:00:00+24:00", "2025-01-01T12:00:00+0160",
-        "2025-01-01T12:00:00+02:0", "25-01-01", "2025-1-1", "20250101", "２０２５-01-01",
-        "2025-01-01Z", "0001-01-01T00:00:00+0100", "9999-12-31T23:00:00-0200", "tomorrow",
+        "2025-02-30",
+        "2025-02-29",
+        "2025-13-01",
+        "2025-00-10",
+        "2025-04-31",
+        "0000-01-01",
+        "2025-01-01T24:00:00Z",
+        "2025-01-01T12:60:00Z",
+        "2025-01-01T12:00:60Z",
+        "2025-01-01T12:00:00",
+        "2025-01-01 12:00:00Z",
+        "2025-01-01t12:00:00z",
+        "2025-01-01T12:00Z",
+        "2025-01-01T12:00:00.5Z",
+        "2025-01-01T12:00:00+2",
+        "2025-01-01T12:00:00+02",
+        "2025-01-01T12:00:00+24:00",
+        "2025-01-01T12:00:00+0160",
+        "2025-01-01T12:00:00+02:0",
+        "25-01-01",
+        "2025-1-1",
+        "20250101",
+        "２０２５-01-01",
+        "2025-01-01Z",
+        "0001-01-01T00:00:00+0100",
+        "9999-12-31T23:00:00-0200",
+        "tomorrow",
     ],
 )
 def test_malformed_or_impossible_dates_are_invalid(raw: str) -> None:
@@ -376,8 +443,12 @@ def test_multi_select_rejects_empty_and_unknown_keys(raw: str) -> None:
 @pytest.mark.parametrize(
     ("raw", "stored"),
     [
-        ("12345", "12345"), ("00501", "00501"), ("12345-6789", "12345-6789"),
-        ("K1A 0B1", "K1A 0B1"), ("k1a 0b1", "K1A 0B1"), ("K1A0B1", "K1A 0B1"),
+        ("12345", "12345"),
+        ("00501", "00501"),
+        ("12345-6789", "12345-6789"),
+        ("K1A 0B1", "K1A 0B1"),
+        ("k1a 0b1", "K1A 0B1"),
+        ("K1A0B1", "K1A 0B1"),
         ("h2x1y4", "H2X 1Y4"),
     ],
 )
@@ -388,8 +459,20 @@ def test_postal_codes(raw: str, stored: str) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["1234", "123456", "12345-678", "12345 6789", "123456789", "K1A  0B1", "K1A-0B1",
-     "KKA 0B1", "K1A 0B", "１２３４５", "SW1A 1AA", "ABCDE"],
+    [
+        "1234",
+        "123456",
+        "12345-678",
+        "12345 6789",
+        "123456789",
+        "K1A  0B1",
+        "K1A-0B1",
+        "KKA 0B1",
+        "K1A 0B",
+        "１２３４５",
+        "SW1A 1AA",
+        "ABCDE",
+    ],
 )
 def test_other_postal_codes_are_invalid(raw: str) -> None:
     """Anything but a US ZIP or a Canadian postal code is InvalidCustomFieldValue."""
@@ -412,10 +495,12 @@ CANADIAN = st.tuples(LETTER, DIGIT, LETTER, st.sampled_from(["", " "]), DIGIT, L
 )
 ZIPS = st.from_regex(re.compile(r"[0-9]{5}(-[0-9]{4})?", re.ASCII), fullmatch=True)
 DATES = st.tuples(MOMENTS, OFFSETS, st.sampled_from(["Z", "colon", "plain", "day"])).map(
-    lambda t: t[0].strftime("%Y-%m-%d")
-    if t[2] == "day"
-    else t[0].strftime("%Y-%m-%dT%H:%M:%S")
-    + ("Z" if t[2] == "Z" else offset_text(t[1], t[2] == "colon"))
+    lambda t: (
+        t[0].strftime("%Y-%m-%d")
+        if t[2] == "day"
+        else t[0].strftime("%Y-%m-%dT%H:%M:%S")
+        + ("Z" if t[2] == "Z" else offset_text(t[1], t[2] == "colon"))
+    )
 )
 CASES = st.one_of(
     st.tuples(st.just(string_field()), st.text(min_size=1, max_size=255)),

@@ -426,10 +426,10 @@ def test_quoted_row_just_within_cap_is_read_whole() -> None:
     assert [None, None] == [r.error for r in rows]
     # One byte more: the closing quote is the 21st byte, so the quote was open at the cap.
     rows = rows_of(b'mdn,x\n1,"' + value.encode() + b'b"\n2,ok\n', cap)
-    assert [UNTERMINATED] + [row_format_error("Expected 2 fields, found 1")] * 5 + [
-        None
-    ] == [r.error for r in rows]
-    assert ("bbbbbbb\"",) == rows[5].values
+    assert [UNTERMINATED] + [row_format_error("Expected 2 fields, found 1")] * 5 + [None] == [
+        r.error for r in rows
+    ]
+    assert ('bbbbbbb"',) == rows[5].values
 
 
 def test_unterminated_quote_at_eof_fails_its_row_only() -> None:

@@ -22,8 +22,11 @@ def _start(cwd: Path, home: Path, port: int) -> tuple[subprocess.Popen[str], Pat
     (var / "personsd.toml").write_text(firstrun.CONFIG.replace("2222", str(port)))
     out = cwd / "out.txt"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "personsd.firstrun"], cwd=cwd, text=True,
-        stdout=out.open("w"), stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "personsd.firstrun"],
+        cwd=cwd,
+        text=True,
+        stdout=out.open("w"),
+        stderr=subprocess.STDOUT,
         env={**os.environ, "HOME": str(home)},
     )
     return proc, out
@@ -39,8 +42,10 @@ def test_printed_sftp_command_uploads_and_gets_reports(tmp_path: Path) -> None:
     port = free_port()
     proc, out = _start(cwd, home, port)
     try:
-        text = wait_for(lambda: "daemon.started" in out.read_text() and out.read_text(),
-                        what="the daemon to start")
+        text = wait_for(
+            lambda: "daemon.started" in out.read_text() and out.read_text(),
+            what="the daemon to start",
+        )
         command = re.search(r"^\s+(sftp -P .*)$", text, re.MULTILINE)
         put = re.search(r"sftp> (put .*)$", text, re.MULTILINE)
         assert command is not None and put is not None
@@ -48,24 +53,48 @@ def test_printed_sftp_command_uploads_and_gets_reports(tmp_path: Path) -> None:
         batch = cwd / "batch"
         batch.write_text(f"{put.group(1)}\n")
         result = subprocess.run(
-            [argv[0], "-b", str(batch), "-o", "UserKnownHostsFile=/dev/null",
-             "-o", "BatchMode=yes", *argv[1:]],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(home)},
+            [
+                argv[0],
+                "-b",
+                str(batch),
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                *argv[1:],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "HOME": str(home)},
         )
         assert 0 == result.returncode, result.stderr
         outbox = cwd / "var" / "tenants" / "demo" / "outbox"
-        summary_path = wait_for(lambda: next(outbox.glob("*.summary.json"), None),
-                                what="the summary")
+        summary_path = wait_for(
+            lambda: next(outbox.glob("*.summary.json"), None), what="the summary"
+        )
         summary = json.loads(summary_path.read_text())
         # Offline carrier lookup: the three real mobile numbers pass, the 299 one fails.
-        assert {"total": 4, "succeeded": 3, "failed": 1, "created": 3, "updated": 0} == \
-            summary["rows"]
+        assert {"total": 4, "succeeded": 3, "failed": 1, "created": 3, "updated": 0} == summary[
+            "rows"
+        ]
         get = batch.with_name("get")
         get.write_text(f"get /outbox/{summary_path.name} {cwd / 'fetched.json'}\n")
         fetched = subprocess.run(
-            [argv[0], "-b", str(get), "-o", "UserKnownHostsFile=/dev/null", "-o",
-             "BatchMode=yes", *argv[1:]],
-            capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(home)},
+            [
+                argv[0],
+                "-b",
+                str(get),
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "BatchMode=yes",
+                *argv[1:],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "HOME": str(home)},
         )
         assert 0 == fetched.returncode, fetched.stderr
         assert summary == json.loads((cwd / "fetched.json").read_text())
@@ -83,8 +112,10 @@ def test_without_keys_a_password_is_generated_and_shown_once(tmp_path: Path) -> 
     cwd.mkdir()
     proc, out = _start(cwd, home, free_port())
     try:
-        text = wait_for(lambda: "daemon.started" in out.read_text() and out.read_text(),
-                        what="the daemon to start")
+        text = wait_for(
+            lambda: "daemon.started" in out.read_text() and out.read_text(),
+            what="the daemon to start",
+        )
         assert re.search(r"password: \S+ +<- shown once", text)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -1,6 +1,5 @@
 """Logs of SPEC section 9: event names, JSON lines, progress reports."""
 
-
 from __future__ import annotations
 
 import io
@@ -32,10 +31,24 @@ from personsd.logging import (
 )
 
 SPEC_EVENTS = {
-    "sftp.login", "sftp.login_failed", "sftp.upload", "file.detected", "import.queued",
-    "import.started", "import.progress", "import.completed", "import.rejected",
-    "import.failed", "import.resumed", "daemon.started", "daemon.stopping",
-    "import.waiting", "sftp.limit", "sftp.banned", "notify.delivered", "notify.failed",
+    "sftp.login",
+    "sftp.login_failed",
+    "sftp.upload",
+    "file.detected",
+    "import.queued",
+    "import.started",
+    "import.progress",
+    "import.completed",
+    "import.rejected",
+    "import.failed",
+    "import.resumed",
+    "daemon.started",
+    "daemon.stopping",
+    "import.waiting",
+    "sftp.limit",
+    "sftp.banned",
+    "notify.delivered",
+    "notify.failed",
     "cluster.takeover",
 }
 
@@ -70,8 +83,15 @@ def test_capture_logs_with_context() -> None:
     with capture_logs() as logs:
         log.info(Event.IMPORT_STARTED, rows=0)
     assert [
-        {"event": "import.started", "log_level": "info", "logger": "importer", "tenant": "acme",
-         "import_id": 17, "file": "a.persons", "rows": 0}
+        {
+            "event": "import.started",
+            "log_level": "info",
+            "logger": "importer",
+            "tenant": "acme",
+            "import_id": 17,
+            "file": "a.persons",
+            "rows": 0,
+        }
     ] == logs
 
 
@@ -89,8 +109,14 @@ def test_json_lines_in_a_subprocess() -> None:
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     before = datetime.now(UTC).replace(microsecond=0)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=env, check=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=30,
+    )
     after = datetime.now(UTC) + timedelta(seconds=1)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert 2 == len(lines), result.stdout
@@ -195,8 +221,12 @@ def test_progress_resumed_counts_only_this_run() -> None:
     reporter = ProgressReporter(1000, clock=clock, start_rows=400, start_bytes=500)
     clock.now += 10
     progress = reporter.measure(500, 600)
-    assert (500, 10.0, 60.0, 40) == (progress.rows, progress.rows_per_s, progress.percent,
-                                     progress.eta_seconds)
+    assert (500, 10.0, 60.0, 40) == (
+        progress.rows,
+        progress.rows_per_s,
+        progress.percent,
+        progress.eta_seconds,
+    )
 
 
 def test_progress_edge_cases() -> None:
@@ -246,8 +276,13 @@ SGR = re.compile("\x1b\\[[0-9;]*m")  # the console renderer's own colours
 def emit_hostile(text: str) -> None:
     """Log ``text`` in every place an event can carry it: name, values, nesting, exception."""
     log = get_logger("personsd.test", tenant="acme")
-    log.warning("sftp.login_failed" + text, user=text, file=f"{text}.persons",
-                nested={text: [text, (text, 1)]}, path=Path(text))
+    log.warning(
+        "sftp.login_failed" + text,
+        user=text,
+        file=f"{text}.persons",
+        nested={text: [text, (text, 1)]},
+        path=Path(text),
+    )
     try:
         raise ValueError(f"bad name {text}")
     except ValueError:
@@ -320,6 +355,7 @@ def test_any_outside_text_renders_as_one_safe_line(text: str, fmt: str) -> None:
     assert 3 == len(lines) and "" == lines[-1]
     assert [] == RAW.findall("".join(lines))
     colored = OneLineConsoleRenderer(colors=True)(
-        None, "warning", {"event": text, "level": "warning", "user": text, "x": [text]})
+        None, "warning", {"event": text, "level": "warning", "user": text, "x": [text]}
+    )
     assert "\n" not in colored
     assert [] == RAW.findall(SGR.sub("", colored))

@@ -1,6 +1,5 @@
 """personsd.notify against real AF_UNIX datagram sockets standing in for systemd."""
 
-
 from __future__ import annotations
 
 import os
@@ -38,8 +37,11 @@ class Listener:
         """The next datagram and the pid the kernel vouches sent it (SCM_CREDENTIALS)."""
         self.sock.settimeout(2)
         data, ancdata, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(12))
-        pids = [struct.unpack("3i", d[:12])[0] for level, kind, d in ancdata
-                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS]
+        pids = [
+            struct.unpack("3i", d[:12])[0]
+            for level, kind, d in ancdata
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS
+        ]
         assert 1 == len(pids)
         return data.decode("utf-8").split("\n"), pids[0]
 
@@ -56,8 +58,10 @@ class Listener:
 @pytest.fixture
 def path_listener(monkeypatch: pytest.MonkeyPatch) -> Iterator[Listener]:
     """A socket bound to a file path (sun_path is limited to 108 bytes: keep it short)."""
-    with tempfile.TemporaryDirectory(prefix="sdn") as tmp, \
-            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+    with (
+        tempfile.TemporaryDirectory(prefix="sdn") as tmp,
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+    ):
         path = os.path.join(tmp, "notify")
         sock.bind(path)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
@@ -152,12 +156,18 @@ def test_works_from_a_real_daemon_process(path_listener: Listener) -> None:
     assert (0, ["READY=1"], proc.pid) == (returncode, lines, pid)
 
 
-def test_noop_without_notify_socket(path_listener: Listener,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_noop_without_notify_socket(
+    path_listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Without NOTIFY_SOCKET every call returns False and sends nothing."""
     monkeypatch.delenv("NOTIFY_SOCKET")
-    results = [notify.ready(), notify.status("x"), notify.stopping(), notify.reloading(),
-               notify.watchdog_ping()]
+    results = [
+        notify.ready(),
+        notify.status("x"),
+        notify.stopping(),
+        notify.reloading(),
+        notify.watchdog_ping(),
+    ]
     assert [False] * 5 == results
     assert not path_listener.pending()
 

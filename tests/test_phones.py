@@ -74,12 +74,35 @@ def test_well_formed_mdns_normalise_to_e164(raw: str, e164: str) -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        "", "+", "abc", "229555123a", "229-555-CALL", "2295551234x12", "229/555/1234",
-        "229555123", "229555123456", "0295551234", "1295551234", "10295551234",
-        "21295551234", "+0123456789", "+1234567", "+1234567890123456", "++12295551234",
-        "1+2295551234", "0012295551234", "(229 555-1234", "229) 555-1234",
-        "((229)) 555-1234", "(2)(29) 555-1234", "() 2295551234", "(22a) 555-1234",
-        "２２９５５５１２３４", "+1２２９５５５１２３４", "+1\t2295551234", "+1 229 555 1234 #",
+        "",
+        "+",
+        "abc",
+        "229555123a",
+        "229-555-CALL",
+        "2295551234x12",
+        "229/555/1234",
+        "229555123",
+        "229555123456",
+        "0295551234",
+        "1295551234",
+        "10295551234",
+        "21295551234",
+        "+0123456789",
+        "+1234567",
+        "+1234567890123456",
+        "++12295551234",
+        "1+2295551234",
+        "0012295551234",
+        "(229 555-1234",
+        "229) 555-1234",
+        "((229)) 555-1234",
+        "(2)(29) 555-1234",
+        "() 2295551234",
+        "(22a) 555-1234",
+        "２２９５５５１２３４",
+        "+1２２９５５５１２３４",
+        "+1\t2295551234",
+        "+1 229 555 1234 #",
     ],
 )
 def test_malformed_mdns_are_refused(raw: str) -> None:
@@ -90,8 +113,17 @@ def test_malformed_mdns_are_refused(raw: str) -> None:
 AREA = st.integers(min_value=200, max_value=999).map(str)
 SUBSCRIBER = st.integers(min_value=0, max_value=9_999_999).map(lambda n: f"{n:07d}")
 STYLES = st.sampled_from(
-    ["{a}{x}{s}", "1{a}{x}{s}", "{a}-{x}-{s}", "({a}) {x}-{s}", "1 ({a}) {x}-{s}",
-     "{a}.{x}.{s}", "+1 {a} {x} {s}", "+1{a}{x}{s}", "1-{a}-{x}-{s}"]
+    [
+        "{a}{x}{s}",
+        "1{a}{x}{s}",
+        "{a}-{x}-{s}",
+        "({a}) {x}-{s}",
+        "1 ({a}) {x}-{s}",
+        "{a}.{x}.{s}",
+        "+1 {a} {x} {s}",
+        "+1{a}{x}{s}",
+        "1-{a}-{x}-{s}",
+    ]
 )
 
 
@@ -107,8 +139,11 @@ def test_normalised_mdn_is_e164_or_none(raw: str) -> None:
     """Whatever the input, the result is None or + and 8-15 ASCII digits."""
     result = normalize_mdn(raw)
     assert result is None or (
-        result[0] == "+" and result[1:].isascii() and result[1:].isdigit()
-        and 8 <= len(result) - 1 <= 15 and result[1] != "0"
+        result[0] == "+"
+        and result[1:].isascii()
+        and result[1:].isdigit()
+        and 8 <= len(result) - 1 <= 15
+        and result[1] != "0"
     )
 
 
@@ -131,8 +166,14 @@ def test_offline_lookup_passes_mobile_capable_numbers(e164: str) -> None:
 
 @pytest.mark.parametrize(
     "e164",
-    ["+442071838750", "+18005551234", "+19005550199", "+12995550005", "+10995551234",
-     "+999123456789"],
+    [
+        "+442071838750",
+        "+18005551234",
+        "+19005550199",
+        "+12995550005",
+        "+10995551234",
+        "+999123456789",
+    ],
 )
 def test_offline_lookup_fails_other_numbers(e164: str) -> None:
     """Offline: fixed line, toll free, premium and invalid numbers fail permanently."""
@@ -153,9 +194,7 @@ def test_carrier_check_picks_the_configured_mode() -> None:
 
 # --- http: a real local service -------------------------------------------
 
-VALID, INVALID, BROKEN, SLOW, FLAKY, MISSING, GARBLED = (
-    f"+1202555000{n}" for n in range(1, 8)
-)
+VALID, INVALID, BROKEN, SLOW, FLAKY, MISSING, GARBLED = (f"+1202555000{n}" for n in range(1, 8))
 
 
 class Service(ThreadingHTTPServer):
@@ -293,9 +332,20 @@ def test_offline_fast_path_agrees_with_phonenumbers(national: int) -> None:
     assert expected == phones.offline_lookup(e164)
 
 
-@pytest.mark.parametrize("e164", ["+12125550123", "+12125551234", "+14165550123",
-                                  "+18095550123", "+16715550123", "+18005550123",
-                                  "+19005550123", "+12995550005", "+15147001234"])
+@pytest.mark.parametrize(
+    "e164",
+    [
+        "+12125550123",
+        "+12125551234",
+        "+14165550123",
+        "+18095550123",
+        "+16715550123",
+        "+18005550123",
+        "+19005550123",
+        "+12995550005",
+        "+15147001234",
+    ],
+)
 def test_offline_fast_path_examples(e164: str) -> None:
     """US, Canada, Caribbean, Guam, toll-free, premium and invalid numbers agree."""
     phones.offline_lookup.cache_clear()

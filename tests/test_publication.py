@@ -31,8 +31,16 @@ from personsd import reports
 from personsd.reports import Reports, Summary, publish, publish_all, report_names
 
 NAME = "customer_test.persons"
-PLANTS = ("file", "empty-dir", "full-dir", "symlink-file", "symlink-dir", "dangling", "fifo",
-          "hardlink")
+PLANTS = (
+    "file",
+    "empty-dir",
+    "full-dir",
+    "symlink-file",
+    "symlink-dir",
+    "dangling",
+    "fifo",
+    "hardlink",
+)
 DIRECTORIES = ("empty-dir", "full-dir")
 # Where main wrote its temp files: predictable names inside the outbox.
 OLD_TEMPS = tuple(f".{name}.tmp" for name in report_names(NAME, 17))
@@ -63,8 +71,12 @@ def plant(path: Path, kind: str, outside: Path) -> None:
 def kind_of(path: Path) -> str:
     """What sits at ``path``, without following it."""
     mode = os.lstat(path).st_mode
-    for test, name in ((stat.S_ISLNK, "symlink"), (stat.S_ISDIR, "dir"),
-                       (stat.S_ISFIFO, "fifo"), (stat.S_ISREG, "file")):
+    for test, name in (
+        (stat.S_ISLNK, "symlink"),
+        (stat.S_ISDIR, "dir"),
+        (stat.S_ISFIFO, "fifo"),
+        (stat.S_ISREG, "file"),
+    ):
         if test(mode):
             return name
     return "other"
@@ -76,8 +88,13 @@ def snapshot(folder: Path) -> dict[str, tuple[str, bytes]]:
     for path in sorted(folder.rglob("*")):
         kind = kind_of(path)
         found[str(path.relative_to(folder))] = (
-            kind, path.read_bytes() if kind == "file" else os.readlink(path).encode()
-            if kind == "symlink" else b"")
+            kind,
+            path.read_bytes()
+            if kind == "file"
+            else os.readlink(path).encode()
+            if kind == "symlink"
+            else b"",
+        )
     return found
 
 
@@ -104,9 +121,18 @@ def box(tmp_path: Path) -> Box:
 
 def summary_with_retry() -> Summary:
     moment = datetime(2026, 11, 23, 2, 15, tzinfo=UTC)
-    return Summary(import_id=17, tenant="acme", file=NAME, sha256="ab" * 32, bytes=212,
-                   status="completed", received_at=moment, started_at=moment,
-                   finished_at=moment, reports=Reports.of(NAME, 17, retry=True))
+    return Summary(
+        import_id=17,
+        tenant="acme",
+        file=NAME,
+        sha256="ab" * 32,
+        bytes=212,
+        status="completed",
+        received_at=moment,
+        started_at=moment,
+        finished_at=moment,
+        reports=Reports.of(NAME, 17, retry=True),
+    )
 
 
 def publish_reports(box: Box) -> tuple[Path, ...]:
@@ -119,8 +145,11 @@ def publish_reports(box: Box) -> tuple[Path, ...]:
 
 def expected_reports() -> dict[str, bytes]:
     names = report_names(NAME, 17)
-    return {names.errors: b"line,row\r\n3,2\r\n", names.retry: b"external_person_id\ne1\n",
-            names.summary: (summary_with_retry().to_json() + "\n").encode()}
+    return {
+        names.errors: b"line,row\r\n3,2\r\n",
+        names.retry: b"external_person_id\ne1\n",
+        names.summary: (summary_with_retry().to_json() + "\n").encode(),
+    }
 
 
 @pytest.mark.timeout(30)
@@ -138,32 +167,43 @@ def test_planted_at_final_and_old_temp_names(box: Box, kind: str) -> None:
     assert time.monotonic() - started < 10
     expected = expected_reports()
     assert {name: ("file", data) for name, data in expected.items()} == {
-        name: (kind_of(box.outbox / name), (box.outbox / name).read_bytes()) for name in expected}
+        name: (kind_of(box.outbox / name), (box.outbox / name).read_bytes()) for name in expected
+    }
     assert outside == snapshot(box.outside)  # nothing followed, nothing written outside
     assert {temp: kind_of(box.outbox / temp) for temp in OLD_TEMPS} == {
-        temp: {"empty-dir": "dir", "full-dir": "dir", "hardlink": "file", "dangling": "symlink",
-               "symlink-file": "symlink", "symlink-dir": "symlink"}.get(kind, kind)
-        for temp in OLD_TEMPS}
+        temp: {
+            "empty-dir": "dir",
+            "full-dir": "dir",
+            "hardlink": "file",
+            "dangling": "symlink",
+            "symlink-file": "symlink",
+            "symlink-dir": "symlink",
+        }.get(kind, kind)
+        for temp in OLD_TEMPS
+    }
     moved = [e for e in logs if e["event"] == "outbox.displaced"]
     if kind in DIRECTORIES:
         assert sorted(report_names(NAME, 17)) == sorted(e["name"] for e in moved)
         assert 3 == len(os.listdir(box.displaced))
         if kind == "full-dir":
             assert [b"inner"] * 3 == [
-                (box.displaced / d / "inner.txt").read_bytes() for d in os.listdir(box.displaced)]
+                (box.displaced / d / "inner.txt").read_bytes() for d in os.listdir(box.displaced)
+            ]
     else:
         assert [] == moved
     assert {"errors.csv", "retry.persons"} == set(os.listdir(box.work)) - {"displaced"}
 
 
 @pytest.mark.timeout(30)
-def test_planted_at_the_temp_names_of_the_work_area(box: Box,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_planted_at_the_temp_names_of_the_work_area(
+    box: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Temp files are created O_EXCL|O_NOFOLLOW: whatever holds a temp name is passed by."""
     tokens = iter(["t0", "t1", "t2", "t3", "t4", "t5"])
     monkeypatch.setattr(reports, "_token", lambda: next(tokens))
-    for token, kind in zip(("t0", "t1", "t2", "t3"), ("symlink-file", "full-dir", "fifo",
-                                                       "hardlink"), strict=True):
+    for token, kind in zip(
+        ("t0", "t1", "t2", "t3"), ("symlink-file", "full-dir", "fifo", "hardlink"), strict=True
+    ):
         plant(box.work / f".{token}.publish", kind, box.outside)
     planted = snapshot(box.work)
     outside = snapshot(box.outside)
@@ -196,8 +236,9 @@ def test_symlinked_outbox_is_refused(box: Box) -> None:
     assert [] == os.listdir(box.work)
 
 
-def test_directory_reappearing_at_the_name_is_bounded(box: Box,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_directory_reappearing_at_the_name_is_bounded(
+    box: Box, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A directory that comes back after each move ends the attempt with an error, no loop."""
     moves: list[str] = []
     monkeypatch.setattr(reports, "_displace", lambda outbox, fd, name, aside: moves.append(name))
@@ -228,9 +269,19 @@ def test_directory_personsd_cannot_move_out_is_renamed_aside_in_the_outbox(box: 
     os.chown(foreign / "inner.txt", 65534, 65534)
     os.chown(foreign, 65534, 65534)
     child = subprocess.run(
-        [setpriv, "--bounding-set=-dac_override,-dac_read_search,-fowner", sys.executable,
-         "-c", SETPRIV_CHILD, str(box.outbox), str(box.work)],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            setpriv,
+            "--bounding-set=-dac_override,-dac_read_search,-fowner",
+            sys.executable,
+            "-c",
+            SETPRIV_CHILD,
+            str(box.outbox),
+            str(box.work),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert 0 == child.returncode, child.stderr
@@ -293,12 +344,17 @@ def test_import_publishes_past_whatever_is_planted(db_url: str, tmp_path: Path) 
     assert 0 == result.returncode, result.stderr.decode()
     assert time.monotonic() - started < 60
     summary = json.loads(result.stdout)
-    assert (next_id, "completed", 3, 1) == (summary["import_id"], summary["status"],
-                                            summary["rows"]["total"], summary["rows"]["failed"])
+    assert (next_id, "completed", 3, 1) == (
+        summary["import_id"],
+        summary["status"],
+        summary["rows"]["total"],
+        summary["rows"]["failed"],
+    )
     assert summary == json.loads((outbox / names.summary).read_bytes())
     clean = site.import_bytes(NAME, data, "clean")
     assert (site.outbox("clean") / clean.summary["reports"]["errors"]).read_bytes() == (
-        outbox / names.errors).read_bytes()
+        outbox / names.errors
+    ).read_bytes()
     assert ["file", "file"] == [kind_of(outbox / names.errors), kind_of(outbox / names.summary)]
     assert "symlink" == kind_of(outbox / names.retry)  # no retry report: left alone
     assert before == snapshot(outside)
@@ -306,8 +362,9 @@ def test_import_publishes_past_whatever_is_planted(db_url: str, tmp_path: Path) 
     assert [b"inner"] == [(d / "inner.txt").read_bytes() for d in displaced.iterdir()]
 
 
-def test_long_name_is_rejected_and_reports_use_its_first_200_bytes(db_url: str,
-                                                                   tmp_path: Path) -> None:
+def test_long_name_is_rejected_and_reports_use_its_first_200_bytes(
+    db_url: str, tmp_path: Path
+) -> None:
     """SPEC 1.1: a 250-byte name is rejected at file level; reports are named by 200 bytes."""
     site = make_site(tmp_path / "site", db_url)
     site.add_tenant("acme")
@@ -321,13 +378,16 @@ def test_long_name_is_rejected_and_reports_use_its_first_200_bytes(db_url: str,
     import_id = summary["import_id"]
     stem = "é" * 100 + f".{import_id}"
     assert (name, "rejected") == (summary["file"], summary["status"])
-    assert {"class": "PersonErrors::InvalidImportFileFormat",
-            "message": "File name is longer than 200 bytes"} == summary["file_error"]
+    assert {
+        "class": "PersonErrors::InvalidImportFileFormat",
+        "message": "File name is longer than 200 bytes",
+    } == summary["file_error"]
     assert {"errors": f"{stem}.errors.csv", "retry": None} == summary["reports"]
     outbox = site.outbox("acme")
     assert [f"{stem}.errors.csv", f"{stem}.summary.json"] == sorted(os.listdir(outbox))
     assert summary == json.loads((outbox / f"{stem}.summary.json").read_bytes())
-    assert (b"line,row,error_class,error_message,field,value\r\n"
-            b",,PersonErrors::InvalidImportFileFormat,File name is longer than 200 bytes,,\r\n"
-            ) == (outbox / f"{stem}.errors.csv").read_bytes()
+    assert (
+        b"line,row,error_class,error_message,field,value\r\n"
+        b",,PersonErrors::InvalidImportFileFormat,File name is longer than 200 bytes,,\r\n"
+    ) == (outbox / f"{stem}.errors.csv").read_bytes()
     assert [] == site.export("acme")

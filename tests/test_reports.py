@@ -1,6 +1,5 @@
 """Reports of SPEC section 4: errors.csv, retry.persons, summary.json, publishing."""
 
-
 from __future__ import annotations
 
 import csv
@@ -89,8 +88,8 @@ def test_neutralize_output_is_never_a_formula(cell: str) -> None:
     out = neutralize(cell)
     assert out in (cell, "'" + cell)
     dangerous = out[:1] in ("=", "@", "\t", "\r") or (
-        out[:1] in ("+", "-") and not all(c.isascii() and (c.isdigit() or c == ".")
-                                          for c in out[1:])
+        out[:1] in ("+", "-")
+        and not all(c.isascii() and (c.isdigit() or c == ".") for c in out[1:])
     )
     assert not dangerous
 
@@ -143,8 +142,17 @@ def test_errors_writer_lines(tmp_path: Path) -> None:
     assert [
         ["3", "2", cls, msg, "mdn", "12x", "e1", "12x", "red"],
         ["4", "3", cls, msg, "mdn", "'=1", "e,2", "'=1", ""],
-        ["5", "4", "PersonErrors::InvalidImportRowFormat", "Expected 3 fields, found 4", "", "",
-         "a", 'say "hi"', "multi\nline"],
+        [
+            "5",
+            "4",
+            "PersonErrors::InvalidImportRowFormat",
+            "Expected 3 fields, found 4",
+            "",
+            "",
+            "a",
+            'say "hi"',
+            "multi\nline",
+        ],
     ] == rows[1:]
 
 
@@ -161,15 +169,18 @@ def test_errors_writer_invalid_utf8_stays_utf8(tmp_path: Path) -> None:
     path = tmp_path / "e.csv"
     bad = b"caf\xe9".decode("utf-8", "surrogateescape")
     with ErrorsWriter(path, ["mdn"]) as writer:
-        writer.append([ReportLine(line=2, row=1, error=ErrorKind.UNKNOWN_ENCODING.at(),
-                                  values=[bad])])
+        writer.append(
+            [ReportLine(line=2, row=1, error=ErrorKind.UNKNOWN_ENCODING.at(), values=[bad])]
+        )
     assert "caf\ufffd" == read_csv(path)[1][6]
 
 
 def test_errors_writer_truncate_and_resume(tmp_path: Path) -> None:
     """Truncating to a checkpointed length and appending again equals an uninterrupted run."""
-    lines = [ReportLine(line=i + 2, row=i + 1, error=mdn_error(str(i)), values=["e", str(i)])
-             for i in range(6)]
+    lines = [
+        ReportLine(line=i + 2, row=i + 1, error=mdn_error(str(i)), values=["e", str(i)])
+        for i in range(6)
+    ]
     straight = tmp_path / "straight.csv"
     with ErrorsWriter(straight, FIELDS) as writer:
         writer.append(lines[:3])
@@ -227,8 +238,9 @@ def test_report_line_validates_numbers() -> None:
 
 def test_rejected_report(tmp_path: Path) -> None:
     """A rejected file's errors.csv has the fixed columns only and one line, row empty."""
-    path = rejected_report(tmp_path / "r.csv", "PersonErrors::InvalidImportFileFormat",
-                           "Unknown header 'Delimeter'", 1)
+    path = rejected_report(
+        tmp_path / "r.csv", "PersonErrors::InvalidImportFileFormat", "Unknown header 'Delimeter'", 1
+    )
     assert (
         b"line,row,error_class,error_message,field,value\r\n"
         b"1,,PersonErrors::InvalidImportFileFormat,Unknown header 'Delimeter',,\r\n"
@@ -267,14 +279,14 @@ def test_retry_equal_delimiters_quote_multi_select(tmp_path: Path) -> None:
     """With `Delimiter: |` and the default multi-select `|`, a multi value is written quoted."""
     layout = Layout(fields=("external_person_id", "tags"), delimiter="|")
     text = retry_text(tmp_path, layout, [["e1", "soccer|golf"]])
-    assert "Delimiter: |\n\nexternal_person_id|tags\ne1|\"soccer|golf\"\n" == text
+    assert 'Delimiter: |\n\nexternal_person_id|tags\ne1|"soccer|golf"\n' == text
 
 
 def test_retry_tab_and_multi_delimiter_declared(tmp_path: Path) -> None:
     """Non-default delimiters are declared; TAB is written as `tab`."""
     layout = Layout(fields=("mdn", "tags"), delimiter="\t", multi_delimiter=";")
     text = retry_text(tmp_path, layout, [["1", "a;b"], ["2", "x\ty"]])
-    assert "Delimiter: tab\nMulti-Select-Delimiter: ;\n\nmdn\ttags\n1\ta;b\n2\t\"x\ty\"\n" == text
+    assert 'Delimiter: tab\nMulti-Select-Delimiter: ;\n\nmdn\ttags\n1\ta;b\n2\t"x\ty"\n' == text
 
 
 def test_retry_quotes_quotes_and_line_breaks(tmp_path: Path) -> None:
@@ -303,14 +315,16 @@ def test_retry_has_rows_and_truncate(tmp_path: Path) -> None:
 
 @given(
     st.lists(
-        st.lists(st.text(alphabet="ab|,;\t\"\r\n x", max_size=6).map(str.strip),
-                 min_size=2, max_size=2),
+        st.lists(
+            st.text(alphabet='ab|,;\t"\r\n x', max_size=6).map(str.strip), min_size=2, max_size=2
+        ),
         max_size=5,
     ),
     st.sampled_from([",", "|", "\t", ";"]),
 )
-def test_retry_roundtrips_through_rfc4180(tmp_path_factory: pytest.TempPathFactory,
-                                          rows: list[list[str]], delimiter: str) -> None:
+def test_retry_roundtrips_through_rfc4180(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[list[str]], delimiter: str
+) -> None:
     """An RFC 4180 reader with the declared delimiter gets back the rows exactly."""
     layout = Layout(fields=("mdn", "tags"), delimiter=delimiter)
     text = retry_text(tmp_path_factory.mktemp("r"), layout, rows)
@@ -364,8 +378,11 @@ def test_long_name_reports_use_its_first_200_bytes_summary_the_full_name() -> No
     summary = completed_summary(file=name)
     assert name == summary.as_dict()["file"]
     assert f"{stem}.17.errors.csv" == summary.as_dict()["reports"]["errors"]
-    assert (f"{stem}.17.errors.csv", f"{stem}.17.retry.persons",
-            f"{stem}.17.summary.json") == report_names(name, 17)
+    assert (
+        f"{stem}.17.errors.csv",
+        f"{stem}.17.retry.persons",
+        f"{stem}.17.summary.json",
+    ) == report_names(name, 17)
 
 
 def test_summary_of_undecodable_name_is_utf8() -> None:
@@ -425,8 +442,9 @@ def test_summary_rejected_and_duplicate() -> None:
         status="rejected",
         rows=RowCounts(),
         errors={"PersonErrors::InvalidImportFileFormat": 1},
-        file_error=FileError(error_class="PersonErrors::InvalidImportFileFormat",
-                             message="File is empty"),
+        file_error=FileError(
+            error_class="PersonErrors::InvalidImportFileFormat", message="File is empty"
+        ),
         duplicate_of=9,
     )
     data = json.loads(summary.to_json())
@@ -439,9 +457,10 @@ def test_summary_rejected_and_duplicate() -> None:
 def test_summary_retry_report_name() -> None:
     """With a retry file the summary names it."""
     summary = completed_summary(reports=Reports.of("customer_test.persons", 17, retry=True))
-    assert "customer_test.persons.17.retry.persons" == json.loads(summary.to_json())["reports"][
-        "retry"
-    ]
+    assert (
+        "customer_test.persons.17.retry.persons"
+        == json.loads(summary.to_json())["reports"]["retry"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -568,7 +587,9 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     mountpoint.mkdir()
     result = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mountpoint)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")

@@ -95,8 +95,10 @@ def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
         tenant = new_tenant_name()
         tenant_id, _ = add_tenant(engine, tenant)
         outcome = run_import(engine, cfg, tenant, path)
-        baseline = Run(persons=normalise_export(export(engine, tenant_id)),
-                       reports=published(cfg, tenant, outcome))
+        baseline = Run(
+            persons=normalise_export(export(engine, tenant_id)),
+            reports=published(cfg, tenant, outcome),
+        )
         yield Bench(engine=engine, cfg=cfg, path=path, baseline=baseline)
         engine.dispose()
 
@@ -106,7 +108,10 @@ class Crash(Exception):
 
 
 def interrupted_run(
-    bench: Bench, stop_after: int, *, how: Literal["stop", "crash", "rollback"] = "stop",
+    bench: Bench,
+    stop_after: int,
+    *,
+    how: Literal["stop", "crash", "rollback"] = "stop",
     between: Callable[[int], None] | None = None,
 ) -> tuple[Run, list[str]]:
     """Import the file on a fresh tenant, interrupted after chunk ``stop_after``, then resume.
@@ -163,8 +168,10 @@ def interrupted_run(
     with capture_logs() as logs:
         outcome = importer.run(bench.engine, bench.cfg, import_id)
     events = [str(entry["event"]) for entry in logs]
-    run = Run(persons=normalise_export(export(bench.engine, tenant_id)),
-              reports=published(bench.cfg, tenant, outcome))
+    run = Run(
+        persons=normalise_export(export(bench.engine, tenant_id)),
+        reports=published(bench.cfg, tenant, outcome),
+    )
     return run, events
 
 
@@ -212,7 +219,8 @@ def test_crash_inside_a_chunk_then_resume(bench: Bench) -> None:
         # The error lines of the next chunk exactly as its rolled-back attempt
         # appended them, then the start of one more line cut by the crash.
         next_chunk = [
-            line for line in baseline_lines[1:]
+            line
+            for line in baseline_lines[1:]
             if line and k * CHUNK_ROWS < int(line.split(b",")[1]) <= (k + 1) * CHUNK_ROWS
         ]
         assert next_chunk, f"chunk {k + 1} has errors to repeat"

@@ -1,6 +1,5 @@
 """Retry backoff policy: exponential, capped, jittered."""
 
-
 from __future__ import annotations
 
 import random

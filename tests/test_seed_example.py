@@ -22,8 +22,10 @@ SEED_FIELDS = [
     ("last_name", "string"),
     ("sport_interests", "multi_select", "--options", "football,hockey,soccer,golf,basketball"),
 ]
-EXPORT_HEADER = ("person_id,person_key,external_person_id,mdn,vibes_device_id,"
-                 "first_name,last_name,sport_interests")
+EXPORT_HEADER = (
+    "person_id,person_key,external_person_id,mdn,vibes_device_id,"
+    "first_name,last_name,sport_interests"
+)
 EXPECTED_PERSONS = [
     ("+12995550005", "John", "Doe", "football|hockey"),
     ("+12995550006", "Mary", "Sue", "soccer"),
@@ -47,13 +49,27 @@ def test_seed_fields_are_defined_as_the_example_needs(tmp_path: Path, db_url: st
     site = seed_site(tmp_path, db_url, "none")
     listed = json.loads(site.cli("fields", "list", "--tenant", "acme", "--json").stdout)
     assert [
-        {"name": "first_name", "type": "string", "options": [], "charset": "unicode",
-         "max_length": 255},
-        {"name": "last_name", "type": "string", "options": [], "charset": "unicode",
-         "max_length": 255},
-        {"name": "sport_interests", "type": "multi_select",
-         "options": ["football", "hockey", "soccer", "golf", "basketball"],
-         "charset": "unicode", "max_length": 255},
+        {
+            "name": "first_name",
+            "type": "string",
+            "options": [],
+            "charset": "unicode",
+            "max_length": 255,
+        },
+        {
+            "name": "last_name",
+            "type": "string",
+            "options": [],
+            "charset": "unicode",
+            "max_length": 255,
+        },
+        {
+            "name": "sport_interests",
+            "type": "multi_select",
+            "options": ["football", "hockey", "soccer", "golf", "basketball"],
+            "charset": "unicode",
+            "max_length": 255,
+        },
     ] == listed
 
 
@@ -64,21 +80,40 @@ def test_seed_example_without_carrier_lookup_creates_four(tmp_path: Path, db_url
 
     assert 0 == done.exit_code
     summary = done.summary
-    assert ["import_id", "tenant", "file", "sha256", "bytes", "status", "received_at",
-            "started_at", "finished_at", "rows", "errors", "file_error", "reports",
-            "duplicate_of"] == list(summary)
+    assert [
+        "import_id",
+        "tenant",
+        "file",
+        "sha256",
+        "bytes",
+        "status",
+        "received_at",
+        "started_at",
+        "finished_at",
+        "rows",
+        "errors",
+        "file_error",
+        "reports",
+        "duplicate_of",
+    ] == list(summary)
     for moment in ("received_at", "started_at", "finished_at"):
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", summary[moment]), moment
     assert hashlib.sha256(SEED.encode()).hexdigest() == summary["sha256"]
     assert ("completed", "acme", SEED_NAME, len(SEED)) == (
-        summary["status"], summary["tenant"], summary["file"], summary["bytes"])
+        summary["status"],
+        summary["tenant"],
+        summary["file"],
+        summary["bytes"],
+    )
     assert {"total": 4, "succeeded": 4, "failed": 0, "created": 4, "updated": 0} == summary["rows"]
     assert {} == summary["errors"]
     assert None is summary["file_error"]
     assert {"errors": f"{SEED_NAME}.{summary['import_id']}.errors.csv", "retry": None} == (
-        summary["reports"])
+        summary["reports"]
+    )
     assert [*FIXED_COLUMNS, "mdn", "first_name", "last_name", "sport_interests"] == (
-        done.errors_header)
+        done.errors_header
+    )
     assert [] == done.errors
 
     text = site.export_text()
@@ -100,7 +135,8 @@ def test_seed_example_offline_fails_every_row(tmp_path: Path, db_url: str) -> No
     assert 0 == done.exit_code
     assert "completed" == done.summary["status"]
     assert {"total": 4, "succeeded": 0, "failed": 4, "created": 0, "updated": 0} == (
-        done.summary["rows"])
+        done.summary["rows"]
+    )
     assert {PERMANENT[0]: 4} == done.summary["errors"]
     assert [
         [str(n + 2), str(n + 1), *PERMANENT, "mdn", mdn, mdn, first, last, sports]

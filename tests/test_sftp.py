@@ -41,14 +41,18 @@ def make_key(path: Path, passphrase: bytes | None = None) -> Key:
     """A fresh ed25519 key written as an OpenSSH private key file (+ .pub)."""
     private = Ed25519PrivateKey.generate()
     encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase) if passphrase
-        else serialization.NoEncryption())
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                encryption)
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, encryption
+    )
     path.write_bytes(pem)
     path.chmod(0o600)
-    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                               serialization.PublicFormat.OpenSSH)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
     path.with_name(path.name + ".pub").write_bytes(public + b"\n")
     pkey = paramiko.Ed25519Key(filename=str(path), password=passphrase)
     return Key(path=path, pkey=pkey)
@@ -74,8 +78,9 @@ class Harness:
 
 
 @contextmanager
-def running_server(tmp: Path, *, limits: SftpLimits | None = None,
-                   passwords: dict[str, str] | None = None) -> Iterator[Harness]:
+def running_server(
+    tmp: Path, *, limits: SftpLimits | None = None, passwords: dict[str, str] | None = None
+) -> Iterator[Harness]:
     """Tenants ``acme`` and ``beta`` (ed25519 keys) served on 127.0.0.1, a free port."""
     keys = {name: make_key(tmp / f"{name}_key") for name in ("acme", "beta")}
     passwords = passwords or {}
@@ -94,10 +99,15 @@ def running_server(tmp: Path, *, limits: SftpLimits | None = None,
         with lock:
             uploads.append((tenant, path))
 
-    server = SftpServer(host="127.0.0.1", port=0,
-                        host_key=load_or_create_host_key(root / "host_key"),
-                        tenants_root=root / "tenants", lookup=tenants.get, on_upload=on_upload,
-                        limits=limits)
+    server = SftpServer(
+        host="127.0.0.1",
+        port=0,
+        host_key=load_or_create_host_key(root / "host_key"),
+        tenants_root=root / "tenants",
+        lookup=tenants.get,
+        on_upload=on_upload,
+        limits=limits,
+    )
     server.start()
     try:
         yield Harness(root=root, server=server, keys=keys, tenants=tenants, uploads=uploads)
@@ -105,8 +115,9 @@ def running_server(tmp: Path, *, limits: SftpLimits | None = None,
         server.stop()
 
 
-def connect(port: int, user: str, *, key: paramiko.PKey | None = None,
-            password: str | None = None) -> paramiko.Transport:
+def connect(
+    port: int, user: str, *, key: paramiko.PKey | None = None, password: str | None = None
+) -> paramiko.Transport:
     """A paramiko client transport, logged in (raises on refusal)."""
     transport = paramiko.Transport(("127.0.0.1", port))
     try:
@@ -129,17 +140,40 @@ def sftp_client(port: int, user: str, key: paramiko.PKey) -> Iterator[paramiko.S
         transport.close()
 
 
-def openssh_sftp(port: int, user: str, key: Path, batch: str, cwd: Path,
-                 *extra: str) -> subprocess.CompletedProcess[str]:
+def openssh_sftp(
+    port: int, user: str, key: Path, batch: str, cwd: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
     """Run OpenSSH's ``sftp`` binary in batch mode against the server."""
     batchfile = cwd / "batch.txt"
     batchfile.write_text(batch)
     return subprocess.run(
-        ["/usr/bin/sftp", "-b", str(batchfile), "-i", str(key), "-P", str(port),
-         "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
-         "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes",
-         "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", *extra, f"{user}@127.0.0.1"],
-        cwd=cwd, capture_output=True, text=True, timeout=30,
+        [
+            "/usr/bin/sftp",
+            "-b",
+            str(batchfile),
+            "-i",
+            str(key),
+            "-P",
+            str(port),
+            "-F",
+            "/dev/null",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            *extra,
+            f"{user}@127.0.0.1",
+        ],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
         env={**os.environ, "SSH_AUTH_SOCK": ""},
     )
 
@@ -159,6 +193,7 @@ def events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMappi
 
 # -- fixtures -------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def h(tmp_path: Path) -> Iterator[Harness]:
     with running_server(tmp_path) as harness:
@@ -170,6 +205,7 @@ def visible(directory: Path) -> list[str]:
 
 
 # -- uploads and downloads ------------------------------------------------------------------
+
 
 def test_paramiko_put_lands_under_final_name(h: Harness, tmp_path: Path) -> None:
     """An upload appears under its own name on close, with no temp left, and on_upload once."""
@@ -183,7 +219,8 @@ def test_paramiko_put_lands_under_final_name(h: Harness, tmp_path: Path) -> None
     assert [("acme", h.inbox("acme") / "customers.persons")] == h.uploads
     upload = events(logs, "sftp.upload")
     assert [("acme", "customers.persons", 22)] == [
-        (e["tenant"], e["file"], e["bytes"]) for e in upload]
+        (e["tenant"], e["file"], e["bytes"]) for e in upload
+    ]
     assert 1 == len(events(logs, "sftp.login"))
 
 
@@ -191,14 +228,19 @@ def test_openssh_client_put_get_and_ls(h: Harness, tmp_path: Path) -> None:
     """OpenSSH sftp: put into /inbox, get from /outbox, ls / shows only inbox and outbox."""
     (tmp_path / "up.persons").write_bytes(b"mdn\n2295551234\n")
     (h.outbox("acme") / "up.persons.1.summary.json").write_text('{"status": "completed"}')
-    batch = ("ls -1 /\nput up.persons /inbox/up.persons\n"
-             "get /outbox/up.persons.1.summary.json got.json\nls -1 /inbox\n")
+    batch = (
+        "ls -1 /\nput up.persons /inbox/up.persons\n"
+        "get /outbox/up.persons.1.summary.json got.json\nls -1 /inbox\n"
+    )
     with capture_logs() as logs:
         result = openssh_sftp(h.port, "acme", h.keys["acme"].path, batch, tmp_path)
         wait_for(lambda: events(logs, "sftp.upload"))
     assert 0 == result.returncode, result.stderr
-    listed = [line.strip() for line in result.stdout.splitlines()
-              if line.strip() and not line.startswith("sftp>")]
+    listed = [
+        line.strip()
+        for line in result.stdout.splitlines()
+        if line.strip() and not line.startswith("sftp>")
+    ]
     assert ["/inbox", "/outbox", "/inbox/up.persons"] == listed
     assert ["up.persons"] == visible(h.inbox("acme"))
     assert '{"status": "completed"}' == (tmp_path / "got.json").read_text()
@@ -206,7 +248,8 @@ def test_openssh_client_put_get_and_ls(h: Harness, tmp_path: Path) -> None:
     # OpenSSH probes the key, then signs: one login, with its fingerprint.
     logins = events(logs, "sftp.login")
     assert [("acme", "publickey", "127.0.0.1")] == [
-        (e["tenant"], e["method"], e["ip"]) for e in logins]
+        (e["tenant"], e["method"], e["ip"]) for e in logins
+    ]
     assert str(logins[0]["fingerprint"]).startswith("SHA256:")
 
 
@@ -334,16 +377,26 @@ def test_rename_rules(h: Harness) -> None:
 
 # -- confinement ----------------------------------------------------------------------------
 
+
 def test_nothing_outside_the_boxes_resolves(h: Harness) -> None:
     """.., absolute paths, /etc/passwd, planted symlinks and other tenants are unreachable."""
     (h.outbox("beta") / "secret.csv").write_bytes(b"beta's")
     (h.inbox("acme") / "evil.persons").symlink_to("/etc/passwd")
     (h.outbox("acme") / "evil.csv").symlink_to(h.outbox("beta") / "secret.csv")
     (h.outbox("acme") / "dir").symlink_to(h.outbox("beta"))
-    paths = ["/etc/passwd", "../../../../etc/passwd", "/inbox/../../beta/outbox/secret.csv",
-             "/outbox/../../beta/outbox/secret.csv", str(h.outbox("beta") / "secret.csv"),
-             "/outbox/evil.csv", "/outbox/dir/secret.csv", "/inbox/evil.persons",
-             "beta/outbox/secret.csv", "/outbox/sub/../../../etc/passwd", "/outbox/\x00x"]
+    paths = [
+        "/etc/passwd",
+        "../../../../etc/passwd",
+        "/inbox/../../beta/outbox/secret.csv",
+        "/outbox/../../beta/outbox/secret.csv",
+        str(h.outbox("beta") / "secret.csv"),
+        "/outbox/evil.csv",
+        "/outbox/dir/secret.csv",
+        "/inbox/evil.persons",
+        "beta/outbox/secret.csv",
+        "/outbox/sub/../../../etc/passwd",
+        "/outbox/\x00x",
+    ]
     with sftp_client(h.port, "acme", h.keys["acme"].pkey) as sftp:
         assert [] == sftp.listdir("/inbox")
         assert [] == sftp.listdir("/outbox")
@@ -402,13 +455,17 @@ def test_times_and_permissions_are_acknowledged_and_change_nothing(h: Harness) -
             fh.chmod(0o600)
             fh.utime((1, 1))
             fh.truncate(1)  # lftp sets the size the file has, with the times
-        before = {p.name: (p.stat().st_mode, p.stat().st_mtime)
-                  for p in (h.inbox("acme") / "b.persons", h.outbox("acme") / "r.csv")}
+        before = {
+            p.name: (p.stat().st_mode, p.stat().st_mtime)
+            for p in (h.inbox("acme") / "b.persons", h.outbox("acme") / "r.csv")
+        }
         for path in ("/inbox/b.persons", "/outbox/r.csv"):
             sftp.chmod(path, 0o777)
             sftp.utime(path, (1, 1))
-        after = {p.name: (p.stat().st_mode, p.stat().st_mtime)
-                 for p in (h.inbox("acme") / "b.persons", h.outbox("acme") / "r.csv")}
+        after = {
+            p.name: (p.stat().st_mode, p.stat().st_mtime)
+            for p in (h.inbox("acme") / "b.persons", h.outbox("acme") / "r.csv")
+        }
         assert before == after
         (h.inbox("acme") / "b.persons").unlink()  # claimed by the daemon meanwhile
         sftp.utime("/inbox/b.persons", (1, 1))  # rclone and WinSCP set times after the upload
@@ -438,6 +495,7 @@ def test_only_the_sftp_subsystem_is_served(h: Harness) -> None:
 
 # -- authentication -------------------------------------------------------------------------
 
+
 def test_wrong_key_wrong_user_and_password_without_hash_fail(h: Harness) -> None:
     """Wrong key, unknown user, password for a key-only tenant: refused and logged."""
     with capture_logs() as logs:
@@ -449,8 +507,11 @@ def test_wrong_key_wrong_user_and_password_without_hash_fail(h: Harness) -> None
             connect(h.port, "acme", password="hunter2-secret")
         wait_for(lambda: 3 <= len(events(logs, "sftp.login_failed")))
     failed = [(e["user"], e["method"], e["reason"]) for e in events(logs, "sftp.login_failed")]
-    assert [("acme", "publickey", "unknown_key"), ("nobody", "publickey", "unknown_user"),
-            ("acme", "password", "no_password")] == failed
+    assert [
+        ("acme", "publickey", "unknown_key"),
+        ("nobody", "publickey", "unknown_user"),
+        ("acme", "password", "no_password"),
+    ] == failed
     assert {"127.0.0.1"} == {e["ip"] for e in events(logs, "sftp.login_failed")}
     assert [] == events(logs, "sftp.login")
     assert "hunter2-secret" not in repr(logs)
@@ -520,7 +581,8 @@ def test_password_login(tmp_path: Path) -> None:
                 connect(h.port, "acme", password="wrong guess")
             wait_for(lambda: events(logs, "sftp.login_failed"))
         assert [("acme", "password")] == [
-            (e["tenant"], e["method"]) for e in events(logs, "sftp.login")]
+            (e["tenant"], e["method"]) for e in events(logs, "sftp.login")
+        ]
         assert ["wrong_password"] == [e["reason"] for e in events(logs, "sftp.login_failed")]
         assert "wrong guess" not in repr(logs) and "s3cret" not in repr(logs)
 
@@ -528,8 +590,10 @@ def test_password_login(tmp_path: Path) -> None:
 def test_repeated_failures_ban_the_address(tmp_path: Path) -> None:
     """Failed logins past the limit ban the address: even a good key is then refused."""
     limits = SftpLimits(max_failed_logins=3, failed_window_seconds=60, ban_seconds=60)
-    with running_server(tmp_path, limits=limits,
-                        passwords={"acme": hash_password("right")}) as h, capture_logs() as logs:
+    with (
+        running_server(tmp_path, limits=limits, passwords={"acme": hash_password("right")}) as h,
+        capture_logs() as logs,
+    ):
         for _ in range(3):
             with pytest.raises(paramiko.AuthenticationException):
                 connect(h.port, "acme", password="wrong")
@@ -539,7 +603,8 @@ def test_repeated_failures_ban_the_address(tmp_path: Path) -> None:
         wait_for(lambda: events(logs, "sftp.refused"))
         assert [] == events(logs, "sftp.login")
         assert [("127.0.0.1", "banned")] == [
-            (e["ip"], e["reason"]) for e in events(logs, "sftp.refused")]
+            (e["ip"], e["reason"]) for e in events(logs, "sftp.refused")
+        ]
 
 
 def test_key_failures_count_once_per_connection(tmp_path: Path) -> None:
@@ -565,7 +630,8 @@ def test_connections_per_address_are_capped(tmp_path: Path) -> None:
                     connect(h.port, "acme", key=h.keys["acme"].pkey)
                 wait_for(lambda: events(logs, "sftp.limit"))
             assert [("connections_per_address", "127.0.0.1")] == [
-                (e["limit"], e["ip"]) for e in events(logs, "sftp.limit")]
+                (e["limit"], e["ip"]) for e in events(logs, "sftp.limit")
+            ]
         finally:
             for transport in open_ones:
                 transport.close()
@@ -576,8 +642,7 @@ def test_banner_hides_the_library_and_weak_ciphers_are_refused(h: Harness) -> No
     with socket.create_connection(("127.0.0.1", h.port), timeout=5) as sock:
         assert b"SSH-2.0-personsd\r\n" == sock.recv(64)
     strong = [c for c in paramiko.Transport._preferred_ciphers if "cbc" not in c]
-    transport = paramiko.Transport(("127.0.0.1", h.port),
-                                   disabled_algorithms={"ciphers": strong})
+    transport = paramiko.Transport(("127.0.0.1", h.port), disabled_algorithms={"ciphers": strong})
     try:
         with pytest.raises(paramiko.SSHException):
             transport.connect(username="acme", pkey=h.keys["acme"].pkey)
@@ -598,6 +663,7 @@ def test_idle_connections_are_closed(tmp_path: Path) -> None:
 
 
 # -- resource caps --------------------------------------------------------------------------
+
 
 def _vm_peak_kib() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -647,8 +713,9 @@ def test_an_oversized_sftp_request_ends_the_session(h: Harness) -> None:
             channel.sendall(struct.pack(">I", SftpLimits().max_request_bytes + 1))
             wait_for(lambda: channel.closed or channel.eof_received)
             wait_for(lambda: events(logs, "sftp.limit"))
-        assert [("request_bytes", "acme")] == [(e["limit"], e["tenant"])
-                                               for e in events(logs, "sftp.limit")]
+        assert [("request_bytes", "acme")] == [
+            (e["limit"], e["tenant"]) for e in events(logs, "sftp.limit")
+        ]
     finally:
         transport.close()
 
@@ -656,8 +723,11 @@ def test_an_oversized_sftp_request_ends_the_session(h: Harness) -> None:
 def test_sparse_and_oversized_writes_are_refused(tmp_path: Path) -> None:
     """Writes leaving over max_write_gap_bytes of holes, or past max_file_bytes, fail the upload."""
     limits = SftpLimits(max_file_bytes=1024 * 1024, max_write_gap_bytes=64 * 1024)
-    with running_server(tmp_path, limits=limits) as h, capture_logs() as logs, \
-            sftp_client(h.port, "acme", h.keys["acme"].pkey) as sftp:
+    with (
+        running_server(tmp_path, limits=limits) as h,
+        capture_logs() as logs,
+        sftp_client(h.port, "acme", h.keys["acme"].pkey) as sftp,
+    ):
         for offset in (80 * 1024, 1024 * 1024 - 2, 1 << 40):
             fh = sftp.open("/inbox/s.persons", "wb")
             fh.write(b"head\n")

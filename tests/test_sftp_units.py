@@ -21,8 +21,23 @@ from personsd.sftpfs import canonical, creatable_name, resolve, visible_name
 
 # -- virtual paths --------------------------------------------------------------------------
 
-path_parts = st.sampled_from(["", ".", "..", "inbox", "outbox", "etc", "passwd", "a.persons",
-                              ".hidden", "beta", "/", "//", "\x00"])
+path_parts = st.sampled_from(
+    [
+        "",
+        ".",
+        "..",
+        "inbox",
+        "outbox",
+        "etc",
+        "passwd",
+        "a.persons",
+        ".hidden",
+        "beta",
+        "/",
+        "//",
+        "\x00",
+    ]
+)
 
 
 @given(st.lists(path_parts, max_size=8).map("/".join))
@@ -48,43 +63,63 @@ def test_canonical_is_absolute_and_normalised(path: str) -> None:
     assert result == canonical(result)
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    ("/", ()),
-    ("..", ()),
-    ("/inbox", ("inbox",)),
-    ("inbox/a.persons", ("inbox", "a.persons")),
-    ("/inbox/../outbox/r.csv", ("outbox", "r.csv")),
-    ("/../../etc/passwd", None),
-    ("/inbox/../../beta/inbox/a", None),
-    ("/inbox/sub/a", None),
-    ("/inbox/a\x00b", None),
-])
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/", ()),
+        ("..", ()),
+        ("/inbox", ("inbox",)),
+        ("inbox/a.persons", ("inbox", "a.persons")),
+        ("/inbox/../outbox/r.csv", ("outbox", "r.csv")),
+        ("/../../etc/passwd", None),
+        ("/inbox/../../beta/inbox/a", None),
+        ("/inbox/sub/a", None),
+        ("/inbox/a\x00b", None),
+    ],
+)
 def test_resolve_examples(path: str, expected: tuple[str, ...] | None) -> None:
     """.. stops at the virtual root, as in a chroot; deeper paths do not exist."""
     assert expected == resolve(path)
 
 
-@pytest.mark.parametrize(("box", "name", "expected"), [
-    ("inbox", "a.persons", True), ("inbox", ".in.a.persons", True),
-    ("inbox", ".a.persons.0123456789abcdef.upload", False), ("inbox", "a\nb", False),
-    ("inbox", "a\x7fb", False), ("outbox", "r.csv", True), ("outbox", ".r.csv.tmp", False),
-])
+@pytest.mark.parametrize(
+    ("box", "name", "expected"),
+    [
+        ("inbox", "a.persons", True),
+        ("inbox", ".in.a.persons", True),
+        ("inbox", ".a.persons.0123456789abcdef.upload", False),
+        ("inbox", "a\nb", False),
+        ("inbox", "a\x7fb", False),
+        ("outbox", "r.csv", True),
+        ("outbox", ".r.csv.tmp", False),
+    ],
+)
 def test_visible_names(box: str, name: str, expected: bool) -> None:
     """Inbox dot-names are the client's uploads in progress; our temps and outbox dot-names not."""
     assert expected == visible_name(box, name)
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("a.persons", True), (".in.a.persons", True), ("a.persons.filepart", True),
-    ("x" * 200, True), ("x" * 201, False), ("ü" * 100, True), ("ü" * 100 + "x", False),
-    (".a.persons.0123456789abcdef.upload", False), ("a\tb", False),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a.persons", True),
+        (".in.a.persons", True),
+        ("a.persons.filepart", True),
+        ("x" * 200, True),
+        ("x" * 201, False),
+        ("ü" * 100, True),
+        ("ü" * 100 + "x", False),
+        (".a.persons.0123456789abcdef.upload", False),
+        ("a\tb", False),
+    ],
+)
 def test_creatable_names(name: str, expected: bool) -> None:
     """SPEC 1.1: at most 200 bytes of UTF-8, no control character, never one of our temps."""
     assert expected == creatable_name(name)
 
 
 # -- throttling -----------------------------------------------------------------------------
+
 
 class Clock:
     def __init__(self) -> None:
@@ -97,8 +132,9 @@ class Clock:
 def test_failures_within_the_window_ban_then_the_ban_expires() -> None:
     """max_failed_logins failures in the window ban the address for ban_seconds."""
     clock = Clock()
-    guard = _Guard(SftpLimits(max_failed_logins=3, failed_window_seconds=60, ban_seconds=300),
-                   clock)
+    guard = _Guard(
+        SftpLimits(max_failed_logins=3, failed_window_seconds=60, ban_seconds=300), clock
+    )
     assert [False, False, True] == [guard.record_failure("10.0.0.1") for _ in range(3)]
     assert "banned" == guard.admit("10.0.0.1")
     assert None is guard.admit("10.0.0.2")
@@ -149,7 +185,8 @@ def test_limit_events_repeat_at_most_every_interval() -> None:
         clock.now += 11
         limit_log.hit("handles_per_tenant", tenant="acme", ip="h")
     assert [("acme", None), ("beta", None), ("acme", 4)] == [
-        (e["tenant"], e.get("suppressed")) for e in logs]
+        (e["tenant"], e.get("suppressed")) for e in logs
+    ]
     assert {"sftp.limit"} == {e["event"] for e in logs}
     assert {"warning"} == {e["log_level"] for e in logs}
 
@@ -169,6 +206,7 @@ def test_fd_budget_keeps_a_reserve() -> None:
     def fails(code: int) -> Callable[[], int]:
         def count() -> int:
             raise OSError(code, os.strerror(code))
+
         return count
 
     assert not FdBudget(256, soft_limit=lambda: 1024, count=fails(errno.EMFILE)).available()
@@ -190,8 +228,7 @@ def test_tenant_budget_counts_connections_and_handles_per_tenant() -> None:
 def quota(tmp_path: Path, *, inbox_bytes: int = 1000, inbox_files: int = 3) -> LocalInboxQuota:
     for box in ("inbox", "validate"):
         (tmp_path / "acme" / box).mkdir(parents=True)
-    return LocalInboxQuota(tenants_root=tmp_path, inbox_bytes=inbox_bytes,
-                           inbox_files=inbox_files)
+    return LocalInboxQuota(tenants_root=tmp_path, inbox_bytes=inbox_bytes, inbox_files=inbox_files)
 
 
 def test_quota_counts_files_waiting_and_uploads_in_progress(tmp_path: Path) -> None:
@@ -229,6 +266,7 @@ def test_limits_must_be_positive() -> None:
 
 # -- passwords ------------------------------------------------------------------------------
 
+
 @settings(max_examples=5)
 @given(st.text(max_size=40), st.text(max_size=40))
 def test_password_round_trip(password: str, other: str) -> None:
@@ -246,18 +284,25 @@ def test_hashes_are_salted_and_self_describing() -> None:
     assert "pw" not in first
 
 
-@pytest.mark.parametrize("stored", [
-    "", "pw", "scrypt$16384$8$1$salt", "bcrypt$16384$8$1$c2FsdA$aGFzaA",
-    "scrypt$1000$8$1$c2FsdHNhbHQ$" + "A" * 43,  # n not a power of two
-    "scrypt$1073741824$8$1$c2FsdHNhbHQ$" + "A" * 43,  # absurd cost
-    "scrypt$16384$8$1$!!!$" + "A" * 43,
-])
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "",
+        "pw",
+        "scrypt$16384$8$1$salt",
+        "bcrypt$16384$8$1$c2FsdA$aGFzaA",
+        "scrypt$1000$8$1$c2FsdHNhbHQ$" + "A" * 43,  # n not a power of two
+        "scrypt$1073741824$8$1$c2FsdHNhbHQ$" + "A" * 43,  # absurd cost
+        "scrypt$16384$8$1$!!!$" + "A" * 43,
+    ],
+)
 def test_malformed_hashes_never_verify(stored: str) -> None:
     """A corrupt or hostile stored hash verifies nothing and costs nothing."""
     assert not verify_password("pw", stored)
 
 
 # -- host key and tenant records ------------------------------------------------------------
+
 
 def test_host_key_is_created_once_and_kept(tmp_path: Path) -> None:
     """The first call creates the key (0600, parent made); later calls load the same key."""
@@ -271,8 +316,7 @@ def test_host_key_is_created_once_and_kept(tmp_path: Path) -> None:
 
 def test_tenant_records_are_validated() -> None:
     """Names that cannot be one directory and key blobs that lie about their type are refused."""
-    key = ("ssh-ed25519", base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519" + b"\x00" * 36)
-           .decode())
+    key = ("ssh-ed25519", base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519" + b"\x00" * 36).decode())
     assert TenantAuth(name="acme", public_keys=(key,)).accepts(base64.b64decode(key[1]))
     for name in ("", "..", ".x", "a/b"):
         with pytest.raises(ValueError):

@@ -54,11 +54,18 @@ def test_a_database_at_head_is_opened_without_alembic(db_url: str) -> None:
         db.upgrade(engine)
     finally:
         engine.dispose()
-    script = ("import sys; from personsd.store import db; e = db.connect(sys.argv[1]); "
-              "db.upgrade(e); print(db.current_revision(e) if 'alembic' in sys.modules "
-              "else 'no alembic')")
-    checked = subprocess.run([sys.executable, "-c", script, db_url], capture_output=True,
-                             text=True, timeout=60, check=True)
+    script = (
+        "import sys; from personsd.store import db; e = db.connect(sys.argv[1]); "
+        "db.upgrade(e); print(db.current_revision(e) if 'alembic' in sys.modules "
+        "else 'no alembic')"
+    )
+    checked = subprocess.run(
+        [sys.executable, "-c", script, db_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert "no alembic" == checked.stdout.strip()
 
 

@@ -44,9 +44,17 @@ from test_differential import FileSpec, file_specs, render
 from test_resume import make_file
 
 # Fields with ids, as the store gives them (the schema keys attributes by id).
-FIELDS = tuple(CustomField(id=i, name=f.name, type=f.type, options=f.options,
-                           charset=f.charset, max_length=f.max_length)
-               for i, f in enumerate(TEST_FIELDS, start=1))
+FIELDS = tuple(
+    CustomField(
+        id=i,
+        name=f.name,
+        type=f.type,
+        options=f.options,
+        charset=f.charset,
+        max_length=f.max_length,
+    )
+    for i, f in enumerate(TEST_FIELDS, start=1)
+)
 MAX_ROW = 1 << 20
 
 
@@ -56,9 +64,15 @@ def awkward_file(path: Path, rows: int = 400) -> bytes:
     body = [b"external_person_id,mdn,nick,score,tier,tags,unknown_col"]
     for i in range(rows):
         mdn = rnd.choice([f"+1206986{i:04d}", f"+1800555{i:04d}", "12345", "", "[null]"])
-        cells = [f"e{i % 97}", mdn, rnd.choice(["abc", "naïve", '"a,b"', '"x\ny"']),
-                 rnd.choice(["7", "1e5", ""]), rnd.choice(["gold", "Gold", ""]),
-                 rnd.choice(["a|b", "a||b", ""]), rnd.choice(["", "", "x"])]
+        cells = [
+            f"e{i % 97}",
+            mdn,
+            rnd.choice(["abc", "naïve", '"a,b"', '"x\ny"']),
+            rnd.choice(["7", "1e5", ""]),
+            rnd.choice(["gold", "Gold", ""]),
+            rnd.choice(["a|b", "a||b", ""]),
+            rnd.choice(["", "", "x"]),
+        ]
         line = ",".join(cells).encode()
         if i % 53 == 0:
             line += b"\xff"
@@ -70,16 +84,21 @@ def awkward_file(path: Path, rows: int = 400) -> bytes:
     return data
 
 
-def job_for(path: Path, *, chunk_rows: int, precheck: bool = False,
-            start: fileformat.RawRow | None = None) -> validation.Job:
+def job_for(
+    path: Path, *, chunk_rows: int, precheck: bool = False, start: fileformat.RawRow | None = None
+) -> validation.Job:
     with path.open("rb") as fh:
         layout = fileformat.read_layout(fh, max_row_bytes=MAX_ROW)
     return validation.Job(
-        path=str(path), layout=layout, fields=FIELDS,
+        path=str(path),
+        layout=layout,
+        fields=FIELDS,
         offset=None if start is None else start.end,
         line=None if start is None else start.next_line,
         row=0 if start is None else start.row,
-        chunk_rows=chunk_rows, max_row_bytes=MAX_ROW, precheck=precheck,
+        chunk_rows=chunk_rows,
+        max_row_bytes=MAX_ROW,
+        precheck=precheck,
     )
 
 
@@ -134,9 +153,16 @@ def test_precheck_knows_every_offline_failure_of_the_chunk(tmp_path: Path) -> No
 def test_known_answers_are_only_for_the_offline_check() -> None:
     """A chunk checked ahead offline refuses to stand in for another carrier check."""
     chunk = validation.ValidatedChunk(
-        rows=(validation.RowFailure(line=2, row=1, values=("x",),
-                                    errors=(ErrorKind.CREATE_REQUIRES_KEY.at(),)),),
-        end=10, next_line=3, last_row=1, carrier_failures=frozenset())
+        rows=(
+            validation.RowFailure(
+                line=2, row=1, values=("x",), errors=(ErrorKind.CREATE_REQUIRES_KEY.at(),)
+            ),
+        ),
+        end=10,
+        next_line=3,
+        last_row=1,
+        carrier_failures=frozenset(),
+    )
     with pytest.raises(ValueError, match="offline"):
         chunk.carrier(phones.no_lookup)
 
@@ -149,8 +175,9 @@ def test_value_objects_refuse_empty_chunks_and_failures() -> None:
         validation.RowFailure(line=1, row=1, values=(), errors=())
 
 
-_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
-                max_size=8)
+_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=8
+)
 _stored = st.none() | _text | st.tuples(_text, _text)
 
 
@@ -160,31 +187,56 @@ def validated_rows(draw: st.DrawFn) -> validation.ValidatedRow:
     row = draw(st.integers(1, 10**9))
     values = tuple(draw(st.lists(_text, min_size=3, max_size=3)))
     if draw(st.booleans()):
-        errors = draw(st.lists(st.builds(RowError, error_class=st.just("X::Y"),
-                                         message=st.just("m"), field=_text, value=_text),
-                               min_size=1, max_size=3))
+        errors = draw(
+            st.lists(
+                st.builds(
+                    RowError,
+                    error_class=st.just("X::Y"),
+                    message=st.just("m"),
+                    field=_text,
+                    value=_text,
+                ),
+                min_size=1,
+                max_size=3,
+            )
+        )
         return validation.RowFailure(line=line, row=row, values=values, errors=tuple(errors))
     key_value = draw(st.none() | _text.filter(bool) | st.integers(1, 2**63 - 1))
     key = None if key_value is None else ("person_id" if isinstance(key_value, int) else "mdn")
     return rules.RowChange(
-        line=line, row=row, key=key, key_value=key_value,
-        identifiers=tuple(draw(st.lists(st.tuples(st.just("vibes_device_id"), st.none() | _text),
-                                        max_size=2))),
+        line=line,
+        row=row,
+        key=key,
+        key_value=key_value,
+        identifiers=tuple(
+            draw(st.lists(st.tuples(st.just("vibes_device_id"), st.none() | _text), max_size=2))
+        ),
         custom=tuple(draw(st.lists(st.tuples(st.sampled_from("123"), _stored), max_size=3))),
         lookups=() if key is None else ((key, key_value),),
-        columns=("a", "b", "c"), values=values,
+        columns=("a", "b", "c"),
+        values=values,
     )
 
 
-@given(rows=st.lists(validated_rows(), min_size=1, max_size=6),
-       failures=st.none() | st.frozensets(_text, max_size=3))
-def test_wire_form_round_trips(rows: list[validation.ValidatedRow],
-                               failures: frozenset[str] | None) -> None:
+@given(
+    rows=st.lists(validated_rows(), min_size=1, max_size=6),
+    failures=st.none() | st.frozensets(_text, max_size=3),
+)
+def test_wire_form_round_trips(
+    rows: list[validation.ValidatedRow], failures: frozenset[str] | None
+) -> None:
     """decode(encode(chunk)) is the chunk, whatever its rows hold."""
-    layout = fileformat.Layout(fields=("a", "b", "c"), delimiter=",", multi_delimiter="|",
-                               declared_fields=False, body_offset=0, body_line=2)
-    chunk = validation.ValidatedChunk(rows=tuple(rows), end=99, next_line=7, last_row=5,
-                                      carrier_failures=failures)
+    layout = fileformat.Layout(
+        fields=("a", "b", "c"),
+        delimiter=",",
+        multi_delimiter="|",
+        declared_fields=False,
+        body_offset=0,
+        body_line=2,
+    )
+    chunk = validation.ValidatedChunk(
+        rows=tuple(rows), end=99, next_line=7, last_row=5, carrier_failures=failures
+    )
     assert chunk == validation.decode(validation.encode(chunk), layout)
 
 
@@ -267,8 +319,9 @@ def test_the_validator_exits_when_its_parent_dies(tmp_path: Path) -> None:
         print(chunks._proc.pid, flush=True)
         os.kill(os.getpid(), 9)
     """)
-    parent = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=60, check=False)
+    parent = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
     assert -9 == parent.returncode, parent.stderr
     pid = int(parent.stdout)
     deadline = time.monotonic() + 10
@@ -295,8 +348,13 @@ def site(db_url: str, tmp_path: Path) -> Iterator[tuple[Engine, Config]]:
         engine.dispose()
 
 
-def _import(engine: Engine, cfg: Config, path: Path, mode: validation.Mode,
-            carrier: CarrierCheck | None = None) -> tuple[list[list[str]], Published]:
+def _import(
+    engine: Engine,
+    cfg: Config,
+    path: Path,
+    mode: validation.Mode,
+    carrier: CarrierCheck | None = None,
+) -> tuple[list[list[str]], Published]:
     tenant = new_tenant_name()
     tenant_id, _ = add_tenant(engine, tenant)
     import_id = importer.create(engine, tenant=tenant, path=path, source="cli")
@@ -325,11 +383,18 @@ def mixed_file(path: Path, rows: int) -> None:
     rnd = random.Random(11)
     lines = ["external_person_id,mdn,nick,score,tier,tags"]
     for i in range(rows):
-        lines.append(",".join([
-            f"e{rnd.randrange(3000)}", rnd.choice(["", f"+1206986{i % 9000:04d}", "123"]),
-            rnd.choice(["abc", "toolong"]), str(i % 50), rnd.choice(["gold", "Gold"]),
-            rnd.choice(["a|b", "c", ""]),
-        ]))
+        lines.append(
+            ",".join(
+                [
+                    f"e{rnd.randrange(3000)}",
+                    rnd.choice(["", f"+1206986{i % 9000:04d}", "123"]),
+                    rnd.choice(["abc", "toolong"]),
+                    str(i % 50),
+                    rnd.choice(["gold", "Gold"]),
+                    rnd.choice(["a|b", "c", ""]),
+                ]
+            )
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -423,11 +488,13 @@ def test_validator_process_agrees_with_inline_on_generated_files(spec: FileSpec)
         path.write_bytes(render(spec, []))
         job = job_for(path, chunk_rows=3, precheck=True)
         assert chunks_of(job, "inline") == [
-            dataclasses.replace(c, carrier_failures=None) for c in chunks_of(job, "process")]
+            dataclasses.replace(c, carrier_failures=None) for c in chunks_of(job, "process")
+        ]
 
 
 def test_a_validator_that_cannot_start_falls_back_to_inline(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No process to be had (no interpreter at sys.executable): inline, logged, same chunks."""
     path = tmp_path / "awkward.persons"
     awkward_file(path, rows=50)
@@ -462,6 +529,8 @@ def test_a_frame_of_an_unexpected_kind_is_an_internal_error(tmp_path: Path) -> N
     chunks._proc.wait()
     chunks._proc = subprocess.Popen(  # stands in for a confused validator
         [sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'j' + bytes(8))"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     with chunks, pytest.raises(InternalError, match="sent a job frame"):
         list(chunks)

@@ -160,16 +160,22 @@ STAMPS = [Stamp(size=s, mtime_ns=m) for s in (0, 1) for m in (0, 1)]
 KEYS = [Path("/t/a/inbox/a.persons"), Path("/t/a/inbox/b.persons")]
 _dt = st.integers(0, 3)
 _op = st.one_of(
-    st.tuples(st.just("observe"), st.sampled_from(KEYS), st.sampled_from(STAMPS), _dt,
-              st.sampled_from(list(Seen))),
+    st.tuples(
+        st.just("observe"),
+        st.sampled_from(KEYS),
+        st.sampled_from(STAMPS),
+        _dt,
+        st.sampled_from(list(Seen)),
+    ),
     st.tuples(st.just("trusted"), st.sampled_from(KEYS), st.sampled_from(STAMPS), _dt),
     st.tuples(st.just("forget"), st.sampled_from(KEYS)),
     st.tuples(st.just("due"), _dt),
 )
 
 
-def _model_due(history: list[tuple[int, Stamp, str]], reported_runs: set[int], now: int,
-               settle: int) -> int | None:
+def _model_due(
+    history: list[tuple[int, Stamp, str]], reported_runs: set[int], now: int, settle: int
+) -> int | None:
     """The run (index of its first observation) due at ``now`` per the rules, or None."""
     if not history:
         return None
@@ -290,11 +296,21 @@ def root(tmp_path: Path) -> Path:
 def make(root: Path) -> Iterator[Make]:
     watchers: list[InboxWatcher] = []
 
-    def make(*, settle: float = FAST, rescan: float = 3600.0, use_events: bool = True,
-             sink: Sink | None = None) -> tuple[InboxWatcher, Sink]:
+    def make(
+        *,
+        settle: float = FAST,
+        rescan: float = 3600.0,
+        use_events: bool = True,
+        sink: Sink | None = None,
+    ) -> tuple[InboxWatcher, Sink]:
         sink = Sink() if sink is None else sink
-        watcher = InboxWatcher(tenants_root=root, settle_seconds=settle, rescan_seconds=rescan,
-                               on_ready=sink, use_events=use_events)
+        watcher = InboxWatcher(
+            tenants_root=root,
+            settle_seconds=settle,
+            rescan_seconds=rescan,
+            on_ready=sink,
+            use_events=use_events,
+        )
         watchers.append(watcher)
         watcher.start()
         return watcher, sink
@@ -398,7 +414,8 @@ def test_backlog_reported_by_initial_scan_with_mtime(root: Path, make: Make) -> 
     _, sink = make()
     files = sink.wait_for(2)
     assert [("b.persons", 1_700_000_100.0), ("a.persons", 1_700_000_200.0)] == [
-        (f.path.name, f.completed_at) for f in files]
+        (f.path.name, f.completed_at) for f in files
+    ]
 
 
 def test_new_tenant_found_by_watch(root: Path, make: Make) -> None:

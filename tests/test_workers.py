@@ -26,9 +26,13 @@ GOOD = "external_person_id\nalice\nbob\n"
 @pytest.fixture
 def site(tmp_path: Path, db_url: str) -> Iterator[config.Config]:
     cfg = config.parse(
-        {"paths": {"root": str(tmp_path / "var")}, "database": {"url": db_url},
-         "import": {"max_attempts": 2, "carrier_lookup": "none", "workers": 1}},
-        base=tmp_path, env={},
+        {
+            "paths": {"root": str(tmp_path / "var")},
+            "database": {"url": db_url},
+            "import": {"max_attempts": 2, "carrier_lookup": "none", "workers": 1},
+        },
+        base=tmp_path,
+        env={},
     )
     engine = db.connect(db_url)
     db.upgrade(engine)
@@ -58,29 +62,31 @@ def _wait(predicate: object, timeout: float = 20.0) -> None:
 
 
 def test_poison_import_fails_after_max_attempts_and_retry_completes_it(
-        site: config.Config, tmp_path: Path) -> None:
+    site: config.Config, tmp_path: Path
+) -> None:
     """An import that cannot be read fails after max_attempts; `imports retry` redoes it."""
     cfg = site
     claimed = cfg.work_dir / "claimed" / "acme" / "00001.nightly.persons"
     claimed.parent.mkdir(parents=True)
     claimed.write_text(GOOD)
     engine = db.connect(cfg.database.url)
-    import_id = importer.create(engine, tenant="acme", path=claimed, source="sftp",
-                                file_name="nightly.persons")
+    import_id = importer.create(
+        engine, tenant="acme", path=claimed, source="sftp", file_name="nightly.persons"
+    )
     # A directory where the file should be: every attempt fails with an OSError.
     claimed.unlink()
     claimed.mkdir()
     stop = threading.Event()
-    workers = Workers(engine=engine, cfg=cfg, stop=stop,
-                      policy=RetryPolicy(base=0.01, cap=0.05))
+    workers = Workers(engine=engine, cfg=cfg, stop=stop, policy=RetryPolicy(base=0.01, cap=0.05))
     workers.start()
     try:
         _wait(lambda: _status(cfg, import_id) == "failed")
     finally:
         stop.set()
         workers.join(time.monotonic() + 10)
-    summary = json.loads((cfg.outbox("acme") / f"nightly.persons.{import_id}.summary.json")
-                         .read_text())
+    summary = json.loads(
+        (cfg.outbox("acme") / f"nightly.persons.{import_id}.summary.json").read_text()
+    )
     assert "failed" == summary["status"]
     quarantined = cfg.quarantine_dir / "acme" / f"{import_id}.nightly.persons"
     assert quarantined.is_dir()
@@ -93,10 +99,13 @@ def test_poison_import_fails_after_max_attempts_and_retry_completes_it(
     quarantined.rmdir()
     quarantined.write_text(GOOD)
     config_file = tmp_path / "personsd.toml"
-    config_file.write_text(f'[paths]\nroot = "{cfg.root}"\n[database]\nurl = '
-                           f'{json.dumps(cfg.database.url)}\n[import]\ncarrier_lookup = "none"\n')
-    result = CliRunner().invoke(cli_main, ["--config", str(config_file), "imports", "retry",
-                                           str(import_id)])
+    config_file.write_text(
+        f'[paths]\nroot = "{cfg.root}"\n[database]\nurl = '
+        f'{json.dumps(cfg.database.url)}\n[import]\ncarrier_lookup = "none"\n'
+    )
+    result = CliRunner().invoke(
+        cli_main, ["--config", str(config_file), "imports", "retry", str(import_id)]
+    )
     assert 0 == result.exit_code, result.output
     stop = threading.Event()
     workers = Workers(engine=engine, cfg=cfg, stop=stop)
@@ -106,8 +115,9 @@ def test_poison_import_fails_after_max_attempts_and_retry_completes_it(
     finally:
         stop.set()
         workers.join(time.monotonic() + 10)
-    summary = json.loads((cfg.outbox("acme") / f"nightly.persons.{import_id}.summary.json")
-                         .read_text())
+    summary = json.loads(
+        (cfg.outbox("acme") / f"nightly.persons.{import_id}.summary.json").read_text()
+    )
     assert ("completed", 2) == (summary["status"], summary["rows"]["created"])
     assert (cfg.archive_dir / "acme" / f"{import_id}.nightly.persons").is_file()
     engine.dispose()
@@ -132,8 +142,11 @@ def test_connection_errors_are_told_apart_from_bugs() -> None:
 
     refused = OperationalError("select 1", {}, Exception("connection refused"))
     bug = ProgrammingError("select nope", {}, Exception("syntax error"))
-    assert (True, False, False) == (is_db_unreachable(refused), is_db_unreachable(bug),
-                                    is_db_unreachable(ValueError("x")))
+    assert (True, False, False) == (
+        is_db_unreachable(refused),
+        is_db_unreachable(bug),
+        is_db_unreachable(ValueError("x")),
+    )
 
 
 def test_disk_full_waits_instead_of_spending_attempts() -> None:
@@ -143,9 +156,11 @@ def test_disk_full_waits_instead_of_spending_attempts() -> None:
     from personsd.errors import TransientError
 
     full = OSError(errno.ENOSPC, "No space left on device")
-    assert (True, True, False) == (is_db_unreachable(full),
-                                   is_db_unreachable(TransientError("disk full")),
-                                   is_db_unreachable(OSError(errno.EACCES, "denied")))
+    assert (True, True, False) == (
+        is_db_unreachable(full),
+        is_db_unreachable(TransientError("disk full")),
+        is_db_unreachable(OSError(errno.EACCES, "denied")),
+    )
 
 
 def test_a_cli_import_is_never_claimed_by_a_daemon(site: config.Config, tmp_path: Path) -> None:
@@ -153,11 +168,13 @@ def test_a_cli_import_is_never_claimed_by_a_daemon(site: config.Config, tmp_path
     source = tmp_path / "now.persons"
     source.write_text(GOOD)
     engine = db.connect(site.database.url)
-    import_id = importer.create(engine, tenant="acme", path=source, source="cli",
-                                claimed_by="cli:host:1")
+    import_id = importer.create(
+        engine, tenant="acme", path=source, source="cli", claimed_by="cli:host:1"
+    )
     with db.write_tx(engine) as conn:
-        claimed = store_imports.claim_next(conn, instance="host:/var/lib/personsd",
-                                           tenants_busy=set())
+        claimed = store_imports.claim_next(
+            conn, instance="host:/var/lib/personsd", tenants_busy=set()
+        )
         record = store_imports.get(conn, import_id)
     engine.dispose()
     assert (None, "running", 1) == (claimed, record.status, record.attempts)

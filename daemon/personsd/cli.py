@@ -102,8 +102,13 @@ def tenant_dirs(cfg: Config, name: str) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", envvar=config_mod.ENV_CONFIG, metavar="FILE",
-              help="TOML config file (default: $PERSONSD_CONFIG, else built-in defaults).")
+@click.option(
+    "--config",
+    "config_path",
+    envvar=config_mod.ENV_CONFIG,
+    metavar="FILE",
+    help="TOML config file (default: $PERSONSD_CONFIG, else built-in defaults).",
+)
 @click.version_option(package_name="personsd")
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None) -> None:
@@ -165,9 +170,13 @@ def import_(ctx: click.Context, file: Path, tenant: str) -> None:
         cfg = state.config
         init_paths(cfg)
         state.tenant(tenant)
-        import_id = importer.create(state.engine, tenant=tenant, path=file.resolve(),
-                                    source="cli",
-                                    claimed_by=f"cli:{socket.gethostname()}:{os.getpid()}")
+        import_id = importer.create(
+            state.engine,
+            tenant=tenant,
+            path=file.resolve(),
+            source="cli",
+            claimed_by=f"cli:{socket.gethostname()}:{os.getpid()}",
+        )
         outcome = _run_with_attempts(state, import_id, file.stat().st_size)
         if outcome.summary.status != "failed":
             shutil.rmtree(cfg.work_dir / str(import_id), ignore_errors=True)
@@ -212,9 +221,15 @@ def _progress(stream: TextIO, size: int, log: LogConfig) -> Iterator[Any]:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     # soft_wrap: a log line is printed whole, as one line, and the terminal wraps it.
-    with Progress(TextColumn("importing"), BarColumn(), DownloadColumn(),
-                  TextColumn("{task.fields[rows]} rows"), TimeRemainingColumn(),
-                  console=Console(file=stream, soft_wrap=True), transient=True) as bar:
+    with Progress(
+        TextColumn("importing"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[rows]} rows"),
+        TimeRemainingColumn(),
+        console=Console(file=stream, soft_wrap=True),
+        transient=True,
+    ) as bar:
         task = bar.add_task("import", total=size, rows=0)
 
         def on_chunk(rows: int, done: int) -> None:
@@ -230,6 +245,7 @@ def _progress(stream: TextIO, size: int, log: LogConfig) -> Iterator[Any]:
 
 
 # -- tenants ---------------------------------------------------------------
+
 
 @main.group()
 def tenants() -> None:
@@ -257,12 +273,18 @@ def _read_keys(files: tuple[Path, ...]) -> list[tuple[str, str, str]]:
 
 @tenants.command("add")
 @click.argument("name")
-@click.option("--ssh-key", "ssh_keys", multiple=True, type=click.Path(path_type=Path),
-              help="OpenSSH public key file (repeatable).")
+@click.option(
+    "--ssh-key",
+    "ssh_keys",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="OpenSSH public key file (repeatable).",
+)
 @click.option("--password-stdin", is_flag=True, help="Read an SFTP password from stdin.")
 @click.pass_context
-def tenants_add(ctx: click.Context, name: str, ssh_keys: tuple[Path, ...],
-                password_stdin: bool) -> None:
+def tenants_add(
+    ctx: click.Context, name: str, ssh_keys: tuple[Path, ...], password_stdin: bool
+) -> None:
     """Create tenant NAME with its inbox and outbox."""
     state = _state(ctx)
     with errors_handled():
@@ -289,8 +311,10 @@ def tenants_list(ctx: click.Context, as_json: bool) -> None:
     state = _state(ctx)
     with errors_handled(), state.engine.connect() as conn:
         found = store_tenants.list_tenants(conn)
-    rows = [{"name": t.name, "keys": len(t.keys), "password": t.password_hash is not None}
-            for t in found]
+    rows = [
+        {"name": t.name, "keys": len(t.keys), "password": t.password_hash is not None}
+        for t in found
+    ]
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -319,6 +343,7 @@ def tenants_remove(ctx: click.Context, name: str) -> None:
 
 # -- fields ----------------------------------------------------------------
 
+
 @main.group()
 def fields() -> None:
     """A tenant's custom fields."""
@@ -332,8 +357,15 @@ def fields() -> None:
 @click.option("--charset", default=None, type=click.Choice([c.value for c in Charset]))
 @click.option("--max-length", type=int, default=None)
 @click.pass_context
-def fields_add(ctx: click.Context, tenant: str, name: str, type_: str, options: str | None,
-               charset: str | None, max_length: int | None) -> None:
+def fields_add(
+    ctx: click.Context,
+    tenant: str,
+    name: str,
+    type_: str,
+    options: str | None,
+    charset: str | None,
+    max_length: int | None,
+) -> None:
     """Define custom field NAME for a tenant."""
     state = _state(ctx)
     with errors_handled():
@@ -355,8 +387,13 @@ def fields_add(ctx: click.Context, tenant: str, name: str, type_: str, options: 
 
 
 def _field_dict(field: CustomField) -> dict[str, Any]:
-    return {"name": field.name, "type": field.type.value, "options": list(field.options),
-            "charset": field.charset.value, "max_length": field.max_length}
+    return {
+        "name": field.name,
+        "type": field.type.value,
+        "options": list(field.options),
+        "charset": field.charset.value,
+        "max_length": field.max_length,
+    }
 
 
 @fields.command("list")
@@ -395,14 +432,20 @@ def fields_remove(ctx: click.Context, tenant: str, name: str) -> None:
 
 # -- persons ---------------------------------------------------------------
 
+
 @main.group()
 def persons() -> None:
     """Look at a tenant's persons."""
 
 
 def export_rows(person: Person, custom: list[CustomField]) -> list[str]:
-    row = [str(person.person_id), person.person_key, person.external_person_id or "",
-           person.mdn or "", person.vibes_device_id or ""]
+    row = [
+        str(person.person_id),
+        person.person_key,
+        person.external_person_id or "",
+        person.mdn or "",
+        person.vibes_device_id or "",
+    ]
     for field in custom:
         value = person.attributes.get(str(field.id))
         row.append("" if value is None else format_value(value))
@@ -423,8 +466,7 @@ def persons_export(ctx: click.Context, tenant: str, output: Path | None) -> None
             custom = store_fields.list_fields(conn, found.id)  # sorted by name
             header = BUILTIN_COLUMNS + tuple(f.name for f in custom)
             try:
-                out = (output.open("w", encoding="utf-8", newline="") if output
-                       else sys.stdout)
+                out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
             except OSError as exc:
                 raise OperatorError(f"cannot write {output}: {exc.strerror}") from None
             try:
@@ -443,15 +485,29 @@ def persons_export(ctx: click.Context, tenant: str, output: Path | None) -> None
 @click.option("--external-person-id", default=None)
 @click.option("--mdn", default=None)
 @click.pass_context
-def persons_show(ctx: click.Context, tenant: str, person_id: int | None, person_key: str | None,
-                 external_person_id: str | None, mdn: str | None) -> None:
+def persons_show(
+    ctx: click.Context,
+    tenant: str,
+    person_id: int | None,
+    person_key: str | None,
+    external_person_id: str | None,
+    mdn: str | None,
+) -> None:
     """One person as JSON."""
-    given = {k: v for k, v in {"person_id": person_id, "person_key": person_key,
-                               "external_person_id": external_person_id, "mdn": mdn}.items()
-             if v is not None}
+    given = {
+        k: v
+        for k, v in {
+            "person_id": person_id,
+            "person_key": person_key,
+            "external_person_id": external_person_id,
+            "mdn": mdn,
+        }.items()
+        if v is not None
+    }
     if len(given) != 1:
-        raise click.UsageError("give exactly one of --person-id, --person-key, "
-                               "--external-person-id, --mdn")
+        raise click.UsageError(
+            "give exactly one of --person-id, --person-key, --external-person-id, --mdn"
+        )
     state = _state(ctx)
     ((column, value),) = given.items()
     if column == "mdn":
@@ -464,12 +520,16 @@ def persons_show(ctx: click.Context, tenant: str, person_id: int | None, person_
     if person is None:
         fail(f"no person with {column} {value!r} in tenant {tenant!r}")
     body: dict[str, Any] = {c: getattr(person, c) for c in BUILTIN_COLUMNS}
-    body["fields"] = {f.name: format_value(person.attributes[str(f.id)]) for f in custom
-                      if str(f.id) in person.attributes}
+    body["fields"] = {
+        f.name: format_value(person.attributes[str(f.id)])
+        for f in custom
+        if str(f.id) in person.attributes
+    }
     click.echo(json.dumps(body, ensure_ascii=False, indent=2))
 
 
 # -- imports ---------------------------------------------------------------
+
 
 @main.group("imports")
 def imports_() -> None:
@@ -489,12 +549,21 @@ def imports_list(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
             names = {t.id: t.name for t in store_tenants.list_tenants(conn)}
             records = store_imports.list_imports(conn, tenant_id)
     rows: list[dict[str, Any]] = [
-        {"import_id": r.id, "tenant": names.get(r.tenant_id), "file": r.file_name,
-         "status": r.status, "attempts": r.attempts,
-         "rows": {"total": r.rows_total, "succeeded": r.rows_succeeded,
-                  "failed": r.rows_failed, "created": r.rows_created,
-                  "updated": r.rows_updated},
-         "received_at": r.received_at.isoformat() if r.received_at else None}
+        {
+            "import_id": r.id,
+            "tenant": names.get(r.tenant_id),
+            "file": r.file_name,
+            "status": r.status,
+            "attempts": r.attempts,
+            "rows": {
+                "total": r.rows_total,
+                "succeeded": r.rows_succeeded,
+                "failed": r.rows_failed,
+                "created": r.rows_created,
+                "updated": r.rows_updated,
+            },
+            "received_at": r.received_at.isoformat() if r.received_at else None,
+        }
         for r in records
     ]
     if as_json:
@@ -502,8 +571,10 @@ def imports_list(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
         return
     for row in rows:
         counts = row["rows"]
-        click.echo(f"{row['import_id']}\t{row['tenant']}\t{row['status']}\t{row['file']}\t"
-                   f"rows={counts['total']} ok={counts['succeeded']} failed={counts['failed']}")
+        click.echo(
+            f"{row['import_id']}\t{row['tenant']}\t{row['status']}\t{row['file']}\t"
+            f"rows={counts['total']} ok={counts['succeeded']} failed={counts['failed']}"
+        )
 
 
 @imports_.command("retry")
@@ -522,12 +593,20 @@ def imports_retry(ctx: click.Context, import_id: int) -> None:
             record = store_imports.get(conn, import_id)
             if record.status != "failed":
                 raise OperatorError(f"import {import_id} is {record.status}, not failed")
-            store_imports.set_status(conn, import_id, "queued", attempts=0, finished_at=None,
-                                     reports_published=False, claimed_by=None)
+            store_imports.set_status(
+                conn,
+                import_id,
+                "queued",
+                attempts=0,
+                finished_at=None,
+                reports_published=False,
+                claimed_by=None,
+            )
     click.echo(f"import {import_id} queued again")
 
 
 # -- db --------------------------------------------------------------------
+
 
 @main.group("db")
 def db_() -> None:

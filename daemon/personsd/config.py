@@ -205,15 +205,23 @@ def _int(section: str, key: str, value: Any, minimum: int) -> int:
 
 
 def _number(section: str, key: str, value: Any, minimum: float) -> float:
-    if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not math.isfinite(value) or value < minimum):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < minimum
+    ):
         raise _fail(section, key, f"must be a number >= {minimum}", value)
     return float(value)
 
 
 def _positive(section: str, key: str, value: Any) -> float:
-    if (isinstance(value, bool) or not isinstance(value, int | float)
-            or not math.isfinite(value) or value <= 0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise _fail(section, key, "must be a number > 0", value)
     return float(value)
 
@@ -271,8 +279,13 @@ def _database_url(section: str, key: str, value: Any, base: Path) -> str:
     return _sqlite_url(url, base)
 
 
-def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str] | None = None,
-          source: Path | None = None) -> Config:
+def parse(
+    data: Mapping[str, Any],
+    *,
+    base: Path,
+    env: Mapping[str, str] | None = None,
+    source: Path | None = None,
+) -> Config:
     """Validate a parsed TOML document into a :class:`Config`."""
     env = os.environ if env is None else env
     for section, table in data.items():
@@ -306,15 +319,21 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str] | None 
     if not isinstance(enabled, bool):
         raise _fail("sftp", "enabled", "must be true or false", enabled)
     host, port = _listen(sftp.get("listen", "127.0.0.1:2222"))
-    host_key = _path("sftp", "host_key", sftp.get("host_key", str(root / "ssh_host_ed25519_key")),
-                     base)
+    host_key = _path(
+        "sftp", "host_key", sftp.get("host_key", str(root / "ssh_host_ed25519_key")), base
+    )
 
-    carrier = _choice("import", "carrier_lookup", imp.get("carrier_lookup", "offline"),
-                      CARRIER_LOOKUPS)
+    carrier = _choice(
+        "import", "carrier_lookup", imp.get("carrier_lookup", "offline"), CARRIER_LOOKUPS
+    )
     carrier_url = _str("import", "carrier_lookup_url", imp.get("carrier_lookup_url", ""))
     if carrier == "http" and not carrier_url.startswith(("http://", "https://")):
-        raise _fail("import", "carrier_lookup_url",
-                    "must be an http(s) URL when carrier_lookup = \"http\"", carrier_url)
+        raise _fail(
+            "import",
+            "carrier_lookup_url",
+            'must be an http(s) URL when carrier_lookup = "http"',
+            carrier_url,
+        )
 
     metrics_listen = _str("metrics", "listen", met.get("listen", ""))
     metrics = MetricsConfig()
@@ -324,8 +343,9 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str] | None 
     secret = _str("notify", "secret_file", ntf.get("secret_file", ""))
     instance = _str("cluster", "instance", clu.get("instance", ""))
     if instance != instance.strip() or any(ord(c) < 32 or ord(c) == 127 for c in instance):
-        raise _fail("cluster", "instance", "must be printable, without surrounding spaces",
-                    instance)
+        raise _fail(
+            "cluster", "instance", "must be printable, without surrounding spaces", instance
+        )
     pgp_home = _str("pgp", "home", pgp.get("home", ""))
     default = LimitsConfig()
 
@@ -338,32 +358,39 @@ def parse(data: Mapping[str, Any], *, base: Path, env: Mapping[str, str] | None 
             chunk_rows=_int("import", "chunk_rows", imp.get("chunk_rows", 5000), 1),
             settle_seconds=_number("import", "settle_seconds", imp.get("settle_seconds", 1.0), 0),
             rescan_seconds=_number("import", "rescan_seconds", imp.get("rescan_seconds", 30), 0.1),
-            max_row_bytes=_int("import", "max_row_bytes", imp.get("max_row_bytes", 1_048_576),
-                               64),
+            max_row_bytes=_int("import", "max_row_bytes", imp.get("max_row_bytes", 1_048_576), 64),
             max_attempts=_int("import", "max_attempts", imp.get("max_attempts", 3), 1),
             carrier_lookup=carrier,
             carrier_lookup_url=carrier_url,
         ),
-        archive=ArchiveConfig(keep_days=_number("archive", "keep_days",
-                                                arch.get("keep_days", 30), 0)),
+        archive=ArchiveConfig(
+            keep_days=_number("archive", "keep_days", arch.get("keep_days", 30), 0)
+        ),
         limits=LimitsConfig(
-            inbox_bytes=_int("limits", "inbox_bytes",
-                             lim.get("inbox_bytes", default.inbox_bytes), 1),
-            inbox_files=_int("limits", "inbox_files",
-                             lim.get("inbox_files", default.inbox_files), 1),
+            inbox_bytes=_int(
+                "limits", "inbox_bytes", lim.get("inbox_bytes", default.inbox_bytes), 1
+            ),
+            inbox_files=_int(
+                "limits", "inbox_files", lim.get("inbox_files", default.inbox_files), 1
+            ),
             connections_per_address=_int(
-                "limits", "connections_per_address",
-                lim.get("connections_per_address", default.connections_per_address), 1),
+                "limits",
+                "connections_per_address",
+                lim.get("connections_per_address", default.connections_per_address),
+                1,
+            ),
             connections_per_tenant=_int(
-                "limits", "connections_per_tenant",
-                lim.get("connections_per_tenant", default.connections_per_tenant), 1),
+                "limits",
+                "connections_per_tenant",
+                lim.get("connections_per_tenant", default.connections_per_tenant),
+                1,
+            ),
         ),
         metrics=metrics,
         notify=NotifyConfig(
             url=_http_url("notify", "url", ntf.get("url", "")),
             secret_file=_path("notify", "secret_file", secret, base) if secret else None,
-            timeout_seconds=_positive("notify", "timeout_seconds",
-                                      ntf.get("timeout_seconds", 10)),
+            timeout_seconds=_positive("notify", "timeout_seconds", ntf.get("timeout_seconds", 10)),
         ),
         cluster=ClusterConfig(
             instance=instance,

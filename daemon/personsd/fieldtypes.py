@@ -162,9 +162,7 @@ class CustomField:
     charset: Charset = Charset.UNICODE
     max_length: int = DEFAULT_MAX_LENGTH
     # Built once here so that parse does a set lookup per cell.
-    _option_set: frozenset[str] = field(
-        init=False, repr=False, compare=False, default=frozenset()
-    )
+    _option_set: frozenset[str] = field(init=False, repr=False, compare=False, default=frozenset())
 
     def __post_init__(self) -> None:
         # Callers reading the database or the command line may hand in plain
@@ -173,9 +171,7 @@ class CustomField:
         object.__setattr__(self, "charset", _enum(Charset, self.charset, "charset"))
         object.__setattr__(self, "options", tuple(self.options))
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
-            raise ValueError(
-                f"invalid field name {self.name!r}: must match [a-z][a-z0-9_]{{0,63}}"
-            )
+            raise ValueError(f"invalid field name {self.name!r}: must match [a-z][a-z0-9_]{{0,63}}")
         if self.name in IDENTIFIERS:
             raise ValueError(f"invalid field name {self.name!r}: it is a built-in field")
         if isinstance(self.id, bool) or not isinstance(self.id, int) or self.id < 0:

@@ -255,8 +255,18 @@ class _QuoteRun:
     which would make a file of lines like ``a","b`` quadratic.
     """
 
-    __slots__ = ("closing", "closing_line", "content_end", "eof", "line", "next",
-                 "pos", "quote_at", "start", "too_long")
+    __slots__ = (
+        "closing",
+        "closing_line",
+        "content_end",
+        "eof",
+        "line",
+        "next",
+        "pos",
+        "quote_at",
+        "start",
+        "too_long",
+    )
 
     def __init__(self, start: int, line: int) -> None:
         self.start = start  # a line start entered inside the quote

@@ -76,15 +76,23 @@ def main(home: Path | None = None) -> int:
             if not keys:
                 password = secrets.token_urlsafe(12)
             tenant_id = store_tenants.add_tenant(
-                conn, TENANT, keys=keys,
-                password_hash=hash_password(password) if password else None)
-            store_fields.add_field(conn, tenant_id, CustomField(name="first_name",
-                                                                type=FieldType.STRING))
-            store_fields.add_field(conn, tenant_id, CustomField(name="last_name",
-                                                                type=FieldType.STRING))
-            store_fields.add_field(conn, tenant_id, CustomField(
-                name="sport_interests", type=FieldType.MULTI_SELECT,
-                options=("football", "hockey", "soccer", "golf", "basketball")))
+                conn, TENANT, keys=keys, password_hash=hash_password(password) if password else None
+            )
+            store_fields.add_field(
+                conn, tenant_id, CustomField(name="first_name", type=FieldType.STRING)
+            )
+            store_fields.add_field(
+                conn, tenant_id, CustomField(name="last_name", type=FieldType.STRING)
+            )
+            store_fields.add_field(
+                conn,
+                tenant_id,
+                CustomField(
+                    name="sport_interests",
+                    type=FieldType.MULTI_SELECT,
+                    options=("football", "hockey", "soccer", "golf", "basketball"),
+                ),
+            )
         else:
             keys = list(tenant.keys)  # type: ignore[arg-type]
     engine.dispose()
@@ -96,11 +104,15 @@ def main(home: Path | None = None) -> int:
     port = cfg.sftp.port
     key_hint = "" if password else " -i ~/.ssh/id_ed25519"
     cli = Path(sys.executable).parent / "personsd"
-    print(f"""
-personsd is starting: SQLite at {home / 'persons.db'}, SFTP on {cfg.sftp.listen}.
+    print(
+        f"""
+personsd is starting: SQLite at {home / "persons.db"}, SFTP on {cfg.sftp.listen}.
 
-Tenant '{TENANT}' ({'password: ' + password + '   <- shown once' if password else
-                    f'{len(keys)} SSH key(s) from ~/.ssh'}).
+Tenant '{TENANT}' ({
+            "password: " + password + "   <- shown once"
+            if password
+            else f"{len(keys)} SSH key(s) from ~/.ssh"
+        }).
 
 Upload the example file and fetch the reports:
 
@@ -114,9 +126,12 @@ or from the shell (another terminal):
     {cli} --config {config_path} persons export --tenant {TENANT}
 
 Stop with Ctrl-C.
-""", flush=True)
-    os.execv(sys.executable, [sys.executable, "-m", "personsd", "--config", str(config_path),
-                              "run"])
+""",
+        flush=True,
+    )
+    os.execv(
+        sys.executable, [sys.executable, "-m", "personsd", "--config", str(config_path), "run"]
+    )
 
 
 if __name__ == "__main__":

@@ -118,9 +118,17 @@ def create(
         duplicate = store_imports.find_duplicate(conn, found.id, digest, import_id)
         if claimed_by is not None:
             moment = now()
-            store_imports.set_status(conn, import_id, "running", duplicate_of=duplicate,
-                                     claimed_by=claimed_by, claimed_at=moment,
-                                     heartbeat_at=moment, started_at=moment, attempts=1)
+            store_imports.set_status(
+                conn,
+                import_id,
+                "running",
+                duplicate_of=duplicate,
+                claimed_by=claimed_by,
+                claimed_at=moment,
+                heartbeat_at=moment,
+                started_at=moment,
+                attempts=1,
+            )
         elif duplicate is not None:
             store_imports.set_status(conn, import_id, "queued", duplicate_of=duplicate)
     return import_id
@@ -167,15 +175,28 @@ def run(
                 started_at=record.started_at or now(),
             )
             record = store_imports.get(conn, import_id)
-    bound.info(Event.IMPORT_RESUMED if resumed else Event.IMPORT_STARTED,
-               attempt=record.attempts, row=record.next_row, bytes=record.bytes)
+    bound.info(
+        Event.IMPORT_RESUMED if resumed else Event.IMPORT_STARTED,
+        attempt=record.attempts,
+        row=record.next_row,
+        bytes=record.bytes,
+    )
 
     try:
         fileformat.check_name(record.file_name)
         with open(record.work_path, "rb", buffering=_READ_BUFFER) as fh:
             layout = fileformat.read_layout(fh, max_row_bytes=cfg.imports.max_row_bytes)
-        _import_rows(engine, cfg, record, layout, carrier or carrier_for(cfg),
-                     stop, on_chunk, bound, validate_in)
+        _import_rows(
+            engine,
+            cfg,
+            record,
+            layout,
+            carrier or carrier_for(cfg),
+            stop,
+            on_chunk,
+            bound,
+            validate_in,
+        )
     except FileRejected as rejected:
         return _reject(engine, cfg, record, rejected)
 
@@ -183,8 +204,14 @@ def run(
         store_imports.set_status(conn, import_id, "completed", finished_at=now())
     outcome = publish(engine, cfg, import_id)
     rows = outcome.summary.rows
-    bound.info(Event.IMPORT_COMPLETED, rows=rows.total, succeeded=rows.succeeded,
-               failed=rows.failed, created=rows.created, updated=rows.updated)
+    bound.info(
+        Event.IMPORT_COMPLETED,
+        rows=rows.total,
+        succeeded=rows.succeeded,
+        failed=rows.failed,
+        created=rows.created,
+        updated=rows.updated,
+    )
     return outcome
 
 
@@ -195,8 +222,7 @@ def _tenant_name(conn: Connection, tenant_id: int) -> str:
     return name
 
 
-def _reject(engine: Engine, cfg: Config, record: ImportRecord,
-            rejected: FileRejected) -> Outcome:
+def _reject(engine: Engine, cfg: Config, record: ImportRecord, rejected: FileRejected) -> Outcome:
     errors_path, _ = work_paths(cfg, record.id)
     errors_path.parent.mkdir(parents=True, exist_ok=True)
     reports.rejected_report(errors_path, rejected.error_class, rejected.message, rejected.line)
@@ -210,9 +236,15 @@ def _reject(engine: Engine, cfg: Config, record: ImportRecord,
             file_error_message=rejected.message,
         )
     outcome = publish(engine, cfg, record.id)
-    log.warning(Event.IMPORT_REJECTED, tenant=outcome.summary.tenant, import_id=record.id,
-                file=record.file_name, error_class=rejected.error_class,
-                message=rejected.message, line=rejected.line)
+    log.warning(
+        Event.IMPORT_REJECTED,
+        tenant=outcome.summary.tenant,
+        import_id=record.id,
+        file=record.file_name,
+        error_class=rejected.error_class,
+        message=rejected.message,
+        line=rejected.line,
+    )
     return outcome
 
 
@@ -253,8 +285,9 @@ def _import_rows(
         # Whatever a crashed run appended after its last checkpoint goes.
         errors_out.truncate(point.errors_bytes)
         retry_out.truncate(point.retry_bytes)
-        progress = ProgressReporter(record.bytes, start_rows=point.rows_total,
-                                    start_bytes=point.next_offset or 0)
+        progress = ProgressReporter(
+            record.bytes, start_rows=point.rows_total, start_bytes=point.next_offset or 0
+        )
         statistics = _Statistics(engine)
         for chunk in chunks:
             if stop is not None and stop.is_set():
@@ -334,8 +367,7 @@ def _apply_chunk(
     with write_tx(engine) as conn:
         _lock_tenant(conn, record.tenant_id)
         loaded = store_persons.load(conn, record.tenant_id, lookups)
-        held = {column: {getattr(person, column) for person in loaded}
-                for column in _CREATING_KEYS}
+        held = {column: {getattr(person, column) for person in loaded} for column in _CREATING_KEYS}
         creatable = {
             (change.key, change.key_value)
             for change in changes
@@ -355,8 +387,9 @@ def _apply_chunk(
                 outcome = row.errors
             counts["failed"] += 1
             for error in outcome:
-                report.append(reports.ReportLine(line=row.line, row=row.row, error=error,
-                                                 values=row.values))
+                report.append(
+                    reports.ReportLine(line=row.line, row=row.row, error=error, values=row.values)
+                )
                 error_counts[error.error_class] += 1
             if any(error.error_class == _TRANSIENT for error in outcome):
                 retry.append(row.values)
@@ -425,8 +458,7 @@ class _Keys:
         h = self._random[at : at + 20]
         stamp = f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}"
         # Version nibble 7; variant bits 10xx in the first nibble of the 4th group.
-        return (f"{stamp[:8]}-{stamp[8:]}-7{h[:3]}-{_VARIANT[int(h[3], 16) & 3]}{h[4:7]}"
-                f"-{h[7:19]}")
+        return f"{stamp[:8]}-{stamp[8:]}-7{h[:3]}-{_VARIANT[int(h[3], 16) & 3]}{h[4:7]}-{h[7:19]}"
 
 
 _VARIANT = "89ab"
@@ -438,16 +470,19 @@ def _lock_tenant(conn: Connection, tenant_id: int) -> None:
     SQLite needs nothing: the write transaction holds the database lock.
     """
     if conn.dialect.name == "postgresql":
-        conn.execute(text("select pg_advisory_xact_lock(:ns, :tenant)"),
-                     {"ns": _LOCK_NAMESPACE, "tenant": tenant_id})
+        conn.execute(
+            text("select pg_advisory_xact_lock(:ns, :tenant)"),
+            {"ns": _LOCK_NAMESPACE, "tenant": tenant_id},
+        )
 
 
 def summary_of(record: ImportRecord, tenant: str) -> reports.Summary:
     """The summary.json of an import as the database records it."""
     file_error = None
     if record.status == "rejected" and record.file_error_class and record.file_error_message:
-        file_error = reports.FileError(error_class=record.file_error_class,
-                                       message=record.file_error_message)
+        file_error = reports.FileError(
+            error_class=record.file_error_class, message=record.file_error_message
+        )
     return reports.Summary(
         import_id=record.id,
         tenant=tenant,
@@ -466,8 +501,11 @@ def summary_of(record: ImportRecord, tenant: str) -> reports.Summary:
             updated=record.rows_updated,
         ),
         # SPEC 4 counts error lines by class; a rejected file's report has one.
-        errors=({file_error.error_class: 1} if file_error is not None
-                else {k: v for k, v in record.error_counts.items() if v}),
+        errors=(
+            {file_error.error_class: 1}
+            if file_error is not None
+            else {k: v for k, v in record.error_counts.items() if v}
+        ),
         file_error=file_error,
         reports=reports.Reports.of(record.file_name, record.id, retry=record.retry_rows > 0),
         duplicate_of=record.duplicate_of,
@@ -497,9 +535,15 @@ def publish(engine: Engine, cfg: Config, import_id: int) -> Outcome:
     outbox.mkdir(parents=True, exist_ok=True)
     # Temp files go next to the partial reports (personsd's, same filesystem);
     # a directory found at a report's name is moved to state/displaced/<tenant>/.
-    reports.publish_all(outbox, record.file_name, import_id, errors_path,
-                        retry_path if record.retry_rows > 0 else None, summary,
-                        displaced=cfg.state_dir / "displaced" / tenant)
+    reports.publish_all(
+        outbox,
+        record.file_name,
+        import_id,
+        errors_path,
+        retry_path if record.retry_rows > 0 else None,
+        summary,
+        displaced=cfg.state_dir / "displaced" / tenant,
+    )
     with write_tx(engine) as conn:
         store_imports.set_status(conn, import_id, record.status, reports_published=True)
         record = store_imports.get(conn, import_id)
@@ -509,10 +553,16 @@ def publish(engine: Engine, cfg: Config, import_id: int) -> Outcome:
 def fail(engine: Engine, cfg: Config, import_id: int, reason: str) -> Outcome:
     """Give up on an import after its last attempt: status failed, reports published."""
     with write_tx(engine) as conn:
-        store_imports.set_status(conn, import_id, "failed", finished_at=now(),
-                                 last_error=reason[:2000])
+        store_imports.set_status(
+            conn, import_id, "failed", finished_at=now(), last_error=reason[:2000]
+        )
     outcome = publish(engine, cfg, import_id)
-    log.error(Event.IMPORT_FAILED, tenant=outcome.summary.tenant, import_id=import_id,
-              file=outcome.record.file_name, reason=reason[:500],
-              attempts=outcome.record.attempts)
+    log.error(
+        Event.IMPORT_FAILED,
+        tenant=outcome.summary.tenant,
+        import_id=import_id,
+        file=outcome.record.file_name,
+        reason=reason[:500],
+        attempts=outcome.record.attempts,
+    )
     return outcome

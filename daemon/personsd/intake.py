@@ -39,8 +39,14 @@ log = get_logger("personsd.intake")
 class Intake:
     """Claims ready files in the order they became complete, one thread."""
 
-    def __init__(self, *, engine: Engine, cfg: Config, on_queued: Callable[[], None],
-                 policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        cfg: Config,
+        on_queued: Callable[[], None],
+        policy: RetryPolicy | None = None,
+    ) -> None:
         self.engine = engine
         self.cfg = cfg
         self.on_queued = on_queued
@@ -95,8 +101,13 @@ class Intake:
             except Exception as exc:  # noqa: BLE001 -- database down, disk full: retry
                 failures += 1
                 delay = self.policy.delay(failures)
-                log.warning("intake.retry", tenant=ready.tenant, file=ready.path.name,
-                            error=repr(exc)[:300], retry_in=round(delay, 2))
+                log.warning(
+                    "intake.retry",
+                    tenant=ready.tenant,
+                    file=ready.path.name,
+                    error=repr(exc)[:300],
+                    retry_in=round(delay, 2),
+                )
                 self._stop.wait(delay)
                 continue
             failures = 0
@@ -125,14 +136,25 @@ class Intake:
         # Full precision: files completing within one second keep their order.
         received = datetime.fromtimestamp(completed_at, UTC)
         try:
-            import_id = importer.create(self.engine, tenant=tenant, path=claimed, source="sftp",
-                                        file_name=name, received_at=received)
+            import_id = importer.create(
+                self.engine,
+                tenant=tenant,
+                path=claimed,
+                source="sftp",
+                file_name=name,
+                received_at=received,
+            )
         except OperatorError:
             # The tenant was removed after the upload: keep the file aside, say so.
             log.error("intake.unknown_tenant", tenant=tenant, file=name, path=str(claimed))
             return None
-        log.info(Event.IMPORT_QUEUED, tenant=tenant, import_id=import_id, file=name,
-                 bytes=claimed.stat().st_size)
+        log.info(
+            Event.IMPORT_QUEUED,
+            tenant=tenant,
+            import_id=import_id,
+            file=name,
+            bytes=claimed.stat().st_size,
+        )
         self.on_queued()
         return import_id
 

@@ -113,8 +113,16 @@ def _reference_lookup(e164: str) -> RowError | None:
 # the region and type computed once. tests/test_phones.py checks the two
 # agree on generated numbers; anything else takes the reference path.
 _NANP = re.compile(r"\+1([2-9]\d{9})")
-_DESCS = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan",
-          "voicemail")
+_DESCS = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+)
 
 
 @functools.cache
@@ -152,9 +160,11 @@ class _TypeMatcher:
         general = _applies(md.general_desc, length)
         alternatives = [
             (f"t{kind}", pattern)
-            for kind, name in (*zip(_DESC_TYPES, _DESCS, strict=True),
-                               (PhoneNumberType.FIXED_LINE, "fixed_line"),
-                               (PhoneNumberType.MOBILE, "mobile"))
+            for kind, name in (
+                *zip(_DESC_TYPES, _DESCS, strict=True),
+                (PhoneNumberType.FIXED_LINE, "fixed_line"),
+                (PhoneNumberType.MOBILE, "mobile"),
+            )
             if (pattern := _applies(getattr(md, name), length)) is not None
         ]
         combined = "|".join(f"(?P<{group}>{pattern})" for group, pattern in alternatives)
@@ -186,10 +196,16 @@ class _TypeMatcher:
         return kind
 
 
-_DESC_TYPES = (PhoneNumberType.PREMIUM_RATE, PhoneNumberType.TOLL_FREE,
-               PhoneNumberType.SHARED_COST, PhoneNumberType.VOIP,
-               PhoneNumberType.PERSONAL_NUMBER, PhoneNumberType.PAGER, PhoneNumberType.UAN,
-               PhoneNumberType.VOICEMAIL)
+_DESC_TYPES = (
+    PhoneNumberType.PREMIUM_RATE,
+    PhoneNumberType.TOLL_FREE,
+    PhoneNumberType.SHARED_COST,
+    PhoneNumberType.VOIP,
+    PhoneNumberType.PERSONAL_NUMBER,
+    PhoneNumberType.PAGER,
+    PhoneNumberType.UAN,
+    PhoneNumberType.VOICEMAIL,
+)
 
 
 @functools.cache

@@ -241,10 +241,9 @@ class RetryWriter(_AppendFile):
         lay = self.layout
         width = len(lay.fields)
         self.write(
-            "".join(
-                persons_line(_fit(values, width), lay.delimiter)
-                for values in rows
-            ).encode("utf-8")
+            "".join(persons_line(_fit(values, width), lay.delimiter) for values in rows).encode(
+                "utf-8"
+            )
         )
 
     def has_rows(self) -> bool:
@@ -418,8 +417,9 @@ def _open_dir(directory: Path, what: str) -> int:
         return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except NotADirectoryError:
         if directory.is_symlink():
-            raise OSError(errno.ELOOP, f"{what} is a symbolic link; not publishing through it",
-                          str(directory)) from None
+            raise OSError(
+                errno.ELOOP, f"{what} is a symbolic link; not publishing through it", str(directory)
+            ) from None
         raise
 
 
@@ -428,8 +428,12 @@ def _write_temp(scratch_fd: int, source: Path | bytes) -> str:
     for _ in range(_TEMP_TRIES):
         temp = f".{_token()}.publish"
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600, dir_fd=scratch_fd)
+            fd = os.open(
+                temp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=scratch_fd,
+            )
         except FileExistsError:
             continue
         try:
@@ -507,8 +511,14 @@ def publish(
         try:
             temp = _write_temp(scratch_fd, source)
             try:
-                _rename_in(outbox, outbox_fd, name, scratch_fd, temp,
-                           displaced if displaced is not None else scratch / "displaced")
+                _rename_in(
+                    outbox,
+                    outbox_fd,
+                    name,
+                    scratch_fd,
+                    temp,
+                    displaced if displaced is not None else scratch / "displaced",
+                )
             except BaseException:
                 os.unlink(temp, dir_fd=scratch_fd)
                 raise
@@ -517,24 +527,27 @@ def publish(
         os.fsync(outbox_fd)
     except OSError as exc:
         if exc.errno in _DISK_FULL:
-            raise DiskFull(exc.errno, f"disk full while publishing a report: {exc.strerror}",
-                           str(final)) from exc
+            raise DiskFull(
+                exc.errno, f"disk full while publishing a report: {exc.strerror}", str(final)
+            ) from exc
         raise
     finally:
         os.close(outbox_fd)
     return final
 
 
-def _rename_in(outbox: Path, outbox_fd: int, name: str, scratch_fd: int, temp: str,
-               displaced: Path) -> None:
+def _rename_in(
+    outbox: Path, outbox_fd: int, name: str, scratch_fd: int, temp: str, displaced: Path
+) -> None:
     for _ in range(_RENAME_TRIES):
         try:
             os.rename(temp, name, src_dir_fd=scratch_fd, dst_dir_fd=outbox_fd)
             return
         except IsADirectoryError:
             _displace(outbox, outbox_fd, name, displaced)
-    raise IsADirectoryError(errno.EISDIR, f"a directory keeps reappearing at {name}",
-                            str(outbox / name))
+    raise IsADirectoryError(
+        errno.EISDIR, f"a directory keeps reappearing at {name}", str(outbox / name)
+    )
 
 
 def publish_all(

@@ -323,7 +323,9 @@ class PersonSet:
     def _add(self, person: Person) -> None:
         # Once per person of every chunk: spelt out rather than zipped.
         held: list[tuple[str, IdentifierValue]] = [
-            (PERSON_ID, person.person_id), (PERSON_KEY, person.person_key)]
+            (PERSON_ID, person.person_id),
+            (PERSON_KEY, person.person_key),
+        ]
         if person.external_person_id is not None:
             held.append((EXTERNAL_PERSON_ID, person.external_person_id))
         if person.mdn is not None:

@@ -70,8 +70,9 @@ class TenantCache:
                 log.warning("tenant.lookup_failed", tenant=name[:100], error=repr(exc)[:200])
                 return None
             if tenant is not None:
-                found = TenantAuth(name=tenant.name, public_keys=tenant.keys,
-                                   password_hash=tenant.password_hash)
+                found = TenantAuth(
+                    name=tenant.name, public_keys=tenant.keys, password_hash=tenant.password_hash
+                )
                 with self._lock:
                     self._tenants[name] = found
         return found
@@ -86,14 +87,21 @@ class TenantCache:
         tenants = {}
         for tenant in found:
             try:
-                tenants[tenant.name] = TenantAuth(name=tenant.name, public_keys=tenant.keys,
-                                                  password_hash=tenant.password_hash)
+                tenants[tenant.name] = TenantAuth(
+                    name=tenant.name, public_keys=tenant.keys, password_hash=tenant.password_hash
+                )
             except ValueError as exc:
                 log.error("tenant.invalid", tenant=tenant.name, error=str(exc))
         with self._lock:
             self._tenants = tenants
-        data = [{"name": t.name, "public_keys": [list(k) for k in t.public_keys],
-                 "password_hash": t.password_hash} for t in tenants.values()]
+        data = [
+            {
+                "name": t.name,
+                "public_keys": [list(k) for k in t.public_keys],
+                "password_hash": t.password_hash,
+            }
+            for t in tenants.values()
+        ]
         temp = self.snapshot.with_name(self.snapshot.name + ".tmp")
         temp.write_text(json.dumps(data))
         os.chmod(temp, 0o600)
@@ -106,9 +114,11 @@ class TenantCache:
             return
         for item in data:
             try:
-                auth = TenantAuth(name=item["name"],
-                                  public_keys=tuple(tuple(k) for k in item["public_keys"]),
-                                  password_hash=item["password_hash"])
+                auth = TenantAuth(
+                    name=item["name"],
+                    public_keys=tuple(tuple(k) for k in item["public_keys"]),
+                    password_hash=item["password_hash"],
+                )
             except (KeyError, TypeError, ValueError):
                 continue
             self._tenants[auth.name] = auth
@@ -127,13 +137,16 @@ class Daemon:
         self.engine = db.connect(cfg.database.url)
         self.tenants = TenantCache(cfg.state_dir / "tenants.json")
         self.tenants.engine = self.engine
-        self.workers = Workers(engine=self.engine, cfg=cfg, stop=self.stop,
-                               on_activity=notify.status)
+        self.workers = Workers(
+            engine=self.engine, cfg=cfg, stop=self.stop, on_activity=notify.status
+        )
         self.intake = Intake(engine=self.engine, cfg=cfg, on_queued=self.workers.wake)
-        self.watcher = InboxWatcher(tenants_root=cfg.tenants_dir,
-                                    settle_seconds=cfg.imports.settle_seconds,
-                                    rescan_seconds=cfg.imports.rescan_seconds,
-                                    on_ready=self.intake.offer)
+        self.watcher = InboxWatcher(
+            tenants_root=cfg.tenants_dir,
+            settle_seconds=cfg.imports.settle_seconds,
+            rescan_seconds=cfg.imports.rescan_seconds,
+            on_ready=self.intake.offer,
+        )
         self.sftp: SftpServer | None = None
 
     # -- signals: flags only ----------------------------------------------
@@ -207,11 +220,14 @@ class Daemon:
         self._start_sftp()
         self.watcher.start()
         self.intake.start()
-        log.info(Event.DAEMON_STARTED, pid=os.getpid(),
-                 sftp=self.cfg.sftp.listen if self.cfg.sftp.enabled else None,
-                 database=make_url(self.cfg.database.url).render_as_string(hide_password=True),
-                 root=str(self.cfg.root),
-                 workers=self.cfg.imports.workers)
+        log.info(
+            Event.DAEMON_STARTED,
+            pid=os.getpid(),
+            sftp=self.cfg.sftp.listen if self.cfg.sftp.enabled else None,
+            database=make_url(self.cfg.database.url).render_as_string(hide_password=True),
+            root=str(self.cfg.root),
+            workers=self.cfg.imports.workers,
+        )
         notify.ready("accepting uploads")
         self._prepare_database()
         if not self.stop.is_set():
@@ -252,12 +268,18 @@ class Daemon:
         try:
             if self.cfg.source is not None:
                 fresh = config_mod.load(self.cfg.source)
-                if (fresh.root, fresh.database, fresh.sftp) != (self.cfg.root, self.cfg.database,
-                                                                self.cfg.sftp):
-                    log.warning("config.restart_needed",
-                                reason="paths, database and sftp changes apply at restart")
-                    fresh = replace(fresh, root=self.cfg.root, database=self.cfg.database,
-                                    sftp=self.cfg.sftp)
+                if (fresh.root, fresh.database, fresh.sftp) != (
+                    self.cfg.root,
+                    self.cfg.database,
+                    self.cfg.sftp,
+                ):
+                    log.warning(
+                        "config.restart_needed",
+                        reason="paths, database and sftp changes apply at restart",
+                    )
+                    fresh = replace(
+                        fresh, root=self.cfg.root, database=self.cfg.database, sftp=self.cfg.sftp
+                    )
                 configure(fresh.log.format, fresh.log.level)
                 self.cfg = fresh
                 self.workers.cfg = fresh

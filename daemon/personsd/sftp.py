@@ -72,12 +72,24 @@ __all__ = ["SftpLimits", "SftpServer", "TenantAuth", "load_or_create_host_key"]
 VERSION_STRING = "SSH-2.0-personsd"
 DISABLED_ALGORITHMS = {
     "ciphers": ["3des-cbc", "aes128-cbc", "aes192-cbc", "aes256-cbc", "blowfish-cbc"],
-    "macs": ["hmac-sha1", "hmac-sha1-96", "hmac-md5", "hmac-md5-96",
-             "hmac-sha1-etm@openssh.com", "hmac-md5-etm@openssh.com"],
+    "macs": [
+        "hmac-sha1",
+        "hmac-sha1-96",
+        "hmac-md5",
+        "hmac-md5-96",
+        "hmac-sha1-etm@openssh.com",
+        "hmac-md5-etm@openssh.com",
+    ],
     # NIST curves: ssh-audit's "weak elliptic curves"; group exchange: see the module doc.
-    "kex": ["diffie-hellman-group1-sha1", "diffie-hellman-group14-sha1",
-            "diffie-hellman-group-exchange-sha1", "diffie-hellman-group-exchange-sha256",
-            "ecdh-sha2-nistp256", "ecdh-sha2-nistp384", "ecdh-sha2-nistp521"],
+    "kex": [
+        "diffie-hellman-group1-sha1",
+        "diffie-hellman-group14-sha1",
+        "diffie-hellman-group-exchange-sha1",
+        "diffie-hellman-group-exchange-sha256",
+        "ecdh-sha2-nistp256",
+        "ecdh-sha2-nistp384",
+        "ecdh-sha2-nistp521",
+    ],
     "keys": ["ssh-rsa", "ssh-dss"],
     "pubkeys": ["ssh-rsa", "ssh-dss"],
 }
@@ -104,8 +116,9 @@ class TenantAuth:
     password_hash: str | None = None
 
     def __post_init__(self) -> None:
-        bad_name = (not self.name or self.name.startswith(".") or "/" in self.name
-                    or "\x00" in self.name)
+        bad_name = (
+            not self.name or self.name.startswith(".") or "/" in self.name or "\x00" in self.name
+        )
         if bad_name:
             raise ValueError(f"tenant name {self.name!r} cannot name a directory")
         for key_type, blob in self.public_keys:
@@ -132,8 +145,10 @@ def load_or_create_host_key(path: Path) -> paramiko.Ed25519Key:
     if not path.exists():
         path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption())
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
         temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
@@ -286,8 +301,14 @@ class _Connection(paramiko.ServerInterface):  # type: ignore[misc]
         return self._tenants[username]
 
     def _failed(self, username: str, method: str, reason: str, **extra: Any) -> None:
-        _log().warning(Event.SFTP_LOGIN_FAILED, ip=self.ip, user=username[:100], method=method,
-                       reason=reason, **extra)
+        _log().warning(
+            Event.SFTP_LOGIN_FAILED,
+            ip=self.ip,
+            user=username[:100],
+            method=method,
+            reason=reason,
+            **extra,
+        )
 
     def _attempt(self) -> None:
         """Start a new credential attempt."""
@@ -303,8 +324,9 @@ class _Connection(paramiko.ServerInterface):  # type: ignore[misc]
 
     def _banned(self) -> None:
         lim = self._server.limits
-        _log().warning(Event.SFTP_BANNED, ip=self.ip, seconds=lim.ban_seconds,
-                       failures=lim.max_failed_logins)
+        _log().warning(
+            Event.SFTP_BANNED, ip=self.ip, seconds=lim.ban_seconds, failures=lim.max_failed_logins
+        )
 
     def count_failure(self) -> None:
         if self.lookup_error:
@@ -401,7 +423,8 @@ class _Connection(paramiko.ServerInterface):  # type: ignore[misc]
         if self.channel_opens > lim.max_channel_opens_per_connection:
             refused = "channel_opens"
         elif self.transport is not None and (
-                open_channels(self.transport) >= lim.max_channels_per_connection):
+            open_channels(self.transport) >= lim.max_channels_per_connection
+        ):
             refused = "channels_per_connection"
         elif not self._server.fds.available():
             refused = "descriptors"
@@ -428,10 +451,18 @@ class _Connection(paramiko.ServerInterface):  # type: ignore[misc]
         if grant is None or not self.admitted:
             raise RuntimeError("sftp subsystem before login")
         srv = self._server
-        return Session(tenant=grant.tenant, ip=self.ip, tenants_root=srv.tenants_root,
-                       limits=srv.limits, on_upload=srv.on_upload, touch=self.touch,
-                       budget=srv.tenant_budget, fds=srv.fds, quota=srv.quota,
-                       limit_log=srv.limit_log)
+        return Session(
+            tenant=grant.tenant,
+            ip=self.ip,
+            tenants_root=srv.tenants_root,
+            limits=srv.limits,
+            on_upload=srv.on_upload,
+            touch=self.touch,
+            budget=srv.tenant_budget,
+            fds=srv.fds,
+            quota=srv.quota,
+            limit_log=srv.limit_log,
+        )
 
 
 def _authenticated(transport: paramiko.Transport) -> bool:
@@ -442,10 +473,17 @@ def _authenticated(transport: paramiko.Transport) -> bool:
 class SftpServer:
     """Listens on ``host:port`` and serves each tenant its inbox and outbox."""
 
-    def __init__(self, *, host: str, port: int, host_key: paramiko.PKey, tenants_root: Path,
-                 lookup: Callable[[str], TenantAuth | None],
-                 on_upload: Callable[[str, Path], None],
-                 limits: SftpLimits | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        host_key: paramiko.PKey,
+        tenants_root: Path,
+        lookup: Callable[[str], TenantAuth | None],
+        on_upload: Callable[[str, Path], None],
+        limits: SftpLimits | None = None,
+    ) -> None:
         self.host = host
         self.tenants_root = tenants_root
         self.lookup = lookup
@@ -454,9 +492,11 @@ class SftpServer:
         self.guard = _Guard(self.limits)
         self.tenant_budget = TenantBudget(self.limits)
         self.fds = FdBudget(self.limits.fd_reserve)
-        self.quota = LocalInboxQuota(tenants_root=tenants_root,
-                                     inbox_bytes=self.limits.inbox_bytes,
-                                     inbox_files=self.limits.inbox_files)
+        self.quota = LocalInboxQuota(
+            tenants_root=tenants_root,
+            inbox_bytes=self.limits.inbox_bytes,
+            inbox_files=self.limits.inbox_files,
+        )
         self.limit_log = LimitLog()
         self._requested_port = port
         self._host_key = host_key
@@ -477,14 +517,20 @@ class SftpServer:
         soft, hard = raise_fd_limit()
         sweep_stale_uploads(self.tenants_root)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        self._listener = socket.create_server((self.host, self._requested_port), family=family,
-                                              backlog=64)
+        self._listener = socket.create_server(
+            (self.host, self._requested_port), family=family, backlog=64
+        )
         self._listener.settimeout(0.25)  # lets the acceptor notice stop()
-        self._acceptor = threading.Thread(target=self._accept_loop, name="sftp-accept",
-                                          daemon=True)
+        self._acceptor = threading.Thread(target=self._accept_loop, name="sftp-accept", daemon=True)
         self._acceptor.start()
-        _log().info("sftp.listening", host=self.host, port=self.port, fd_limit=soft,
-                    fd_hard_limit=hard, fd_reserved=self.fds.headroom())
+        _log().info(
+            "sftp.listening",
+            host=self.host,
+            port=self.port,
+            fd_limit=soft,
+            fd_hard_limit=hard,
+            fd_reserved=self.fds.headroom(),
+        )
 
     def stop(self) -> None:
         self._stopping.set()
@@ -527,20 +573,27 @@ class SftpServer:
                     self.limit_log.hit(refused, ip=ip)
                 sock.close()
                 continue
-            thread = threading.Thread(target=self._serve, args=(sock, ip), daemon=True,
-                                      name=f"sftp-{ip}")
+            thread = threading.Thread(
+                target=self._serve, args=(sock, ip), daemon=True, name=f"sftp-{ip}"
+            )
             with self._lock:
                 self._live[thread] = None
             thread.start()
 
     def _transport(self, sock: socket.socket, conn: _Connection) -> paramiko.Transport:
         lim = self.limits
-        transport = paramiko.Transport(sock, disabled_algorithms=DISABLED_ALGORITHMS,
-                                       default_window_size=lim.channel_window_bytes,
-                                       default_max_packet_size=lim.channel_packet_bytes,
-                                       packetizer_class=BoundedPacketizer)
-        transport.packetizer.bound(max_packet_bytes=lim.max_packet_bytes,
-                                   max_banner_bytes=lim.max_banner_bytes, on_limit=conn.hit)
+        transport = paramiko.Transport(
+            sock,
+            disabled_algorithms=DISABLED_ALGORITHMS,
+            default_window_size=lim.channel_window_bytes,
+            default_max_packet_size=lim.channel_packet_bytes,
+            packetizer_class=BoundedPacketizer,
+        )
+        transport.packetizer.bound(
+            max_packet_bytes=lim.max_packet_bytes,
+            max_banner_bytes=lim.max_banner_bytes,
+            on_limit=conn.hit,
+        )
         guard_channels(transport, conn.hit)
         transport.local_version = VERSION_STRING
         transport.add_server_key(self._host_key)

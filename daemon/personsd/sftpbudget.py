@@ -91,16 +91,21 @@ class SftpLimits:
     @classmethod
     def from_config(cls, limits: LimitsConfig, **constants: Any) -> SftpLimits:
         """The configured ``[limits]`` with the documented constants."""
-        return cls(connections_per_address=limits.connections_per_address,
-                   connections_per_tenant=limits.connections_per_tenant,
-                   inbox_bytes=limits.inbox_bytes, inbox_files=limits.inbox_files, **constants)
+        return cls(
+            connections_per_address=limits.connections_per_address,
+            connections_per_tenant=limits.connections_per_tenant,
+            inbox_bytes=limits.inbox_bytes,
+            inbox_files=limits.inbox_files,
+            **constants,
+        )
 
 
 class LimitLog:
     """Logs ``sftp.limit``; the same cap for the same client at most every ``interval`` s."""
 
-    def __init__(self, interval: float = LIMIT_LOG_SECONDS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, interval: float = LIMIT_LOG_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._interval = interval
         self._clock = clock
         self._lock = threading.Lock()
@@ -108,8 +113,9 @@ class LimitLog:
         self._suppressed: collections.Counter[Hashable] = collections.Counter()
 
     def hit(self, limit: str, **who: Any) -> None:
-        self.throttled(Event.SFTP_LIMIT, (limit, who.get("tenant"), who.get("ip")),
-                       limit=limit, **who)
+        self.throttled(
+            Event.SFTP_LIMIT, (limit, who.get("tenant"), who.get("ip")), limit=limit, **who
+        )
 
     def throttled(self, event: str, key: Hashable, **fields: Any) -> None:
         """Log ``event`` unless one with the same ``key`` was logged within the interval."""
@@ -123,7 +129,8 @@ class LimitLog:
             # Forget clients not seen for an interval (their uncounted repeats with them).
             self._last = {k: t for k, t in self._last.items() if now - t < self._interval}
             self._suppressed = collections.Counter(
-                {k: n for k, n in self._suppressed.items() if k in self._last})
+                {k: n for k, n in self._suppressed.items() if k in self._last}
+            )
             self._last[key] = now
         extra = {"suppressed": suppressed} if suppressed else {}
         _log().warning(event, **fields, **extra)
@@ -144,10 +151,12 @@ def raise_fd_limit() -> tuple[int, int]:
 class FdBudget:
     """Refuses new connections and handles while the process is near its descriptor limit."""
 
-    def __init__(self, reserve: int,
-                 soft_limit: Callable[[], int] = lambda: resource.getrlimit(
-                     resource.RLIMIT_NOFILE)[0],
-                 count: Callable[[], int] = lambda: len(os.listdir("/proc/self/fd"))) -> None:
+    def __init__(
+        self,
+        reserve: int,
+        soft_limit: Callable[[], int] = lambda: resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        count: Callable[[], int] = lambda: len(os.listdir("/proc/self/fd")),
+    ) -> None:
         self._reserve = reserve
         self._soft_limit = soft_limit
         self._count = count
@@ -235,8 +244,14 @@ class _Usage:
 class LocalInboxQuota:
     """The quota of one process: uploads in progress in memory, the rest from a cached scan."""
 
-    def __init__(self, *, tenants_root: Path, inbox_bytes: int, inbox_files: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        tenants_root: Path,
+        inbox_bytes: int,
+        inbox_files: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._root = tenants_root
         self._bytes = inbox_bytes
         self._files = inbox_files
@@ -269,7 +284,10 @@ class LocalInboxQuota:
             disk_bytes, disk_files = self._scan(tenant)
             with self._lock:
                 usage.scanned_at, usage.disk_bytes, usage.disk_files = (
-                    started, disk_bytes, disk_files)
+                    started,
+                    disk_bytes,
+                    disk_files,
+                )
         return usage
 
     def open_upload(self, tenant: str, key: Hashable) -> str | None:

@@ -73,8 +73,16 @@ from personsd.sftpbudget import (
 )
 from personsd.sftpwire import FencedSftpServer, Refusal
 
-__all__ = ["BOXES", "MAX_NAME_BYTES", "UPLOAD_TEMP", "Session", "SftpLimits", "TenantFs",
-           "TenantSftp", "sweep_stale_uploads"]
+__all__ = [
+    "BOXES",
+    "MAX_NAME_BYTES",
+    "UPLOAD_TEMP",
+    "Session",
+    "SftpLimits",
+    "TenantFs",
+    "TenantSftp",
+    "sweep_stale_uploads",
+]
 
 # paramiko is untyped: give its status codes a type once.
 SFTP_OK: int = paramiko.SFTP_OK
@@ -257,8 +265,9 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
             return session.limit("file_bytes", "File too large", file=self._name)
         holes = max(end, self._end) - (self._received + size)
         if holes > limits.max_write_gap_bytes:
-            return session.limit("write_gap_bytes", "Write far beyond the data written",
-                                 file=self._name)
+            return session.limit(
+                "write_gap_bytes", "Write far beyond the data written", file=self._name
+            )
         if end > self._end and session.quota.grow(session.tenant, self, end) is not None:
             return session.limit("inbox_bytes", "Inbox quota exceeded (bytes)", file=self._name)
         return None
@@ -318,16 +327,18 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
             os.rename(self._temp, self._name, src_dir_fd=box, dst_dir_fd=box)
         except OSError as exc:
             self._fs.unlink_quietly(self._temp)
-            _log().error("sftp.upload_failed", tenant=session.tenant, file=self._name,
-                         error=exc.strerror)
+            _log().error(
+                "sftp.upload_failed", tenant=session.tenant, file=self._name, error=exc.strerror
+            )
             return _errno_code(exc)
         finally:
             session.quota.end_upload(session.tenant, self)
         with contextlib.suppress(OSError):
             os.fsync(box)  # the rename itself survives a crash too
             self._fs.remember(self._name, os.stat(self._name, dir_fd=box, follow_symlinks=False))
-        _log().info(Event.SFTP_UPLOAD, tenant=session.tenant, file=self._name, bytes=size,
-                    ip=session.ip)
+        _log().info(
+            Event.SFTP_UPLOAD, tenant=session.tenant, file=self._name, bytes=size, ip=session.ip
+        )
         self._fs.notify(self._name)
         return SFTP_OK
 
@@ -379,8 +390,9 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         try:
             self.session.on_upload(self.session.tenant, path)
         except Exception as exc:  # noqa: BLE001 -- the watcher's rescan still finds the file
-            _log().error("sftp.on_upload_failed", tenant=self.session.tenant, file=name,
-                         error=repr(exc))
+            _log().error(
+                "sftp.on_upload_failed", tenant=self.session.tenant, file=name, error=repr(exc)
+            )
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -407,8 +419,9 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
 
     def remember(self, name: str, st: os.stat_result) -> None:
         now = time.monotonic()
-        self._delivered = {n: v for n, v in self._delivered.items()
-                           if now - v[0] < DELIVERED_MEMORY_SECONDS}
+        self._delivered = {
+            n: v for n, v in self._delivered.items() if now - v[0] < DELIVERED_MEMORY_SECONDS
+        }
         self._delivered[name] = (now, st)
 
     def _recently_delivered(self, where: tuple[str, ...]) -> os.stat_result | None:
@@ -493,8 +506,9 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
             return self._open_download(name, flags)
         if not creatable_name(name):  # ours, a control character, or too long
             if visible_name(box, name):
-                return self.session.limit("name_bytes", f"Name longer than {MAX_NAME_BYTES} bytes",
-                                          SFTP_PERMISSION_DENIED)
+                return self.session.limit(
+                    "name_bytes", f"Name longer than {MAX_NAME_BYTES} bytes", SFTP_PERMISSION_DENIED
+                )
             return SFTP_PERMISSION_DENIED
         return self._open_upload(name, flags)
 
@@ -503,8 +517,11 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         if flags & writing:
             return SFTP_PERMISSION_DENIED
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
-                         | os.O_CLOEXEC, dir_fd=self._fds["outbox"])
+            fd = os.open(
+                name,
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+                dir_fd=self._fds["outbox"],
+            )
         except OSError as exc:
             return _errno_code(exc)
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device planted on disk
@@ -525,8 +542,12 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         # A dot-name of our own, distinct from any a client can create (UPLOAD_TEMP).
         temp = f".{name[:40]}.{secrets.token_hex(8)}.upload"
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o640, dir_fd=self._fds["inbox"])
+            fd = os.open(
+                temp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o640,
+                dir_fd=self._fds["inbox"],
+            )
         except OSError as exc:
             return _errno_code(exc)
         upload = _Upload(self, fd, temp, name)
@@ -560,8 +581,9 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         old, new = found[1], target[1]
         if not creatable_name(new):
             if visible_name("inbox", new):
-                return self.session.limit("name_bytes", f"Name longer than {MAX_NAME_BYTES} bytes",
-                                          SFTP_PERMISSION_DENIED)
+                return self.session.limit(
+                    "name_bytes", f"Name longer than {MAX_NAME_BYTES} bytes", SFTP_PERMISSION_DENIED
+                )
             return SFTP_PERMISSION_DENIED
         box = self._fds["inbox"]
         try:
@@ -600,8 +622,9 @@ class TenantSftp(FencedSftpServer):
     file_table: dict[bytes, Any]
     folder_table: dict[bytes, Any]
 
-    def __init__(self, channel: paramiko.Channel, name: str, server: SessionSource,
-                 *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, channel: paramiko.Channel, name: str, server: SessionSource, *args: Any, **kwargs: Any
+    ) -> None:
         super().__init__(channel, name, server, *args, **kwargs)
         self.max_request_bytes = self.server.session.limits.max_request_bytes
         self._held = 0  # handle slots taken from the tenant's budget

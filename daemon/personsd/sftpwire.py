@@ -47,20 +47,28 @@ OnLimit = Callable[[str], None]
 def check() -> None:
     """Fail at start when a paramiko internal we rely on has moved (see the module doc)."""
     missing = [
-        name for owner, name in (
-            (Packetizer, "read_all"), (Packetizer, "_read_timeout"),
+        name
+        for owner, name in (
+            (Packetizer, "read_all"),
+            (Packetizer, "_read_timeout"),
             (paramiko.Transport, "_channel_handler_table"),
-            (paramiko.Channel, "_feed"), (paramiko.Channel, "_feed_extended"),
-            (paramiko.SFTPServer, "_read_packet"), (paramiko.SFTPServer, "_send_server_version"),
-            (paramiko.SFTPServer, "_process"), (paramiko.SFTPServer, "_send_status"),
-        ) if not hasattr(owner, name)
+            (paramiko.Channel, "_feed"),
+            (paramiko.Channel, "_feed_extended"),
+            (paramiko.SFTPServer, "_read_packet"),
+            (paramiko.SFTPServer, "_send_server_version"),
+            (paramiko.SFTPServer, "_process"),
+            (paramiko.SFTPServer, "_send_status"),
+        )
+        if not hasattr(owner, name)
     ]
     table = getattr(paramiko.Transport, "_channel_handler_table", {})
     if MSG_CHANNEL_DATA not in table or MSG_CHANNEL_EXTENDED_DATA not in table:
         missing.append("_channel_handler_table[CHANNEL_DATA]")
     if missing:
-        raise RuntimeError(f"paramiko {paramiko.__version__} lacks {', '.join(missing)}; "
-                           f"personsd's overrides were checked against {CHECKED_AGAINST}")
+        raise RuntimeError(
+            f"paramiko {paramiko.__version__} lacks {', '.join(missing)}; "
+            f"personsd's overrides were checked against {CHECKED_AGAINST}"
+        )
 
 
 class BoundedPacketizer(Packetizer):  # type: ignore[misc]

@@ -143,14 +143,20 @@ def validate_chunk(
     for raw in raws:
         change = rules.validate(raw, layout, schema)
         if isinstance(change, tuple):
-            validated.append(RowFailure(line=raw.line, row=raw.row, values=raw.values,
-                                        errors=change))
+            validated.append(
+                RowFailure(line=raw.line, row=raw.row, values=raw.values, errors=change)
+            )
         else:
             validated.append(change)
     failures = _offline_failures(validated) if precheck else None
     last = raws[-1]
-    return ValidatedChunk(rows=tuple(validated), end=last.end, next_line=last.next_line,
-                          last_row=last.row, carrier_failures=failures)
+    return ValidatedChunk(
+        rows=tuple(validated),
+        end=last.end,
+        next_line=last.next_line,
+        last_row=last.row,
+        carrier_failures=failures,
+    )
 
 
 def _offline_failures(rows: Sequence[ValidatedRow]) -> frozenset[str]:
@@ -171,7 +177,11 @@ def _offline_failures(rows: Sequence[ValidatedRow]) -> frozenset[str]:
 
 
 def iter_chunks(
-    rows: Iterator[RawRow], layout: Layout, schema: rules.Schema, size: int, *,
+    rows: Iterator[RawRow],
+    layout: Layout,
+    schema: rules.Schema,
+    size: int,
+    *,
     precheck: bool | Callable[[], bool] = False,
 ) -> Iterator[ValidatedChunk]:
     """The rows ``size`` at a time, validated; ``precheck`` may be asked before each chunk."""
@@ -193,12 +203,14 @@ def iter_chunks(
 def encode(chunk: ValidatedChunk) -> bytes:
     """The chunk as bytes for :func:`decode` (plain tuples; see the module docstring)."""
     rows = [
-        (c.line, c.row, c.values, c.errors) if isinstance(c, RowFailure)
+        (c.line, c.row, c.values, c.errors)
+        if isinstance(c, RowFailure)
         else (c.line, c.row, c.values, c.key, c.key_value, c.identifiers, c.custom, c.lookups)
         for c in chunk.rows
     ]
-    return pickle.dumps((rows, chunk.end, chunk.next_line, chunk.last_row,
-                         chunk.carrier_failures), protocol=_PICKLE)
+    return pickle.dumps(
+        (rows, chunk.end, chunk.next_line, chunk.last_row, chunk.carrier_failures), protocol=_PICKLE
+    )
 
 
 def decode(data: bytes, layout: Layout) -> ValidatedChunk:
@@ -213,11 +225,26 @@ def decode(data: bytes, layout: Layout) -> ValidatedChunk:
             append(failure(line=item[0], row=item[1], values=item[2], errors=item[3]))
         else:
             line, row, values, key, key_value, identifiers, custom, lookups = item
-            append(change(line=line, row=row, key=key, key_value=key_value,
-                          identifiers=identifiers, custom=custom, lookups=lookups,
-                          columns=columns, values=values))
-    return ValidatedChunk(rows=tuple(validated), end=end, next_line=next_line,
-                          last_row=last_row, carrier_failures=failures)
+            append(
+                change(
+                    line=line,
+                    row=row,
+                    key=key,
+                    key_value=key_value,
+                    identifiers=identifiers,
+                    custom=custom,
+                    lookups=lookups,
+                    columns=columns,
+                    values=values,
+                )
+            )
+    return ValidatedChunk(
+        rows=tuple(validated),
+        end=end,
+        next_line=next_line,
+        last_row=last_row,
+        carrier_failures=failures,
+    )
 
 
 # --------------------------------------------------------------------------- the shell
@@ -238,16 +265,22 @@ class Job:
     precheck: bool
 
     def rows(self, fh: BinaryIO) -> Iterator[RawRow]:
-        return fileformat.iter_rows(fh, self.layout, max_row_bytes=self.max_row_bytes,
-                                    offset=self.offset, line=self.line, row=self.row)
+        return fileformat.iter_rows(
+            fh,
+            self.layout,
+            max_row_bytes=self.max_row_bytes,
+            offset=self.offset,
+            line=self.line,
+            row=self.row,
+        )
 
-    def chunks(self, fh: BinaryIO, advice: bool | Callable[[], bool] = True
-               ) -> Iterator[ValidatedChunk]:
+    def chunks(
+        self, fh: BinaryIO, advice: bool | Callable[[], bool] = True
+    ) -> Iterator[ValidatedChunk]:
         """The job's chunks; ``advice`` (the importer's) may turn the precheck off."""
         schema = rules.Schema(fields=self.fields)
         precheck: bool | Callable[[], bool] = advice if self.precheck else False
-        return iter_chunks(self.rows(fh), self.layout, schema, self.chunk_rows,
-                           precheck=precheck)
+        return iter_chunks(self.rows(fh), self.layout, schema, self.chunk_rows, precheck=precheck)
 
 
 def usable_cpus() -> int:
@@ -286,7 +319,8 @@ class Chunks:
                 from personsd.logging import get_logger
 
                 get_logger("personsd.validation").warning(
-                    "import.validator_unavailable", file=job.path, error=repr(exc)[:300])
+                    "import.validator_unavailable", file=job.path, error=repr(exc)[:300]
+                )
                 self.mode = mode = "inline"
         if mode == "inline":
             self._fh = open(job.path, "rb", buffering=_READ_BUFFER)  # noqa: SIM115 - closed in close()
@@ -344,8 +378,9 @@ class Chunks:
     def __enter__(self) -> Chunks:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -378,8 +413,9 @@ def _start(job: Job) -> subprocess.Popen[bytes]:
 _KINDS = {b"c": "chunk", b"e": "end", b"x": "error", b"j": "job"}
 
 
-def _read_frame(stream: IO[bytes] | _Exactly, proc: subprocess.Popen[bytes] | None
-                ) -> tuple[str, bytes]:
+def _read_frame(
+    stream: IO[bytes] | _Exactly, proc: subprocess.Popen[bytes] | None
+) -> tuple[str, bytes]:
     head = stream.read(1 + _FRAME.size)
     if len(head) != 1 + _FRAME.size or head[:1] not in _KINDS:
         raise _ended(proc)

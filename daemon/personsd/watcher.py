@@ -158,26 +158,36 @@ class SettleTracker:
         self._settle = settle_seconds
         self._entries: dict[Path, _Entry] = {}
 
-    def observe(self, key: Path, stamp: Stamp, *, now: float, seen: Seen,
-                completed_at: float | None = None) -> None:
+    def observe(
+        self, key: Path, stamp: Stamp, *, now: float, seen: Seen, completed_at: float | None = None
+    ) -> None:
         """An event or a scan saw ``key`` with ``stamp``."""
         entry = self._entries.get(key)
         if entry is None or entry.stamp != stamp:
             armed = seen is Seen.CLOSED or (
-                seen is Seen.TOUCHED and entry is not None and entry.armed)
+                seen is Seen.TOUCHED and entry is not None and entry.armed
+            )
             self._entries[key] = _Entry(
-                stamp=stamp, since=now, armed=armed,
-                completed_at=now if completed_at is None else completed_at)
+                stamp=stamp,
+                since=now,
+                armed=armed,
+                completed_at=now if completed_at is None else completed_at,
+            )
         elif seen is Seen.CLOSED:
             entry.armed = True
 
-    def trusted(self, key: Path, stamp: Stamp, *, now: float,
-                completed_at: float | None = None) -> None:
+    def trusted(
+        self, key: Path, stamp: Stamp, *, now: float, completed_at: float | None = None
+    ) -> None:
         """The embedded SFTP server says this version is complete: due at once."""
         entry = self._entries.get(key)
         if entry is None or entry.stamp != stamp:
-            entry = _Entry(stamp=stamp, since=now, armed=True,
-                           completed_at=now if completed_at is None else completed_at)
+            entry = _Entry(
+                stamp=stamp,
+                since=now,
+                armed=True,
+                completed_at=now if completed_at is None else completed_at,
+            )
             self._entries[key] = entry
         entry.armed = entry.trusted = True
 
@@ -200,13 +210,19 @@ class SettleTracker:
 
     def next_deadline(self) -> float | None:
         """The earliest time at which :meth:`due` may return something new."""
-        times = [e.since if e.trusted else e.since + self._settle
-                 for e in self._entries.values() if e.armed and not e.reported]
+        times = [
+            e.since if e.trusted else e.since + self._settle
+            for e in self._entries.values()
+            if e.armed and not e.reported
+        ]
         return min(times, default=None)
 
     def _is_due(self, entry: _Entry, now: float) -> bool:
-        return (entry.armed and not entry.reported
-                and (entry.trusted or now - entry.since >= self._settle))
+        return (
+            entry.armed
+            and not entry.reported
+            and (entry.trusted or now - entry.since >= self._settle)
+        )
 
 
 # Messages from the observer and callers to the watcher thread, which alone
@@ -240,8 +256,14 @@ class _Stop:
 _Message = _Saw | _Gone | _Scan | _Trust | _Stop
 
 _EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent, FileMovedEvent,
-    FileDeletedEvent, DirCreatedEvent, DirMovedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
 ]
 
 
@@ -256,9 +278,12 @@ class _Handler(FileSystemEventHandler):
     def _in_inbox(self, path: str) -> bool:
         inbox = os.path.dirname(path)
         tenant_dir = os.path.dirname(inbox)
-        return (os.path.basename(inbox) == INBOX and os.path.dirname(tenant_dir) == self._root
-                and not os.path.basename(tenant_dir).startswith(".")
-                and classify_name(os.path.basename(path)) != "ignore")
+        return (
+            os.path.basename(inbox) == INBOX
+            and os.path.dirname(tenant_dir) == self._root
+            and not os.path.basename(tenant_dir).startswith(".")
+            and classify_name(os.path.basename(path)) != "ignore"
+        )
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         src = os.fsdecode(event.src_path)
@@ -288,8 +313,9 @@ class _Handler(FileSystemEventHandler):
         # Files may have landed before watchdog added the new directory's watch.
         if os.path.dirname(path) == self._root:
             self._post(_Scan(Path(path, INBOX)))
-        elif (os.path.basename(path) == INBOX
-              and os.path.dirname(os.path.dirname(path)) == self._root):
+        elif (
+            os.path.basename(path) == INBOX and os.path.dirname(os.path.dirname(path)) == self._root
+        ):
             self._post(_Scan(Path(path)))
 
 
@@ -311,9 +337,16 @@ class InboxWatcher:
     inotify, e.g. NFS).
     """
 
-    def __init__(self, *, tenants_root: Path, settle_seconds: float, rescan_seconds: float,
-                 on_ready: Callable[[ReadyFile], None], clock: Callable[[], float] = time.time,
-                 use_events: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        tenants_root: Path,
+        settle_seconds: float,
+        rescan_seconds: float,
+        on_ready: Callable[[ReadyFile], None],
+        clock: Callable[[], float] = time.time,
+        use_events: bool = True,
+    ) -> None:
         if rescan_seconds <= 0:
             raise ValueError(f"rescan_seconds must be > 0, got {rescan_seconds}")
         self._root = Path(os.path.abspath(tenants_root))
@@ -339,8 +372,7 @@ class InboxWatcher:
             # Before the thread exists, so the tracker is still ours alone; after the
             # watch, so that nothing falls between the two.
             self._scan(None)
-            self._thread = threading.Thread(target=self._run, name="personsd-watcher",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="personsd-watcher", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
@@ -369,8 +401,12 @@ class InboxWatcher:
     def _start_observer(self) -> BaseObserver | None:
         observer = _new_observer()
         try:
-            observer.schedule(_Handler(str(self._root), self._messages.put), str(self._root),
-                              recursive=True, event_filter=_EVENTS)
+            observer.schedule(
+                _Handler(str(self._root), self._messages.put),
+                str(self._root),
+                recursive=True,
+                event_filter=_EVENTS,
+            )
             observer.start()
         except OSError as exc:  # e.g. out of inotify watches: the rescans still find everything
             log.warning("watcher.events_unavailable", root=str(self._root), error=str(exc))
@@ -424,23 +460,30 @@ class InboxWatcher:
         if not stat.S_ISREG(st.st_mode):
             self._tracker.forget(path)
         elif seen is None:
-            self._tracker.trusted(path, Stamp.of(st), now=time.monotonic(),
-                                  completed_at=self._clock())
+            self._tracker.trusted(
+                path, Stamp.of(st), now=time.monotonic(), completed_at=self._clock()
+            )
         else:
-            self._tracker.observe(path, Stamp.of(st), now=time.monotonic(), seen=seen,
-                                  completed_at=self._clock())
+            self._tracker.observe(
+                path, Stamp.of(st), now=time.monotonic(), seen=seen, completed_at=self._clock()
+            )
 
     def _inboxes(self) -> list[Path]:
         try:
             with os.scandir(self._root) as entries:
-                tenants = [e.path for e in entries
-                           if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
+                tenants = [
+                    e.path
+                    for e in entries
+                    if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
+                ]
         except OSError as exc:
             log.warning("watcher.scan_failed", dir=str(self._root), error=str(exc))
             return []
-        return sorted(Path(t, INBOX) for t in tenants
-                      if os.path.isdir(os.path.join(t, INBOX))
-                      and not os.path.islink(os.path.join(t, INBOX)))
+        return sorted(
+            Path(t, INBOX)
+            for t in tenants
+            if os.path.isdir(os.path.join(t, INBOX)) and not os.path.islink(os.path.join(t, INBOX))
+        )
 
     def _scan(self, inbox: Path | None) -> None:
         """Observe every file of one inbox (or all) and forget those gone."""
@@ -469,9 +512,13 @@ class InboxWatcher:
                     found.append(key)
                     # Used only for a version no event showed us: its mtime is then the
                     # best evidence of when it was done.
-                    self._tracker.observe(key, Stamp.of(st), now=time.monotonic(),
-                                          seen=Seen.CLOSED,
-                                          completed_at=min(st.st_mtime, self._clock()))
+                    self._tracker.observe(
+                        key,
+                        Stamp.of(st),
+                        now=time.monotonic(),
+                        seen=Seen.CLOSED,
+                        completed_at=min(st.st_mtime, self._clock()),
+                    )
         except (FileNotFoundError, NotADirectoryError):
             pass
         except OSError as exc:
@@ -482,13 +529,16 @@ class InboxWatcher:
 
     def _report(self) -> None:
         for settled in self._tracker.due(time.monotonic()):
-            ready = ReadyFile(tenant=settled.key.parent.parent.name, path=settled.key,
-                              completed_at=settled.completed_at, size=settled.stamp.size,
-                              mtime_ns=settled.stamp.mtime_ns)
+            ready = ReadyFile(
+                tenant=settled.key.parent.parent.name,
+                path=settled.key,
+                completed_at=settled.completed_at,
+                size=settled.stamp.size,
+                mtime_ns=settled.stamp.mtime_ns,
+            )
             log.info("file.detected", tenant=ready.tenant, file=ready.path.name, size=ready.size)
             try:
                 self._on_ready(ready)
             except Exception:  # the consumer's bug must not kill the watcher
-                log.exception("watcher.on_ready_failed", tenant=ready.tenant,
-                              file=ready.path.name)
+                log.exception("watcher.on_ready_failed", tenant=ready.tenant, file=ready.path.name)
                 self._tracker.forget(settled.key)  # the next scan offers it again

@@ -59,19 +59,34 @@ def is_db_unreachable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OperationalError):
         text = str(exc).lower()
-        return any(word in text for word in (
-            "connection", "connect", "server closed", "terminating", "database is locked",
-            "could not", "timeout", "shutting down",
-        ))
+        return any(
+            word in text
+            for word in (
+                "connection",
+                "connect",
+                "server closed",
+                "terminating",
+                "database is locked",
+                "could not",
+                "timeout",
+                "shutting down",
+            )
+        )
     return False
 
 
 class Workers:
     """``import.workers`` threads sharing one queue (the imports table)."""
 
-    def __init__(self, *, engine: Engine, cfg: Config, stop: threading.Event,
-                 on_activity: Callable[[str], object] | None = None,
-                 policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        cfg: Config,
+        stop: threading.Event,
+        on_activity: Callable[[str], object] | None = None,
+        policy: RetryPolicy | None = None,
+    ) -> None:
         self.engine = engine
         self.cfg = cfg
         self.stop = stop
@@ -106,9 +121,9 @@ class Workers:
 
     def _claim(self) -> ImportRecord | None:
         with self._busy_lock, write_tx(self.engine) as conn:
-            record = store_imports.claim_next(conn, instance=self.instance,
-                                              tenants_busy=set(self._busy),
-                                              stale_after=STALE_AFTER)
+            record = store_imports.claim_next(
+                conn, instance=self.instance, tenants_busy=set(self._busy), stale_after=STALE_AFTER
+            )
             if record is not None:
                 self._busy.add(record.tenant_id)
             return record
@@ -141,8 +156,13 @@ class Workers:
     def _run(self, record: ImportRecord) -> None:
         self.on_activity(f"importing {record.file_name} (#{record.id})")
         try:
-            outcome = importer.run(self.engine, self.cfg, record.id, stop=self.stop,
-                                   on_chunk=lambda _rows, _done: self._beat())
+            outcome = importer.run(
+                self.engine,
+                self.cfg,
+                record.id,
+                stop=self.stop,
+                on_chunk=lambda _rows, _done: self._beat(),
+            )
         except importer.Interrupted:
             return  # still running and ours: resumed from its checkpoint after restart
         except Exception as exc:  # noqa: BLE001 -- classified below
@@ -158,13 +178,22 @@ class Workers:
     def _failed(self, record: ImportRecord, exc: BaseException) -> None:
         reason = repr(exc)
         if is_db_unreachable(exc):
-            log.warning("import.waiting_for_database", import_id=record.id,
-                        file=record.file_name, error=reason[:300])
+            log.warning(
+                "import.waiting_for_database",
+                import_id=record.id,
+                file=record.file_name,
+                error=reason[:300],
+            )
             self._requeue(record, spend_attempt=False, reason=reason)
             return
-        log.exception("import.attempt_failed", import_id=record.id, file=record.file_name,
-                      attempt=record.attempts, max_attempts=self.cfg.imports.max_attempts,
-                      exc_info=exc)
+        log.exception(
+            "import.attempt_failed",
+            import_id=record.id,
+            file=record.file_name,
+            attempt=record.attempts,
+            max_attempts=self.cfg.imports.max_attempts,
+            exc_info=exc,
+        )
         if record.attempts >= self.cfg.imports.max_attempts:
             try:
                 importer.fail(self.engine, self.cfg, record.id, reason)
@@ -185,8 +214,14 @@ class Workers:
                 with write_tx(self.engine) as conn:
                     current = store_imports.get(conn, record.id)
                     attempts = current.attempts if spend_attempt else max(0, current.attempts - 1)
-                    store_imports.set_status(conn, record.id, "queued", attempts=attempts,
-                                             last_error=reason[:2000], claimed_by=None)
+                    store_imports.set_status(
+                        conn,
+                        record.id,
+                        "queued",
+                        attempts=attempts,
+                        last_error=reason[:2000],
+                        claimed_by=None,
+                    )
                 return
             except Exception:  # noqa: BLE001 -- still down
                 outages += 1
@@ -206,8 +241,9 @@ class Workers:
         # The archive's clock starts now, whatever the upload's mtime says.
         os.utime(target)
         with write_tx(self.engine) as conn:
-            store_imports.set_status(conn, record.id, store_imports.get(conn, record.id).status,
-                                     work_path=str(target))
+            store_imports.set_status(
+                conn, record.id, store_imports.get(conn, record.id).status, work_path=str(target)
+            )
 
 
 def sweep_archive(cfg: Config, now: float | None = None) -> int:

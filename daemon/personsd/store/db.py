@@ -50,7 +50,8 @@ def connect(url: str) -> Engine:
         return engine
     # An unreachable server must fail fast: the caller retries with backoff.
     connect_args: dict[str, object] = (
-        {} if "connect_timeout" in parsed.query else {"connect_timeout": 10})
+        {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
+    )
     # No server-side prepared statements: a generic plan made while the persons
     # table was small (the first chunks of an initial load) would be kept for
     # the whole import, scanning the tenant instead of probing its indexes.

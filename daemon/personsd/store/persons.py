@@ -359,7 +359,8 @@ def planner_rows(conn: Connection) -> float | None:
     if conn.dialect.name != "postgresql":
         return None
     tuples = conn.exec_driver_sql(
-        "SELECT reltuples FROM pg_class WHERE oid = 'persons'::regclass").scalar()
+        "SELECT reltuples FROM pg_class WHERE oid = 'persons'::regclass"
+    ).scalar()
     return None if tuples is None or tuples < 0 else float(tuples)
 
 
