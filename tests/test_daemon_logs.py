@@ -31,7 +31,10 @@ from test_daemon_e2e import SEED, SEED_ROWS, add_tenants, module_db_url, start
 PASSWORD = "pw-" + uuid.uuid4().hex  # unique: any occurrence in the log is a leak
 WRONG_PASSWORD = "wrong-" + uuid.uuid4().hex
 CHUNK_ROWS = 500
-BULK_ROWS = 300_000  # ~55 s here (~5.5k rows/s): still running after 5 s on a far faster box
+# Progress is logged every 5 s of an import, so the file must outlast that on
+# any box: ~4 s per 300 k rows on a fast one (2026-12), and the run stops at
+# the first progress line, so a bigger file costs only its writing (~2 s).
+BULK_ROWS = 3_000_000
 IMPORT_EVENTS = (
     "import.queued",
     "import.started",
