@@ -375,3 +375,22 @@ def test_a_carrier_service_outage_is_an_environment_fault(site: Site, tmp_path: 
     assert (None, 0) == (record.next_offset, record.rows_total)
     assert [] == persons_of(engine, record.tenant_id)
     assert [] == list(cfg.outbox("slow").iterdir())
+
+
+def test_hashing_a_big_file_keeps_the_heartbeat_fresh(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC 5: an import being hashed is alive: its heartbeat moves, no instance takes it over."""
+    cfg, engine = site.cfg, site.engine
+    monkeypatch.setattr(importer, "_HASH_HEARTBEAT_SECONDS", 0.0)
+    path = cfg.inbox("slow") / "zeros.persons"
+    with path.open("wb") as fh:
+        fh.truncate(8 << 20)  # NUL bytes: rejected once hashed, so no checkpoint beats for it
+    import_id = importer.create(
+        engine, tenant="slow", path=path, source="sftp", size=path.stat().st_size
+    )
+
+    outcome = importer.run(engine, cfg, import_id)
+
+    assert "rejected" == outcome.record.status
+    assert outcome.record.heartbeat_at is not None

@@ -1,13 +1,16 @@
 """One import, chunk by chunk (SPEC sections 2, 4 and 5).
 
-Each chunk of ``import.chunk_rows`` rows is read and validated outside any
-transaction, then, in one write transaction: every identifier the chunk
-names is fetched with a bounded number of queries, the rows are applied in
-file order to that in-memory set (so a row sees every row before it exactly
-as if rows ran one by one), the result is written with bulk statements, the
-chunk's report lines are appended and fsynced, and the checkpoint (byte
-offset, line, row, counts, report lengths) is saved. A crash at any point
-leaves either the previous chunk's checkpoint or this one's, never half.
+The content's sha256 is computed here when the import starts (the daemon's
+intake only records the size). Each chunk of ``import.chunk_rows`` rows is
+read and validated outside any transaction, an ``http`` carrier service is
+asked about its new MDNs (no transaction open), then, in one write
+transaction: every identifier the chunk names is fetched with a bounded
+number of queries, the rows are applied in file order to that in-memory set
+(so a row sees every row before it exactly as if rows ran one by one), the
+result is written with bulk statements, the chunk's report lines are
+appended and fsynced, and the checkpoint (byte offset, line, row, counts,
+report lengths) is saved. A crash at any point leaves either the previous
+chunk's checkpoint or this one's, never half.
 
 The daemon and ``personsd import`` both call :func:`run`; the attempt
 accounting, quarantine and archive are the caller's.
@@ -55,6 +58,8 @@ _READ_BUFFER = 1 << 20
 # A namespace for the per-tenant advisory lock, so it cannot clash with
 # another application's locks on a shared PostgreSQL.
 _LOCK_NAMESPACE = 0x7E25
+# While a big file is hashed at the import's start, its heartbeat is refreshed this often.
+_HASH_HEARTBEAT_SECONDS = 30.0
 
 
 class Interrupted(InternalError):
@@ -77,8 +82,15 @@ def now() -> datetime:
 UNHASHED = ""
 
 
-def sha256_of(path: Path, stop: threading.Event | None = None) -> tuple[str, int]:
-    """The file's sha256 and size, streamed; :class:`Interrupted` when ``stop`` is set."""
+def sha256_of(
+    path: Path,
+    stop: threading.Event | None = None,
+    on_block: Callable[[int], None] | None = None,
+) -> tuple[str, int]:
+    """The file's sha256 and size, streamed; :class:`Interrupted` when ``stop`` is set.
+
+    ``on_block(bytes_read)`` is called after every block (1 MiB).
+    """
     digest = hashlib.sha256()
     size = 0
     with path.open("rb") as fh:
@@ -87,6 +99,8 @@ def sha256_of(path: Path, stop: threading.Event | None = None) -> tuple[str, int
             size += len(block)
             if stop is not None and stop.is_set():
                 raise Interrupted(f"stopped while hashing {path.name}")
+            if on_block is not None:
+                on_block(size)
     return digest.hexdigest(), size
 
 
@@ -239,8 +253,21 @@ def run(
 
 
 def _hash(engine: Engine, record: ImportRecord, stop: threading.Event | None) -> ImportRecord:
-    """The content's sha256, size and ``duplicate_of``, recorded at the import's start."""
-    digest, size = sha256_of(Path(record.work_path), stop)
+    """The content's sha256, size and ``duplicate_of``, recorded at the import's start.
+
+    Hashing a file of tens of GiB takes a while: the heartbeat is kept fresh
+    meanwhile so that no other instance takes the import for abandoned.
+    """
+    beat = time.monotonic()
+
+    def alive(_done: int) -> None:
+        nonlocal beat
+        if time.monotonic() - beat >= _HASH_HEARTBEAT_SECONDS:
+            beat = time.monotonic()
+            with write_tx(engine) as conn:
+                store_imports.set_status(conn, record.id, record.status, heartbeat_at=now())
+
+    digest, size = sha256_of(Path(record.work_path), stop, alive)
     with write_tx(engine) as conn:
         duplicate = store_imports.find_duplicate(conn, record.tenant_id, digest, record.id)
         store_imports.set_status(
