@@ -1,13 +1,16 @@
 """One import, chunk by chunk (SPEC sections 2, 4 and 5).
 
-Each chunk of ``import.chunk_rows`` rows is read and validated outside any
-transaction, then, in one write transaction: every identifier the chunk
-names is fetched with a bounded number of queries, the rows are applied in
-file order to that in-memory set (so a row sees every row before it exactly
-as if rows ran one by one), the result is written with bulk statements, the
-chunk's report lines are appended and fsynced, and the checkpoint (byte
-offset, line, row, counts, report lengths) is saved. A crash at any point
-leaves either the previous chunk's checkpoint or this one's, never half.
+The content's sha256 is computed here when the import starts (the daemon's
+intake only records the size). Each chunk of ``import.chunk_rows`` rows is
+read and validated outside any transaction, an ``http`` carrier service is
+asked about its new MDNs (no transaction open), then, in one write
+transaction: every identifier the chunk names is fetched with a bounded
+number of queries, the rows are applied in file order to that in-memory set
+(so a row sees every row before it exactly as if rows ran one by one), the
+result is written with bulk statements, the chunk's report lines are
+appended and fsynced, and the checkpoint (byte offset, line, row, counts,
+report lengths) is saved. A crash at any point leaves either the previous
+chunk's checkpoint or this one's, never half.
 
 The daemon and ``personsd import`` both call :func:`run`; the attempt
 accounting, quarantine and archive are the caller's.
@@ -33,7 +36,13 @@ from personsd.config import Config
 from personsd.errors import ErrorKind, FileRejected, InternalError, OperatorError, RowError
 from personsd.fileformat import Layout
 from personsd.logging import Event, ProgressReporter, get_logger
-from personsd.phones import CarrierCheck, carrier_check, offline_lookup
+from personsd.phones import (
+    CarrierCheck,
+    HttpCarrierLookup,
+    ask_all,
+    carrier_check,
+    offline_lookup,
+)
 from personsd.store import fields as store_fields
 from personsd.store import imports as store_imports
 from personsd.store import persons as store_persons
@@ -49,6 +58,8 @@ _READ_BUFFER = 1 << 20
 # A namespace for the per-tenant advisory lock, so it cannot clash with
 # another application's locks on a shared PostgreSQL.
 _LOCK_NAMESPACE = 0x7E25
+# While a big file is hashed at the import's start, its heartbeat is refreshed this often.
+_HASH_HEARTBEAT_SECONDS = 30.0
 
 
 class Interrupted(InternalError):
@@ -67,14 +78,29 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def sha256_of(path: Path) -> tuple[str, int]:
-    """The file's sha256 and size, streamed."""
+# The sha256 of an import the intake queued without reading it (see create).
+UNHASHED = ""
+
+
+def sha256_of(
+    path: Path,
+    stop: threading.Event | None = None,
+    on_block: Callable[[int], None] | None = None,
+) -> tuple[str, int]:
+    """The file's sha256 and size, streamed; :class:`Interrupted` when ``stop`` is set.
+
+    ``on_block(bytes_read)`` is called after every block (1 MiB).
+    """
     digest = hashlib.sha256()
     size = 0
     with path.open("rb") as fh:
         while block := fh.read(_READ_BUFFER):
             digest.update(block)
             size += len(block)
+            if stop is not None and stop.is_set():
+                raise Interrupted(f"stopped while hashing {path.name}")
+            if on_block is not None:
+                on_block(size)
     return digest.hexdigest(), size
 
 
@@ -93,14 +119,19 @@ def create(
     file_name: str | None = None,
     received_at: datetime | None = None,
     claimed_by: str | None = None,
+    size: int | None = None,
 ) -> int:
     """Record an import of ``path`` for ``tenant``; returns its id.
 
     It is queued for the daemon's workers, or, with ``claimed_by``, running at
     once for the caller (``personsd import``), so no daemon sharing the
     database can claim it between its creation and its run.
+
+    With ``size`` (the daemon's intake) the file is not read: its sha256 and
+    ``duplicate_of`` are found when the import starts (:func:`run`), in the
+    tenant's worker, so a huge upload never holds up another tenant's intake.
     """
-    digest, size = sha256_of(path)
+    digest, size = (UNHASHED, size) if size is not None else sha256_of(path)
     with write_tx(engine) as conn:
         found = store_tenants.get_tenant(conn, tenant)
         if found is None:
@@ -115,7 +146,11 @@ def create(
             work_path=str(path),
             received_at=received_at or now(),
         )
-        duplicate = store_imports.find_duplicate(conn, found.id, digest, import_id)
+        duplicate = (
+            store_imports.find_duplicate(conn, found.id, digest, import_id)
+            if digest != UNHASHED
+            else None
+        )
         if claimed_by is not None:
             moment = now()
             store_imports.set_status(
@@ -181,6 +216,8 @@ def run(
         row=record.next_row,
         bytes=record.bytes,
     )
+    if record.sha256 == UNHASHED:
+        record = _hash(engine, record, stop)
 
     try:
         fileformat.check_name(record.file_name)
@@ -213,6 +250,30 @@ def run(
         updated=rows.updated,
     )
     return outcome
+
+
+def _hash(engine: Engine, record: ImportRecord, stop: threading.Event | None) -> ImportRecord:
+    """The content's sha256, size and ``duplicate_of``, recorded at the import's start.
+
+    Hashing a file of tens of GiB takes a while: the heartbeat is kept fresh
+    meanwhile so that no other instance takes the import for abandoned.
+    """
+    beat = time.monotonic()
+
+    def alive(_done: int) -> None:
+        nonlocal beat
+        if time.monotonic() - beat >= _HASH_HEARTBEAT_SECONDS:
+            beat = time.monotonic()
+            with write_tx(engine) as conn:
+                store_imports.set_status(conn, record.id, record.status, heartbeat_at=now())
+
+    digest, size = sha256_of(Path(record.work_path), stop, alive)
+    with write_tx(engine) as conn:
+        duplicate = store_imports.find_duplicate(conn, record.tenant_id, digest, record.id)
+        store_imports.set_status(
+            conn, record.id, record.status, sha256=digest, bytes=size, duplicate_of=duplicate
+        )
+        return store_imports.get(conn, record.id)
 
 
 def _tenant_name(conn: Connection, tenant_id: int) -> str:
@@ -293,7 +354,7 @@ def _import_rows(
             if stop is not None and stop.is_set():
                 raise Interrupted(f"import {record.id} stopped at row {point.next_row}")
             statistics.grown(point.rows_created)
-            lookups = _CountingCheck(chunk.carrier(carrier))
+            lookups = _CountingCheck(_ahead(engine, record, chunk, carrier))
             point = _apply_chunk(engine, record, chunk, lookups, point, errors_out, retry_out)
             chunks.advise(precheck=lookups.calls > 0)
             if on_chunk is not None:
@@ -302,6 +363,30 @@ def _import_rows(
             if shown is not None:
                 bound.info(Event.IMPORT_PROGRESS, **shown.as_fields())
             del chunk  # freed before the next one is read, not after
+
+
+def _ahead(
+    engine: Engine, record: ImportRecord, chunk: validation.ValidatedChunk, carrier: CarrierCheck
+) -> CarrierCheck:
+    """The chunk's carrier check; a remote service is asked now, before the write transaction.
+
+    Only MDNs nobody in the tenant holds can be newly assigned, so only those
+    are asked (each once). An MDN a row frees and a later row of the same
+    chunk assigns is the rare one not asked ahead: asked when applied.
+    """
+    if not isinstance(carrier, HttpCarrierLookup):
+        return chunk.carrier(carrier)
+    candidates = rules.carrier_candidates(chunk.rows)
+    if not candidates:
+        return carrier
+    with engine.connect() as conn:
+        held = store_persons.load(conn, record.tenant_id, [(rules.MDN, m) for m in candidates])
+    answers = ask_all(carrier, sorted(candidates - {person.mdn for person in held}))
+
+    def known(e164: str) -> RowError | None:
+        return answers[e164] if e164 in answers else carrier(e164)
+
+    return known
 
 
 class _CountingCheck:
@@ -487,7 +572,7 @@ def summary_of(record: ImportRecord, tenant: str) -> reports.Summary:
         import_id=record.id,
         tenant=tenant,
         file=record.file_name,
-        sha256=record.sha256,
+        sha256=record.sha256 if record.sha256 != UNHASHED else None,
         bytes=record.bytes,
         status=record.status,  # type: ignore[arg-type]
         received_at=record.received_at.replace(tzinfo=record.received_at.tzinfo or UTC),
@@ -552,6 +637,13 @@ def publish(engine: Engine, cfg: Config, import_id: int) -> Outcome:
 
 def fail(engine: Engine, cfg: Config, import_id: int, reason: str) -> Outcome:
     """Give up on an import after its last attempt: status failed, reports published."""
+    with engine.connect() as conn:
+        record = store_imports.get(conn, import_id)
+    if record.sha256 == UNHASHED:
+        try:
+            _hash(engine, record, None)
+        except OSError as exc:  # the summary says sha256 null
+            log.warning("import.unhashed", import_id=import_id, error=repr(exc)[:300])
     with write_tx(engine) as conn:
         store_imports.set_status(
             conn, import_id, "failed", finished_at=now(), last_error=reason[:2000]

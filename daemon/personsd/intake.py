@@ -1,25 +1,31 @@
 """Intake: a complete upload becomes a queued import (SPEC section 5).
 
-Claiming is a rename out of the inbox into ``state/work/claimed/<host>/<tenant>/``
-(same filesystem, so atomic), *then* an import record. The order matters for
+Claiming is a rename out of the inbox into
+``state/work/claimed/<host>/<tenant>/<stamp>/<name>`` (same filesystem, so
+atomic), *then* an import record. A directory per claim keeps the partner's
+name as it is: the claimed name is never longer than the uploaded one, so a
+name the inbox could hold (up to NAME_MAX) can always be claimed. The order matters for
 "nothing is lost": a crash or a database outage between the two leaves a
 claimed file without a record, and :meth:`Intake.recover` turns every such
 file into an import at the next start or retry. A file is never in the inbox
 and in the queue at once, so the partner cannot change it mid-import.
 
-While the database is unreachable, offered files stay in memory (and in the
-inbox, where the watcher's next start finds them again) and the claim is
-retried with capped exponential backoff.
+Each offered file has its own schedule (SPEC 5 "Each file's trouble stays
+its own"): a file whose claim fails (a rename refused, the record not
+written) is retried with capped exponential backoff while every other file
+goes on; the one intake thread never sleeps on a file. Nothing slow runs
+here: the content's sha256 is the worker's, at the import's start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,6 +42,20 @@ from personsd.watcher import ReadyFile
 log = get_logger("personsd.intake")
 
 
+# A file that cannot be claimed is retried after 0.5 s, 1 s, 2 s ... up to
+# this (documented in docs/operations.md), on its own: other files go on.
+CLAIM_RETRY_CAP = 60.0
+
+
+@dataclass(kw_only=True, slots=True)
+class _Offer:
+    """A reported file not yet claimed, with its own retry schedule."""
+
+    ready: ReadyFile
+    failures: int = 0
+    due: float = 0.0  # monotonic
+
+
 class Intake:
     """Claims ready files in the order they became complete, one thread."""
 
@@ -50,8 +70,8 @@ class Intake:
         self.engine = engine
         self.cfg = cfg
         self.on_queued = on_queued
-        self.policy = policy or RetryPolicy(base=0.5, cap=30.0)
-        self._pending: deque[ReadyFile] = deque()
+        self.policy = policy or RetryPolicy(base=0.5, cap=CLAIM_RETRY_CAP)
+        self._pending: list[_Offer] = []
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -69,7 +89,7 @@ class Intake:
     def offer(self, ready: ReadyFile) -> None:
         """Called by the watcher's thread: just enqueue."""
         with self._cond:
-            self._pending.append(ready)
+            self._pending.append(_Offer(ready=ready))
             self._cond.notify()
 
     def start(self) -> None:
@@ -87,32 +107,39 @@ class Intake:
         with self._cond:
             return len(self._pending)
 
+    def _next_due(self) -> _Offer | None:
+        """The first offer (in completion order) whose time has come; waits up to 1 s."""
+        with self._cond:
+            now = time.monotonic()
+            for offer in self._pending:
+                if offer.due <= now:
+                    return offer
+            wake = min((offer.due for offer in self._pending), default=now + 1.0)
+            self._cond.wait(min(1.0, max(0.0, wake - now)))
+            return None
+
     def _loop(self) -> None:
-        failures = 0
         while not self._stop.is_set():
-            with self._cond:
-                while not self._pending and not self._stop.is_set():
-                    self._cond.wait(1.0)
-                if self._stop.is_set():
-                    return
-                ready = self._pending[0]
+            offer = self._next_due()
+            if offer is None or self._stop.is_set():
+                continue
             try:
-                self.claim(ready)
-            except Exception as exc:  # noqa: BLE001 -- database down, disk full: retry
-                failures += 1
-                delay = self.policy.delay(failures)
+                self.claim(offer.ready)
+            except Exception as exc:  # noqa: BLE001 -- this file only: it waits, others go on
+                offer.failures += 1
+                delay = self.policy.delay(offer.failures)
+                offer.due = time.monotonic() + delay
                 log.warning(
-                    "intake.retry",
-                    tenant=ready.tenant,
-                    file=ready.path.name,
+                    Event.INTAKE_RETRY,
+                    tenant=offer.ready.tenant,
+                    file=offer.ready.path.name,
+                    failures=offer.failures,
                     error=repr(exc)[:300],
                     retry_in=round(delay, 2),
                 )
-                self._stop.wait(delay)
                 continue
-            failures = 0
             with self._cond:
-                self._pending.popleft()
+                self._pending.remove(offer)
 
     def claim(self, ready: ReadyFile) -> int | None:
         """Move ``ready`` out of the inbox and queue it; None if it is gone or changed."""
@@ -122,20 +149,28 @@ class Intake:
             return None  # claimed already, or removed by the partner
         if (st.st_size, st.st_mtime_ns) != (ready.size, ready.mtime_ns):
             return None  # a newer version: the watcher reports it once it settles
-        folder = self.claimed_dir / ready.tenant
-        folder.mkdir(parents=True, exist_ok=True)
         self._seq += 1
         stamp = f"{int(ready.completed_at * 1e6):017d}{self._seq % 1000:03d}"
-        claimed = folder / f"{stamp}.{ready.path.name}"
-        with self._claiming:
-            os.rename(ready.path, claimed)
-            return self._enqueue(ready.tenant, claimed, ready.completed_at)
+        folder = self.claimed_dir / ready.tenant / stamp
+        claimed = folder / ready.path.name
+        with self._claiming:  # recover() removes empty claim directories
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(ready.path, claimed)
+            except BaseException:
+                _remove_empty(folder)
+                raise
+            return self._enqueue(
+                ready.tenant, claimed, claimed.name, ready.completed_at, st.st_size
+            )
 
-    def _enqueue(self, tenant: str, claimed: Path, completed_at: float) -> int | None:
-        name = claimed.name.split(".", 1)[1]
+    def _enqueue(
+        self, tenant: str, claimed: Path, name: str, completed_at: float, size: int
+    ) -> int | None:
         # Full precision: files completing within one second keep their order.
         received = datetime.fromtimestamp(completed_at, UTC)
         try:
+            # Not hashed here: a big file would hold every tenant's intake.
             import_id = importer.create(
                 self.engine,
                 tenant=tenant,
@@ -143,18 +178,13 @@ class Intake:
                 source="sftp",
                 file_name=name,
                 received_at=received,
+                size=size,
             )
         except OperatorError:
             # The tenant was removed after the upload: keep the file aside, say so.
             log.error("intake.unknown_tenant", tenant=tenant, file=name, path=str(claimed))
             return None
-        log.info(
-            Event.IMPORT_QUEUED,
-            tenant=tenant,
-            import_id=import_id,
-            file=name,
-            bytes=claimed.stat().st_size,
-        )
+        log.info(Event.IMPORT_QUEUED, tenant=tenant, import_id=import_id, file=name, bytes=size)
         self.on_queued()
         return import_id
 
@@ -170,11 +200,42 @@ class Intake:
             known = set(conn.execute(select(ImportRow.work_path)).scalars())
         recovered = 0
         for folder in sorted(p for p in self.claimed_dir.iterdir() if p.is_dir()):
-            for claimed in sorted(folder.iterdir()):
-                if str(claimed) in known or not claimed.is_file():
+            for claimed, stamp, name in _claimed_files(folder):
+                if str(claimed) in known:
                     continue
-                stamp = claimed.name.split(".", 1)[0]
                 completed = int(stamp[:17]) / 1e6 if stamp[:17].isdigit() else time.time()
-                if self._enqueue(folder.name, claimed, completed) is not None:
-                    recovered += 1
+                try:
+                    size = claimed.stat().st_size
+                    if self._enqueue(folder.name, claimed, name, completed, size) is not None:
+                        recovered += 1
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:  # this file only: the next round tries it again
+                    log.warning(
+                        Event.INTAKE_RETRY, tenant=folder.name, file=claimed.name, error=repr(exc)
+                    )
         return recovered
+
+
+def _claimed_files(tenant_dir: Path) -> list[tuple[Path, str, str]]:
+    """The claimed files of a tenant with their stamps and upload names, oldest first.
+
+    ``<stamp>/<name>`` since a claim got a directory; ``<stamp>.<name>`` as
+    earlier versions left them (still recovered after an upgrade).
+    """
+    found: list[tuple[Path, str, str]] = []
+    for entry in sorted(tenant_dir.iterdir()):
+        if entry.is_dir():
+            files = [f for f in sorted(entry.iterdir()) if f.is_file()]
+            found.extend((f, entry.name, f.name) for f in files)
+            if not files:
+                _remove_empty(entry)  # an archived claim's directory
+        elif entry.is_file():
+            stamp, _, name = entry.name.partition(".")
+            found.append((entry, stamp, name or entry.name))
+    return found
+
+
+def _remove_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty (a file arrived) or already gone
+        folder.rmdir()

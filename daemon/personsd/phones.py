@@ -36,14 +36,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneMetadata, PhoneNumberType
 
-from personsd.errors import ErrorKind, RowError
+from personsd.errors import ErrorKind, RowError, TransientError
 
 CarrierCheck = Callable[[str], RowError | None]
 
@@ -288,6 +288,11 @@ class HttpCarrierLookup:
             self._failures = 0
         return None if answer else _PERMANENT
 
+    def unavailable(self) -> bool:
+        """True while the breaker is open: the service is down, not one MDN's trouble."""
+        with self._lock:
+            return time.monotonic() < self._open_until
+
     def _ask(self, e164: str) -> bool | None:
         """The service's answer, or None when it could not be had."""
         separator = "&" if "?" in self.url else "?"
@@ -311,6 +316,25 @@ class HttpCarrierLookup:
         return None
 
 
+class CarrierUnavailable(TransientError):
+    """The http carrier service is down: an environment fault, the import waits (SPEC 5)."""
+
+
+def ask_all(lookup: HttpCarrierLookup, mdns: Iterable[str]) -> dict[str, RowError | None]:
+    """Each MDN's answer, asked before any transaction opens (no lock held meanwhile).
+
+    One MDN's failure is that row's ``TransientLookupFailureError``; once the
+    breaker opens (``breaker_failures`` failures in a row) the service is
+    down and :class:`CarrierUnavailable` is raised, so the chunk waits.
+    """
+    answers: dict[str, RowError | None] = {}
+    for e164 in mdns:
+        answers[e164] = lookup(e164)
+        if lookup.unavailable():
+            raise CarrierUnavailable(f"carrier lookup service {lookup.url} is not answering")
+    return answers
+
+
 def _valid_flag(body: bytes) -> bool | None:
     try:
         document = json.loads(body)
@@ -327,5 +351,12 @@ def carrier_check(mode: str, url: str = "") -> CarrierCheck:
     if mode == "offline":
         return offline_lookup
     if mode == "http":
-        return HttpCarrierLookup(url)
+        return _http_lookup(url)
     raise ValueError(f"unknown carrier lookup {mode!r}: one of {', '.join(CARRIER_MODES)}")
+
+
+@functools.cache
+def _http_lookup(url: str) -> HttpCarrierLookup:
+    # One per URL for the process: its breaker remembers an outage across
+    # imports, so a retried import does not pay every MDN's timeouts again.
+    return HttpCarrierLookup(url)

@@ -321,7 +321,7 @@ class Summary:
     import_id: int
     tenant: str
     file: str
-    sha256: str
+    sha256: str | None  # None: a failed import whose file could not even be read
     bytes: int
     status: Status
     received_at: datetime
@@ -336,7 +336,9 @@ class Summary:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
-        if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+        if self.sha256 is None and self.status != "failed":
+            raise ValueError("sha256 may be unknown for a failed import only")
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
             raise ValueError(f"sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
         if self.bytes < 0:
             raise ValueError(f"bytes must be >= 0, got {self.bytes}")

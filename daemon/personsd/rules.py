@@ -362,6 +362,21 @@ class PersonSet:
         setattr(person, column, value)
 
 
+def carrier_candidates(rows: Iterable[object]) -> set[str]:
+    """Every MDN the rows could newly assign: the most a chunk may ask the carrier.
+
+    Each MDN a row can assign is among its ``lookups`` (identifier values
+    are), so a remote lookup can be asked ahead of the write transaction.
+    """
+    return {
+        value
+        for row in rows
+        if isinstance(row, RowChange)
+        for column, value in row.lookups
+        if column == MDN and isinstance(value, str)
+    }
+
+
 def apply(
     persons: PersonSet, change: RowChange, carrier: CarrierCheck
 ) -> Applied | tuple[RowError, ...]:

@@ -25,15 +25,15 @@ from types import FrameType
 from sqlalchemy import Engine, make_url
 
 from personsd import config as config_mod
-from personsd import importer, notify
+from personsd import notify
 from personsd.config import Config
 from personsd.errors import ConfigError
 from personsd.intake import Intake
 from personsd.logging import Event, configure, get_logger
+from personsd.republish import Republisher
 from personsd.retry import RetryPolicy
 from personsd.sftp import SftpLimits, SftpServer, TenantAuth, load_or_create_host_key
 from personsd.store import db
-from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
 from personsd.watcher import InboxWatcher
 from personsd.workers import Workers, sweep_archive
@@ -148,6 +148,7 @@ class Daemon:
             on_ready=self.intake.offer,
         )
         self.sftp: SftpServer | None = None
+        self.republisher = Republisher(engine=self.engine, cfg=lambda: self.cfg)
 
     # -- signals: flags only ----------------------------------------------
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -192,13 +193,13 @@ class Daemon:
             self.cfg.outbox(name).mkdir(parents=True, exist_ok=True)
 
     def _publish_unpublished(self) -> None:
-        """A crash between finishing an import and publishing its reports."""
-        with self.engine.connect() as conn:
-            records = store_imports.list_imports(conn)
-        for record in records:
-            finished = record.status in ("completed", "rejected", "failed")
-            if finished and not record.reports_published:
-                importer.publish(self.engine, self.cfg, record.id)
+        """A crash between finishing an import and publishing its reports.
+
+        Each import on its own: one that fails is retried from the main loop
+        on its own schedule, and the workers start regardless.
+        """
+        self.republisher.find()
+        self.republisher.publish_due()
 
     def _start_sftp(self) -> None:
         if not self.cfg.sftp.enabled:
@@ -247,6 +248,8 @@ class Daemon:
                 self._reload.clear()
                 self.reload()
             notify.watchdog_ping()
+            if self.republisher.pending():
+                self.republisher.publish_due()
             if time.monotonic() - housekeeping >= self.cfg.imports.rescan_seconds:
                 housekeeping = time.monotonic()
                 self._housekeeping()

@@ -15,6 +15,7 @@ Failure policy (SPEC 5):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -31,6 +32,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from personsd import importer
 from personsd.config import Config
 from personsd.errors import TransientError
+from personsd.fileformat import cut_name, name_bytes
 from personsd.logging import get_logger
 from personsd.retry import RetryPolicy
 from personsd.store import imports as store_imports
@@ -236,14 +238,39 @@ class Workers:
             tenant = store_tenants.tenant_name(conn, record.tenant_id) or str(record.tenant_id)
         folder = where / tenant
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{record.id}.{record.file_name}"
+        target = folder / kept_name(record.id, record.file_name)
         os.replace(source, target)
+        with contextlib.suppress(OSError):  # an older flat claim's folder, or not empty
+            source.parent.rmdir()  # the claim's own directory (intake), now empty
         # The archive's clock starts now, whatever the upload's mtime says.
         os.utime(target)
         with write_tx(self.engine) as conn:
             store_imports.set_status(
                 conn, record.id, store_imports.get(conn, record.id).status, work_path=str(target)
             )
+
+
+def kept_name(import_id: int, file_name: str) -> str:
+    """``<id>.<name>`` for the archive and quarantine, cut to fit NAME_MAX (255 bytes).
+
+    The name part is cut by bytes at a character boundary, keeping its
+    suffix from ``.persons`` on (or its last extension), so the archived
+    file still says what it was.
+    """
+    prefix = f"{import_id}."
+    room = NAME_MAX - len(prefix)
+    if name_bytes(file_name) <= room:
+        return prefix + file_name
+    at = file_name.rfind(".persons")
+    if at < 0:
+        at = file_name.rfind(".")
+    suffix = file_name[at:] if at > 0 and name_bytes(file_name[at:]) <= _KEPT_SUFFIX else ""
+    head = cut_name(file_name[: len(file_name) - len(suffix)], room - name_bytes(suffix))
+    return prefix + head + suffix
+
+
+NAME_MAX = 255  # bytes in one file name (Linux filesystems)
+_KEPT_SUFFIX = 32  # a suffix longer than this is not kept whole
 
 
 def sweep_archive(cfg: Config, now: float | None = None) -> int:
