@@ -62,6 +62,11 @@ class Event:
     NOTIFY_DELIVERED: Final = "notify.delivered"
     NOTIFY_FAILED: Final = "notify.failed"
     CLUSTER_TAKEOVER: Final = "cluster.takeover"
+    # Not in SPEC 9 (so not in ALL): a banned address's connection closed unserved;
+    # the shared ban table unreachable (this instance counts on its own) and back.
+    SFTP_REFUSED: Final = "sftp.refused"
+    SFTP_BANS_LOCAL: Final = "sftp.bans_local"
+    SFTP_BANS_SHARED: Final = "sftp.bans_shared"
 
     ALL: Final = (
         SFTP_LOGIN,

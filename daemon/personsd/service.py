@@ -32,6 +32,7 @@ from personsd.intake import Intake
 from personsd.logging import Event, configure, get_logger
 from personsd.retry import RetryPolicy
 from personsd.sftp import SftpLimits, SftpServer, TenantAuth, load_or_create_host_key
+from personsd.sftpshared import SharedLoginBans
 from personsd.store import db
 from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
@@ -203,6 +204,10 @@ class Daemon:
     def _start_sftp(self) -> None:
         if not self.cfg.sftp.enabled:
             return
+        limits = SftpLimits.from_config(self.cfg.limits)
+        # SQLite has one instance (a second refuses to start): every upload temp
+        # left is its own, cut short. Several instances may share a tree otherwise.
+        sqlite = make_url(self.cfg.database.url).get_backend_name() == "sqlite"
         self.sftp = SftpServer(
             host=self.cfg.sftp.host,
             port=self.cfg.sftp.port,
@@ -210,7 +215,9 @@ class Daemon:
             tenants_root=self.cfg.tenants_dir,
             lookup=self.tenants.get,
             on_upload=self.watcher.notify_complete,
-            limits=SftpLimits.from_config(self.cfg.limits),
+            limits=limits,
+            bans=SharedLoginBans.from_url(self.cfg.database.url, limits),
+            stale_upload_seconds=0.0 if sqlite else limits.stale_upload_seconds,
         )
         self.sftp.start()
 
