@@ -167,9 +167,9 @@ def test_an_interrupted_copy_resumes_to_the_same_result(
 ) -> None:
     """kill -9 in the middle of the persons table; running it again finishes the same copy."""
     env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV}
+    argv = ["--config", str(source.config), "db", "copy", "--to", pg_url, "--batch-rows", "100"]
     child = subprocess.Popen(
-        [sys.executable, "-m", "personsd", "--config", str(source.config)]
-        + ["db", "copy", "--to", pg_url, "--batch-rows", "100"],
+        [sys.executable, "-m", "personsd", *argv],
         env=env,
         cwd=source.home,
         stdout=subprocess.DEVNULL,
