@@ -112,8 +112,8 @@ def _start(source: Engine, target: Engine) -> bool:
         return False
 
 
-def _write_batch(conn: Connection, table: Table, rows: Sequence[Any]) -> None:
-    if conn.dialect.name != "postgresql":
+def _write_batch(conn: Connection, table: Table, rows: Sequence[Any], use_copy: bool) -> None:
+    if conn.dialect.name != "postgresql" or not use_copy:
         conn.execute(insert(table), [dict(r._mapping) for r in rows])
         return
     # COPY: about twice executemany's speed (docs/operations.md has the figures).
@@ -136,6 +136,7 @@ def _copy_table(
     table: Table,
     batch_rows: int,
     on_rows: Callable[[str, int], None],
+    use_copy: bool,
 ) -> int:
     pk = list(table.primary_key.columns)
     if not pk:
@@ -155,7 +156,7 @@ def _copy_table(
         if not rows:
             return copied
         with db.write_tx(target) as conn:
-            _write_batch(conn, table, rows)
+            _write_batch(conn, table, rows, use_copy)
         last = tuple(getattr(rows[-1], c.name) for c in pk)
         copied += len(rows)
         on_rows(table.name, len(rows))
@@ -238,11 +239,13 @@ def copy_database(
     batch_rows: int = BATCH_ROWS,
     on_total: Callable[[int], None] = lambda total: None,
     on_rows: Callable[[str, int], None] = lambda table, rows: None,
+    use_copy: bool = True,
 ) -> CopyReport:
     """Copy every table of ``source`` (at the newest schema) into ``target``; resumable.
 
     ``on_total`` is told the source's row count once, ``on_rows`` each batch
-    (and, when resuming, what each table already holds).
+    (and, when resuming, what each table already holds). ``use_copy``: COPY
+    into a PostgreSQL target (else executemany, as on SQLite; for the bench).
     """
     if batch_rows < 1:
         raise OperatorError(f"batch size must be at least 1, got {batch_rows}")
@@ -260,7 +263,9 @@ def copy_database(
             resumed = _start(source, target)
             with source.connect() as conn:
                 on_total(sum(_count(conn, t) for t in tables()))
-            copied = sum(_copy_table(source, target, t, batch_rows, on_rows) for t in tables())
+            copied = sum(
+                _copy_table(source, target, t, batch_rows, on_rows, use_copy) for t in tables()
+            )
             _copy_counters(source, target)
             counts = _compare(source, target)
             with db.write_tx(target) as conn:
