@@ -1,4 +1,4 @@
-"""Two real daemons on one PostgreSQL schema and one root: bans and quotas hold on both (SPEC 12)."""
+"""Two real daemons on one PostgreSQL schema and one root: bans and quotas hold (SPEC 12)."""
 
 from __future__ import annotations
 
