@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -267,3 +268,20 @@ def test_a_source_changing_during_the_copy_is_reported(small: Engine, db_url: st
             store_copy.copy_database(small, target, on_rows=meanwhile)
     finally:
         target.dispose()
+
+
+def test_a_progress_bar_on_a_terminal(source: Site, pg_url: str) -> None:
+    """On a terminal, db copy draws a bar naming the table and rows done of the total."""
+    from test_cli_terminal import run_on_terminal
+
+    argv = ["--config", str(source.config), "db", "copy", "--to", pg_url, "--batch-rows", "500"]
+    code, stdout, terminal = run_on_terminal(
+        [sys.executable, "-m", "personsd", *argv], cwd=source.home
+    )
+    assert 0 == code, terminal
+    assert stdout.startswith("copied ")
+    assert "copying persons" in terminal
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", terminal)
+    done = {int(n): int(total) for n, total in re.findall(r"(\d+)/(\d+) rows", plain)}
+    assert 1 < len(done), plain[-600:]  # redrawn as it goes
+    assert {max(done.values())} == set(done.values())  # one total, the source's rows
