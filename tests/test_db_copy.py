@@ -285,3 +285,11 @@ def test_a_progress_bar_on_a_terminal(source: Site, pg_url: str) -> None:
     done = {int(n): int(total) for n, total in re.findall(r"(\d+)/(\d+) rows", plain)}
     assert 1 < len(done), plain[-600:]  # redrawn as it goes
     assert {max(done.values())} == set(done.values())  # one total, the source's rows
+
+
+def test_the_same_sqlite_file_by_another_path_is_refused(source: Site) -> None:
+    """--to the configured SQLite file spelled differently is still the database itself."""
+    path = Path(source.db_url.removeprefix("sqlite:///"))
+    other = f"sqlite:///{path.parent / '.' / '..' / path.parent.name / path.name}"
+    said = copy(source, other, expect=1)
+    assert "personsd: the target is the configured database itself\n" == said

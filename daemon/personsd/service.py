@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import threading
 import time
@@ -103,7 +104,8 @@ class TenantCache:
             }
             for t in tenants.values()
         ]
-        temp = self.snapshot.with_name(self.snapshot.name + ".tmp")
+        # A name of its own: instances sharing the root write the snapshot too.
+        temp = self.snapshot.with_name(f".{self.snapshot.name}.{secrets.token_hex(8)}.tmp")
         temp.write_text(json.dumps(data))
         os.chmod(temp, 0o600)
         os.replace(temp, self.snapshot)

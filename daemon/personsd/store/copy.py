@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Column, Connection, Engine, Table, func, insert, select, tuple_, update
@@ -59,6 +60,15 @@ class CopyReport:
 
 def display_url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
+
+
+def _same(source: Engine, target: Engine) -> bool:
+    one, other = source.url, target.url
+    if one.get_backend_name() == other.get_backend_name() == "sqlite":
+        return bool(one.database and other.database) and (
+            Path(one.database or "").resolve() == Path(other.database or "").resolve()
+        )
+    return display_url(source) == display_url(target)
 
 
 def tables() -> list[Table]:
@@ -249,7 +259,7 @@ def copy_database(
     """
     if batch_rows < 1:
         raise OperatorError(f"batch size must be at least 1, got {batch_rows}")
-    if display_url(source) == display_url(target):
+    if _same(source, target):
         raise OperatorError("the target is the configured database itself")
     started = time.monotonic()
     db.upgrade(target)
