@@ -34,7 +34,9 @@ SHARED_RETRY_SECONDS = 10.0  # after a database error, the shared table rests th
 SWEEP_SECONDS = 300.0  # forget expired addresses at most this often (per instance)
 CACHE_ADDRESSES = 4096  # addresses whose last read is kept, the latest ones
 # Its own small pool: logins never wait for the importers' connections, nor they for logins.
-POOL = {"pool_size": 2, "max_overflow": 6, "pool_timeout": 5}
+# No ping before each use: the read is the only round trip of a connection; a connection
+# the server dropped fails once, and the pool is renewed after SHARED_RETRY_SECONDS.
+POOL = {"pool_size": 2, "max_overflow": 6, "pool_timeout": 5, "pool_pre_ping": False}
 
 T = TypeVar("T")
 

@@ -61,7 +61,7 @@ def connect(url: str, **pool: Any) -> Engine:
     # table was small (the first chunks of an initial load) would be kept for
     # the whole import, scanning the tenant instead of probing its indexes.
     connect_args["prepare_threshold"] = None
-    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args, **pool)
+    return create_engine(parsed, connect_args=connect_args, **{"pool_pre_ping": True, **pool})
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: object) -> None:
