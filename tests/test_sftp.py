@@ -25,6 +25,7 @@ from structlog.testing import capture_logs
 
 from personsd.passwords import hash_password
 from personsd.sftp import SftpLimits, SftpServer, TenantAuth, load_or_create_host_key
+from personsd.sftpbudget import LoginBans
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -79,7 +80,11 @@ class Harness:
 
 @contextmanager
 def running_server(
-    tmp: Path, *, limits: SftpLimits | None = None, passwords: dict[str, str] | None = None
+    tmp: Path,
+    *,
+    limits: SftpLimits | None = None,
+    passwords: dict[str, str] | None = None,
+    bans: LoginBans | None = None,
 ) -> Iterator[Harness]:
     """Tenants ``acme`` and ``beta`` (ed25519 keys) served on 127.0.0.1, a free port."""
     keys = {name: make_key(tmp / f"{name}_key") for name in ("acme", "beta")}
@@ -107,6 +112,7 @@ def running_server(
         lookup=tenants.get,
         on_upload=on_upload,
         limits=limits,
+        bans=bans,
     )
     server.start()
     try:

@@ -6,6 +6,7 @@ import base64
 import errno
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -225,6 +226,10 @@ def test_tenant_budget_counts_connections_and_handles_per_tenant() -> None:
     assert (2, True) == (budget.handles("acme"), budget.take_handle("acme"))
 
 
+TEMP1 = ".x.persons.0123456789abcdef.upload"
+TEMP2 = ".x.persons.fedcba9876543210.upload"
+
+
 def quota(tmp_path: Path, *, inbox_bytes: int = 1000, inbox_files: int = 3) -> LocalInboxQuota:
     for box in ("inbox", "validate"):
         (tmp_path / "acme" / box).mkdir(parents=True)
@@ -236,20 +241,47 @@ def test_quota_counts_files_waiting_and_uploads_in_progress(tmp_path: Path) -> N
     q = quota(tmp_path)
     (tmp_path / "acme" / "inbox" / "a.persons").write_bytes(b"x")
     (tmp_path / "acme" / "validate" / "b.persons").write_bytes(b"x")
-    (tmp_path / "acme" / "inbox" / ".x.persons.0123456789abcdef.upload").write_bytes(b"x")
-    assert None is q.open_upload("acme", "u1")
-    assert "inbox_files" == q.open_upload("acme", "u2")
+    (tmp_path / "acme" / "inbox" / TEMP1).write_bytes(b"x")
+    assert None is q.open_upload("acme", "u1", TEMP1)
+    assert "inbox_files" == q.open_upload("acme", "u2", TEMP2)
+    (tmp_path / "acme" / "inbox" / TEMP1).unlink()  # the upload was abandoned
     q.end_upload("acme", "u1")
-    assert None is q.open_upload("acme", "u2")
-    assert None is q.open_upload("beta", "u3")  # another tenant, an empty inbox
+    assert None is q.open_upload("acme", "u2", TEMP2)
+    assert None is q.open_upload("beta", "u3", TEMP1)  # another tenant, an empty inbox
+
+
+def test_quota_counts_other_processes_uploads_in_progress(tmp_path: Path) -> None:
+    """Another instance's upload temp file on a shared tree counts: its apparent size, one file."""
+    q = quota(tmp_path, inbox_bytes=1000, inbox_files=2)
+    with (tmp_path / "acme" / "inbox" / TEMP2).open("wb") as other:
+        other.truncate(700)  # holes count: the apparent size
+    assert None is q.open_upload("acme", "u1", TEMP1)
+    assert "inbox_bytes" == q.grow("acme", "u1", 301)
+    assert None is q.grow("acme", "u1", 300)
+    assert "inbox_files" == q.open_upload("acme", "u2", ".y.persons.1111111111111111.upload")
+
+
+def test_quota_removes_dead_uploads_temp_files(tmp_path: Path) -> None:
+    """A foreign temp file untouched for stale_upload_seconds is removed, not counted."""
+    q = LocalInboxQuota(
+        tenants_root=tmp_path, inbox_bytes=1000, inbox_files=1, stale_upload_seconds=60
+    )
+    dead = tmp_path / "acme" / "inbox" / TEMP2
+    dead.parent.mkdir(parents=True)
+    dead.write_bytes(b"x" * 900)
+    old = time.time() - 61
+    os.utime(dead, (old, old))
+    assert None is q.open_upload("acme", "u1", TEMP1)
+    assert None is q.grow("acme", "u1", 1000)
+    assert not dead.exists()
 
 
 def test_quota_counts_apparent_sizes_across_uploads(tmp_path: Path) -> None:
     """inbox_bytes: the highest offset of each upload (holes count) plus the files waiting."""
     q = quota(tmp_path)
     (tmp_path / "acme" / "inbox" / "a.persons").write_bytes(b"x" * 100)
-    for key in ("u1", "u2"):
-        assert None is q.open_upload("acme", key)
+    for key, temp in (("u1", TEMP1), ("u2", TEMP2)):
+        assert None is q.open_upload("acme", key, temp)
     assert None is q.grow("acme", "u1", 500)
     assert None is q.grow("acme", "u2", 400)
     assert "inbox_bytes" == q.grow("acme", "u2", 401)

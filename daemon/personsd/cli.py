@@ -610,7 +610,7 @@ def imports_retry(ctx: click.Context, import_id: int) -> None:
 
 @main.group("db")
 def db_() -> None:
-    """Database schema."""
+    """Database schema and copy."""
 
 
 @db_.command("upgrade")
@@ -622,6 +622,79 @@ def db_upgrade(ctx: click.Context) -> None:
         state.engine  # noqa: B018 -- connecting migrates
         revision = db.current_revision(state.engine)
     click.echo(f"database at revision {revision}")
+
+
+@db_.command("copy")
+@click.option("--to", "to_url", required=True, metavar="URL", help="The empty target database.")
+@click.option(
+    "--batch-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows per committed batch (default 5000).",
+)
+@click.pass_context
+def db_copy(ctx: click.Context, to_url: str, batch_rows: int | None) -> None:
+    """Copy everything into the empty database at URL (resumable: run it again)."""
+    from personsd.store import copy as store_copy
+
+    state = _state(ctx)
+    with errors_handled():
+        try:
+            target = db.connect(to_url)
+        except Exception as exc:  # noqa: BLE001 -- a malformed URL or a missing driver
+            raise OperatorError(f"bad target URL: {exc}") from None
+        try:
+            with _copy_progress(sys.stderr) as (on_total, on_rows):
+                report = store_copy.copy_database(
+                    state.engine,
+                    target,
+                    batch_rows=batch_rows or store_copy.BATCH_ROWS,
+                    on_total=on_total,
+                    on_rows=on_rows,
+                )
+        finally:
+            target.dispose()
+    rate = report.copied / report.seconds if report.seconds else 0.0
+    verb = "resumed: copied" if report.resumed else "copied"
+    click.echo(
+        f"{verb} {report.copied} rows in {report.seconds:.1f} s ({rate:.0f} rows/s)"
+        f" into {store_copy.display_url(target)}; it holds {report.rows} rows"
+    )
+
+
+@contextmanager
+def _copy_progress(stream: TextIO) -> Iterator[tuple[Any, Any]]:
+    """A progress bar by rows on a terminal; callbacks doing nothing otherwise."""
+    if not stream.isatty():
+        yield (lambda total: None), (lambda table, rows: None)
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("copying {task.fields[table]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeRemainingColumn(),
+        console=Console(file=stream),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("copy", total=None, table="")
+
+        def on_total(total: int) -> None:
+            bar.update(task, total=total)
+
+        def on_rows(table: str, rows: int) -> None:
+            bar.update(task, advance=rows, table=table)
+
+        yield on_total, on_rows
 
 
 if __name__ == "__main__":  # pragma: no cover

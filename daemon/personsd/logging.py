@@ -65,6 +65,11 @@ class Event:
     # Not in SPEC 9's list (so not in ALL): one file's or import's trouble, retried on its own.
     INTAKE_RETRY: Final = "intake.retry"
     PUBLISH_RETRY: Final = "publish.retry"
+    # Not in SPEC 9 (so not in ALL): a banned address's connection closed unserved;
+    # the shared ban table unreachable (this instance counts on its own) and back.
+    SFTP_REFUSED: Final = "sftp.refused"
+    SFTP_BANS_LOCAL: Final = "sftp.bans_local"
+    SFTP_BANS_SHARED: Final = "sftp.bans_shared"
 
     ALL: Final = (
         SFTP_LOGIN,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import threading
 import time
@@ -33,6 +34,7 @@ from personsd.logging import Event, configure, get_logger
 from personsd.republish import Republisher
 from personsd.retry import RetryPolicy
 from personsd.sftp import SftpLimits, SftpServer, TenantAuth, load_or_create_host_key
+from personsd.sftpshared import SharedLoginBans
 from personsd.store import db
 from personsd.store import tenants as store_tenants
 from personsd.watcher import InboxWatcher
@@ -102,7 +104,8 @@ class TenantCache:
             }
             for t in tenants.values()
         ]
-        temp = self.snapshot.with_name(self.snapshot.name + ".tmp")
+        # A name of its own: instances sharing the root write the snapshot too.
+        temp = self.snapshot.with_name(f".{self.snapshot.name}.{secrets.token_hex(8)}.tmp")
         temp.write_text(json.dumps(data))
         os.chmod(temp, 0o600)
         os.replace(temp, self.snapshot)
@@ -204,6 +207,10 @@ class Daemon:
     def _start_sftp(self) -> None:
         if not self.cfg.sftp.enabled:
             return
+        limits = SftpLimits.from_config(self.cfg.limits)
+        # SQLite has one instance (a second refuses to start): every upload temp
+        # left is its own, cut short. Several instances may share a tree otherwise.
+        sqlite = make_url(self.cfg.database.url).get_backend_name() == "sqlite"
         self.sftp = SftpServer(
             host=self.cfg.sftp.host,
             port=self.cfg.sftp.port,
@@ -211,7 +218,9 @@ class Daemon:
             tenants_root=self.cfg.tenants_dir,
             lookup=self.tenants.get,
             on_upload=self.watcher.notify_complete,
-            limits=SftpLimits.from_config(self.cfg.limits),
+            limits=limits,
+            bans=SharedLoginBans.from_url(self.cfg.database.url, limits),
+            stale_upload_seconds=0.0 if sqlite else limits.stale_upload_seconds,
         )
         self.sftp.start()
 

@@ -60,6 +60,8 @@ from personsd.sftpbudget import (
     FdBudget,
     LimitLog,
     LocalInboxQuota,
+    LocalLoginBans,
+    LoginBans,
     SftpLimits,
     TenantBudget,
     raise_fd_limit,
@@ -167,43 +169,27 @@ def load_or_create_host_key(path: Path) -> paramiko.Ed25519Key:
 
 
 class _Guard:
-    """Per-address connection counts, failed-login windows, guesses being verified, bans."""
+    """Per-address connection counts and guesses being verified; failures and bans in ``bans``."""
 
-    def __init__(self, limits: SftpLimits, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limits: SftpLimits,
+        clock: Callable[[], float] = time.monotonic,
+        bans: LoginBans | None = None,
+    ) -> None:
         self._limits = limits
-        self._clock = clock
+        self.bans: LoginBans = bans if bans is not None else LocalLoginBans(limits, clock)
         self._lock = threading.Lock()
         self._active: collections.Counter[str] = collections.Counter()
-        self._failures: dict[str, collections.deque[float]] = {}
         self._guessing: collections.Counter[str] = collections.Counter()
-        self._banned_until: dict[str, float] = {}
 
     def banned(self, ip: str) -> bool:
-        with self._lock:
-            return self._banned(ip)
-
-    def _banned(self, ip: str) -> bool:
-        until = self._banned_until.get(ip)
-        if until is not None and until <= self._clock():
-            del self._banned_until[ip]
-            return False
-        return until is not None
-
-    def _failed_recently(self, ip: str) -> int:
-        """Failures of ``ip`` within the window (forgetting older ones)."""
-        window = self._failures.get(ip)
-        if window is None:
-            return 0
-        while window and window[0] <= self._clock() - self._limits.failed_window_seconds:
-            window.popleft()
-        if not window:
-            del self._failures[ip]
-        return len(window)
+        return self.bans.banned(ip)
 
     def admit(self, ip: str) -> str | None:
-        """Take a connection slot for ``ip``; or the reason it is refused."""
+        """Take a connection slot for ``ip``; or the reason it is refused (from memory only)."""
         with self._lock:
-            if self._banned(ip):
+            if self.bans.banned(ip):
                 return "banned"
             if self._active[ip] >= self._limits.connections_per_address:
                 return "connections_per_address"
@@ -219,35 +205,27 @@ class _Guard:
     def begin_guess(self, ip: str) -> str | None:
         """Book one password verification for ``ip``; or why it may not be made."""
         with self._lock:
-            if self._banned(ip):
+            if self.bans.banned(ip):
                 return "banned"
-            if self._failed_recently(ip) + self._guessing[ip] >= self._limits.max_failed_logins:
+            if self.bans.failures(ip) + self._guessing[ip] >= self._limits.max_failed_logins:
                 return "throttled"  # the guesses in flight could reach the ban already
             self._guessing[ip] += 1
             return None
 
     def end_guess(self, ip: str, *, failed: bool) -> bool:
         """The booked verification is done; True when its failure starts a ban."""
+        # The failure is counted before the booking is given back, so that no
+        # other guess slips in between (the store may write: not under our lock).
+        banned = self.bans.record_failure(ip) if failed else False
         with self._lock:
             self._guessing[ip] -= 1
             if self._guessing[ip] <= 0:
                 del self._guessing[ip]
-            return self._record(ip) if failed else False
+        return banned
 
     def record_failure(self, ip: str) -> bool:
         """Count a failed login; True when it starts a ban."""
-        with self._lock:
-            return self._record(ip)
-
-    def _record(self, ip: str) -> bool:
-        self._failed_recently(ip)
-        window = self._failures.setdefault(ip, collections.deque())
-        window.append(self._clock())
-        if len(window) < self._limits.max_failed_logins:
-            return False
-        del self._failures[ip]
-        self._banned_until[ip] = self._clock() + self._limits.ban_seconds
-        return True
+        return self.bans.record_failure(ip)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -483,19 +461,25 @@ class SftpServer:
         lookup: Callable[[str], TenantAuth | None],
         on_upload: Callable[[str, Path], None],
         limits: SftpLimits | None = None,
+        bans: LoginBans | None = None,
+        stale_upload_seconds: float = 0.0,
     ) -> None:
         self.host = host
         self.tenants_root = tenants_root
         self.lookup = lookup
         self.on_upload = on_upload
         self.limits = limits or SftpLimits()
-        self.guard = _Guard(self.limits)
+        self.guard = _Guard(self.limits, bans=bans)
+        # Temp files of uploads cut short, removed at start once this old: with
+        # several instances on one tree, younger ones may be another's in progress.
+        self._stale_upload_seconds = stale_upload_seconds
         self.tenant_budget = TenantBudget(self.limits)
         self.fds = FdBudget(self.limits.fd_reserve)
         self.quota = LocalInboxQuota(
             tenants_root=tenants_root,
             inbox_bytes=self.limits.inbox_bytes,
             inbox_files=self.limits.inbox_files,
+            stale_upload_seconds=self.limits.stale_upload_seconds,
         )
         self.limit_log = LimitLog()
         self._requested_port = port
@@ -512,10 +496,14 @@ class SftpServer:
             raise RuntimeError("the SFTP server is not started")
         return int(self._listener.getsockname()[1])
 
+    def banned_count(self) -> int:
+        """Addresses banned now, on every instance when the bans are shared (for metrics)."""
+        return self.guard.bans.banned_count()
+
     def start(self) -> None:
         check()  # paramiko still has what our caps override
         soft, hard = raise_fd_limit()
-        sweep_stale_uploads(self.tenants_root)
+        sweep_stale_uploads(self.tenants_root, older_than=self._stale_upload_seconds)
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         self._listener = socket.create_server(
             (self.host, self._requested_port), family=family, backlog=64
@@ -545,6 +533,7 @@ class SftpServer:
                 transport.close()
         for thread, _ in live:
             thread.join(timeout=10)
+        self.guard.bans.close()
         _log().info("sftp.stopped")
 
     def _accept_loop(self) -> None:
@@ -568,7 +557,7 @@ class SftpServer:
                 refused = "descriptors"
             if refused is not None:
                 if refused == "banned":
-                    self.limit_log.throttled("sftp.refused", ip, ip=ip, reason=refused)
+                    self.limit_log.throttled(Event.SFTP_REFUSED, ip, ip=ip, reason=refused)
                 else:
                     self.limit_log.hit(refused, ip=ip)
                 sock.close()
@@ -606,6 +595,11 @@ class SftpServer:
         conn = _Connection(self, ip)
         transport: paramiko.Transport | None = None
         try:
+            # One read of the shared bans per connection, here rather than in the
+            # accept loop: a slow database delays this client only.
+            if self.guard.bans.refresh(ip):
+                self.limit_log.throttled(Event.SFTP_REFUSED, ip, ip=ip, reason="banned")
+                return
             transport = self._transport(sock, conn)
             with self._lock:
                 self._live[me] = transport

@@ -10,8 +10,10 @@ client cannot flood the log.
 
 State shared by all connections lives here: connections and open handles per
 tenant (:class:`TenantBudget`), the process's descriptors (:class:`FdBudget`)
-and the inbox quota (:class:`InboxQuota`, in memory today; several instances
-will need a shared implementation, hence the small interface).
+the inbox quota (:class:`InboxQuota`: the tenant's boxes on disk, which on a
+tree shared by several instances is itself the shared state) and the failed
+logins and bans (:class:`LoginBans`; :mod:`personsd.sftpshared` keeps them in
+the database for every instance).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ QUOTA_SCAN_SECONDS = 2.0  # how stale the inbox scan behind the quota may be
 # Our own upload temp files: invisible to clients, counted by the quota from memory.
 UPLOAD_TEMP = re.compile(r"^\..*\.[0-9a-f]{16}\.upload$")
 QUOTA_BOXES = ("inbox", "validate")
+STALE_UPLOAD_SECONDS = 3600.0
 
 
 def _log() -> Any:
@@ -77,6 +80,9 @@ class SftpLimits:
     max_read_bytes: int = 256 * KiB  # served per READ, whatever the client asks
     max_file_bytes: int = 64 * GiB
     max_write_gap_bytes: int = 16 * MiB  # holes in one upload (apparent size - bytes received)
+    # An upload temp file untouched this long is a dead upload's (another instance's
+    # crash on a shared tree): the quota scan removes it instead of counting it.
+    stale_upload_seconds: float = STALE_UPLOAD_SECONDS
     # The process
     fd_reserve: int = 256  # descriptors kept for the daemon itself (at most a quarter)
 
@@ -216,14 +222,99 @@ class TenantBudget:
             return self._handles[tenant]
 
 
+class LoginBans(Protocol):
+    """Failed logins and bans per client address (SPEC 6 throttling).
+
+    ``banned`` and ``failures`` answer from memory (they are asked under the
+    guard's lock); ``refresh`` may read shared state, once per connection;
+    ``record_failure`` may write it and says whether that failure started a ban.
+    """
+
+    def refresh(self, ip: str) -> bool: ...
+
+    def banned(self, ip: str) -> bool: ...
+
+    def failures(self, ip: str) -> int: ...
+
+    def record_failure(self, ip: str) -> bool: ...
+
+    def banned_count(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class LocalLoginBans:
+    """The bans of one process: failures in a sliding window per address, bans until a time."""
+
+    def __init__(self, limits: SftpLimits, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limits = limits
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures: dict[str, collections.deque[float]] = {}
+        self._banned_until: dict[str, float] = {}
+
+    def refresh(self, ip: str) -> bool:
+        return self.banned(ip)
+
+    def banned(self, ip: str) -> bool:
+        with self._lock:
+            until = self._banned_until.get(ip)
+            if until is not None and until <= self._clock():
+                del self._banned_until[ip]
+                return False
+            return until is not None
+
+    def failures(self, ip: str) -> int:
+        """Failures of ``ip`` within the window (forgetting older ones)."""
+        with self._lock:
+            return self._recent(ip)
+
+    def _recent(self, ip: str) -> int:
+        window = self._failures.get(ip)
+        if window is None:
+            return 0
+        while window and window[0] <= self._clock() - self._limits.failed_window_seconds:
+            window.popleft()
+        if not window:
+            del self._failures[ip]
+        return len(window)
+
+    def record_failure(self, ip: str) -> bool:
+        with self._lock:
+            self._recent(ip)
+            window = self._failures.setdefault(ip, collections.deque())
+            window.append(self._clock())
+            if len(window) < self._limits.max_failed_logins:
+                return False
+            del self._failures[ip]
+            self._banned_until[ip] = self._clock() + self._limits.ban_seconds
+            return True
+
+    def ban(self, ip: str, seconds: float) -> None:
+        """Ban ``ip`` for ``seconds`` (a ban learnt elsewhere, kept for when that is gone)."""
+        with self._lock:
+            until = self._clock() + seconds
+            self._banned_until[ip] = max(until, self._banned_until.get(ip, until))
+
+    def banned_count(self) -> int:
+        with self._lock:
+            now = self._clock()
+            self._banned_until = {ip: t for ip, t in self._banned_until.items() if t > now}
+            return len(self._banned_until)
+
+    def close(self) -> None:
+        pass
+
+
 class InboxQuota(Protocol):
     """Bytes and files waiting in a tenant's /inbox and /validate (SPEC 8 ``[limits]``).
 
-    ``key`` identifies one upload in progress; its size is the highest offset
-    written (holes count). The answers are None (fine) or the cap's name.
+    ``key`` identifies one upload in progress, ``temp`` names its temp file in
+    the inbox; its size is the highest offset written (holes count). The
+    answers are None (fine) or the cap's name.
     """
 
-    def open_upload(self, tenant: str, key: Hashable) -> str | None: ...
+    def open_upload(self, tenant: str, key: Hashable, temp: str) -> str | None: ...
 
     def grow(self, tenant: str, key: Hashable, end: int) -> str | None: ...
 
@@ -239,10 +330,18 @@ class _Usage:
     disk_files: int = 0
     uploads: dict[Hashable, int] = field(default_factory=dict)  # in progress: apparent size
     upload_bytes: int = 0
+    temps: dict[Hashable, str] = field(default_factory=dict)  # their temp files' names
 
 
 class LocalInboxQuota:
-    """The quota of one process: uploads in progress in memory, the rest from a cached scan."""
+    """The quota of a tenant's boxes on disk: this process's uploads in memory, the rest scanned.
+
+    The scan (at most ``QUOTA_SCAN_SECONDS`` old) counts every file in the
+    boxes, the temp files of other processes' uploads in progress included
+    (at their apparent size), so on a tree shared by several instances each
+    one sees the others' uploads as well as the waiting files: the disk is
+    the shared state. Its own uploads count from memory, exact at each write.
+    """
 
     def __init__(
         self,
@@ -250,28 +349,37 @@ class LocalInboxQuota:
         tenants_root: Path,
         inbox_bytes: int,
         inbox_files: int,
+        stale_upload_seconds: float = STALE_UPLOAD_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._root = tenants_root
+        self._stale = stale_upload_seconds
         self._bytes = inbox_bytes
         self._files = inbox_files
         self._clock = clock
         self._lock = threading.Lock()
         self._usage: dict[str, _Usage] = {}
 
-    def _scan(self, tenant: str) -> tuple[int, int]:
+    def _scan(self, tenant: str, own: frozenset[str]) -> tuple[int, int]:
         total = files = 0
         for box in QUOTA_BOXES:
             with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                 for entry in os.scandir(self._root / tenant / box):
-                    if UPLOAD_TEMP.match(entry.name):
-                        continue
+                    temp = UPLOAD_TEMP.match(entry.name) is not None
+                    if temp and entry.name in own:
+                        continue  # counted from memory
                     try:
-                        if entry.is_file(follow_symlinks=False):
-                            total += entry.stat(follow_symlinks=False).st_size
-                            files += 1
+                        if not entry.is_file(follow_symlinks=False):
+                            continue
+                        found = entry.stat(follow_symlinks=False)
+                        if temp and found.st_mtime < time.time() - self._stale:
+                            os.unlink(entry.path)
+                            _log().info("sftp.stale_upload_removed", tenant=tenant, file=entry.name)
+                            continue
                     except FileNotFoundError:
-                        continue  # claimed meanwhile
+                        continue  # claimed, finished or removed meanwhile
+                    total += found.st_size
+                    files += 1
         return total, files
 
     def _current(self, tenant: str) -> _Usage:
@@ -279,9 +387,10 @@ class LocalInboxQuota:
         with self._lock:
             usage = self._usage.setdefault(tenant, _Usage())
             fresh = self._clock() - usage.scanned_at < QUOTA_SCAN_SECONDS
+            own = frozenset(usage.temps.values())
         if not fresh:
             started = self._clock()
-            disk_bytes, disk_files = self._scan(tenant)
+            disk_bytes, disk_files = self._scan(tenant, own)
             with self._lock:
                 usage.scanned_at, usage.disk_bytes, usage.disk_files = (
                     started,
@@ -290,10 +399,13 @@ class LocalInboxQuota:
                 )
         return usage
 
-    def open_upload(self, tenant: str, key: Hashable) -> str | None:
+    def open_upload(self, tenant: str, key: Hashable, temp: str) -> str | None:
+        with self._lock:  # ours before any scan sees it
+            self._usage.setdefault(tenant, _Usage()).temps[key] = temp
         usage = self._current(tenant)
         with self._lock:
             if usage.disk_files + len(usage.uploads) + 1 > self._files:
+                del usage.temps[key]
                 return "inbox_files"
             usage.uploads[key] = 0
             return None
@@ -317,6 +429,7 @@ class LocalInboxQuota:
             if usage is None:
                 return
             usage.upload_bytes -= usage.uploads.pop(key, 0)
+            usage.temps.pop(key, None)
             usage.scanned_at = float("-inf")
 
     def changed(self, tenant: str) -> None:

@@ -551,7 +551,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         except OSError as exc:
             return _errno_code(exc)
         upload = _Upload(self, fd, temp, name)
-        if self.session.quota.open_upload(self.session.tenant, upload) is not None:
+        if self.session.quota.open_upload(self.session.tenant, upload, temp) is not None:
             os.close(fd)
             self.unlink_quietly(temp)
             return self.session.limit("inbox_files", "Inbox quota exceeded (files)", file=name)
@@ -685,9 +685,14 @@ class TenantSftp(FencedSftpServer):
         self._settle_handles()
 
 
-def sweep_stale_uploads(tenants_root: Path) -> int:
-    """Remove the temp files of uploads cut short by a previous run; how many."""
+def sweep_stale_uploads(tenants_root: Path, *, older_than: float = 0.0) -> int:
+    """Remove the temp files of uploads cut short by a previous run; how many.
+
+    Only those not modified for ``older_than`` seconds: on a tree shared by
+    several instances, a younger one may be another instance's upload in progress.
+    """
     removed = 0
+    cutoff = time.time() - older_than
     if not tenants_root.is_dir():
         return 0
     for tenant_dir in tenants_root.iterdir():
@@ -697,6 +702,8 @@ def sweep_stale_uploads(tenants_root: Path) -> int:
         for entry in os.scandir(inbox):
             if UPLOAD_TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
                 try:
+                    if older_than and entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                        continue
                     os.unlink(entry.path)
                     removed += 1
                 except FileNotFoundError:

@@ -30,21 +30,26 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration's revision (tests/test_store_db.py checks it against
 # alembic's head). A database already there is known without importing
 # alembic, a fifth of every CLI command's start-up.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0007"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Arbitrary constant shared by every instance: serialises concurrent upgrades.
 _MIGRATION_LOCK = 0x70657273_6F6E7364 & 0x7FFF_FFFF_FFFF_FFFF
 _WRITE_OPTION = "personsd_write"
 
 
-def connect(url: str) -> Engine:
-    """An engine for ``url`` (``sqlite:///…`` or ``postgresql+psycopg://…``)."""
+def connect(url: str, **pool: Any) -> Engine:
+    """An engine for ``url`` (``sqlite:///…`` or ``postgresql+psycopg://…``).
+
+    ``pool``: ``create_engine`` pool options (``pool_size``, ``pool_timeout``…).
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_engine(
+            parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **pool
+        )
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
@@ -56,7 +61,7 @@ def connect(url: str) -> Engine:
     # table was small (the first chunks of an initial load) would be kept for
     # the whole import, scanning the tenant instead of probing its indexes.
     connect_args["prepare_threshold"] = None
-    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    return create_engine(parsed, connect_args=connect_args, **{"pool_pre_ping": True, **pool})
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: object) -> None:

@@ -193,4 +193,32 @@ class ImportRow(Base):
     reports_published: Mapped[bool] = mapped_column(Boolean)
 
 
+class SftpBanRow(Base):
+    """Failed logins and bans per client address, shared by every instance (SPEC 12).
+
+    One row per address: ``failures`` counted since ``window_started_at`` (a
+    window of ``SftpLimits.failed_window_seconds`` opened by the first
+    failure), and the ban, if any, until ``banned_until``.
+    """
+
+    __tablename__ = "sftp_bans"
+    __table_args__ = (Index(None, "banned_until"),)
+
+    address: Mapped[str] = mapped_column(String(100), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    window_started_at: Mapped[datetime]
+    banned_until: Mapped[datetime | None]
+
+
+class DbCopyRow(Base):
+    """``personsd db copy`` runs into this database: a row without ``finished_at`` may resume."""
+
+    __tablename__ = "db_copies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(Text)  # the source URL, without its password
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
 metadata = Base.metadata

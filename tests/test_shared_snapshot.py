@@ -1,0 +1,40 @@
+"""The tenant snapshot in a root shared by several instances (SPEC 5, 12)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from personsd.service import TenantCache
+from personsd.store import db
+from personsd.store import tenants as store_tenants
+
+
+def test_instances_refreshing_one_snapshot_at_once_never_fail(db_url: str, tmp_path: Path) -> None:
+    """Two instances write the shared snapshot concurrently: each write lands whole."""
+    engine = db.connect(db_url)
+    db.upgrade(engine)
+    with db.write_tx(engine) as conn:
+        store_tenants.add_tenant(conn, "acme", password_hash="scrypt$x")
+    state = tmp_path / "state"
+    state.mkdir()
+    snapshot = state / "tenants.json"
+    failures: list[BaseException] = []
+
+    def instance() -> None:
+        cache = TenantCache(snapshot)
+        try:
+            for _ in range(100):
+                cache.refresh(engine)
+        except Exception as exc:  # noqa: BLE001 -- collected and asserted below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=instance) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    engine.dispose()
+    assert [] == failures
+    assert ["acme"] == TenantCache(snapshot).names()
+    assert ["tenants.json"] == sorted(p.name for p in state.iterdir())
