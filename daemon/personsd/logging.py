@@ -62,6 +62,9 @@ class Event:
     NOTIFY_DELIVERED: Final = "notify.delivered"
     NOTIFY_FAILED: Final = "notify.failed"
     CLUSTER_TAKEOVER: Final = "cluster.takeover"
+    # Not in SPEC 9's list (so not in ALL): an instance found another holding
+    # its import's lease and stopped that import (SPEC 12).
+    CLUSTER_LEASE_LOST: Final = "cluster.lease_lost"
 
     ALL: Final = (
         SFTP_LOGIN,
