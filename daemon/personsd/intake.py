@@ -185,10 +185,8 @@ class Intake:
         Ours, and those of instances that are gone (their ``.alive`` lock is free).
         """
         self._hold_alive()
-        with self.engine.connect() as conn:
-            known = set(conn.execute(select(ImportRow.work_path)).scalars())
         with self._claiming:
-            recovered = self._recover(self.claimed_dir, known)
+            recovered = self._recover(self.claimed_dir)
         for other in sorted((self.cfg.work_dir / "claimed").iterdir()):
             if other == self.claimed_dir or not other.is_dir():
                 continue
@@ -197,10 +195,13 @@ class Intake:
                     fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     continue  # alive: its claims are its own
-                recovered += self._recover(other, known)
+                recovered += self._recover(other)
         return recovered
 
-    def _recover(self, claimed_dir: Path, known: set[str]) -> int:
+    def _recover(self, claimed_dir: Path) -> int:
+        # Read under the folder's lock: a claim finishing just before is known.
+        with self.engine.connect() as conn:
+            known = set(conn.execute(select(ImportRow.work_path)).scalars())
         recovered = 0
         for folder in sorted(p for p in claimed_dir.iterdir() if p.is_dir()):
             for claimed in sorted(folder.iterdir()):
