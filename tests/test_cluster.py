@@ -8,6 +8,7 @@ sees them, and the checks are on what the database and the logs say.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster_helpers import all_imports, cluster, drop, runs_per_import, wait_all_finished
+from cluster_helpers import cluster, drop, runs_per_import, wait_all_finished
 from daemon_helpers import Daemon, free_port
 from personsd.store import db
 from personsd.store import persons as store_persons
@@ -80,7 +81,7 @@ def test_daemons_sharing_a_root_import_each_file_once_in_tenant_order(
         for tenant, queue in found.items():
             assert sorted(r.file_name for r in queue) == [r.file_name for r in queue]
             # One at a time, in queue order: each started after the previous finished.
-            for before, after in zip(queue, queue[1:], strict=False):
+            for before, after in itertools.pairwise(queue):
                 assert before.finished_at is not None and after.started_at is not None
                 assert before.finished_at <= after.started_at, (tenant, before.id, after.id)
             # The summaries count what each file did in that order.
