@@ -17,6 +17,7 @@ from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
 from personsd.store.imports import ImportRecord
+from personsd.store.tenants import KeySpec
 
 FIELDS = (
     CustomField(name="first_name", type=FieldType.STRING),
@@ -34,6 +35,7 @@ def cluster(
     count: int,
     tenants: tuple[str, ...],
     extra: dict[str, dict[str, Any]] | None = None,
+    keys: tuple[KeySpec, ...] = (),
 ) -> list[Daemon]:
     """``count`` daemons (configs of their own, each its instance) on one root and database."""
     root = folder / "shared-root"
@@ -42,7 +44,7 @@ def cluster(
         db.upgrade(engine)
         with write_tx(engine) as conn:
             for tenant in tenants:
-                tenant_id = store_tenants.add_tenant(conn, tenant)
+                tenant_id = store_tenants.add_tenant(conn, tenant, keys=keys)
                 for field in FIELDS:
                     store_fields.add_field(conn, tenant_id, field)
     finally:

@@ -371,7 +371,11 @@ class _Statistics:
 
     def grown(self, created: int) -> None:
         added = created - self.created_at_analyze
-        if not self.enabled or added < max(1000.0, 0.2 * self.believed):
+        # The tenant's own growth counts, not the table's: a new tenant in a
+        # table of other tenants' millions is believed empty, and its probes
+        # then walk the tenant's rows (any index on tenant_id looks as good).
+        base = min(self.believed, float(self.created_at_analyze))
+        if not self.enabled or added < max(1000.0, 0.2 * base):
             return
         with self.engine.begin() as conn:
             store_persons.analyze(conn)
