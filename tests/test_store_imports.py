@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -341,3 +342,22 @@ def test_lease_is_validated_when_built() -> None:
         imports.Lease(import_id=1, holder="", generation=1, seconds=30)
     with pytest.raises(ValueError):
         imports.Lease(import_id=1, holder="i1", generation=1, seconds=0)
+
+
+def test_renew_skips_a_row_its_own_chunk_holds_instead_of_waiting(
+    engine: Engine, tenant_ids: tuple[int, int]
+) -> None:
+    """The heartbeat never waits behind a chunk's transaction (PostgreSQL row locks)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite runs no heartbeat: one daemon, one writer")
+    acme, _ = tenant_ids
+    with db.write_tx(engine) as conn:
+        queue(conn, acme, "a.persons", 0)
+    held = claim_lease(engine, "i1", lease=60)
+    assert held is not None
+    with db.write_tx(engine) as chunk:
+        imports.fence(chunk, held.lease)  # the chunk's transaction locks the row
+        started = time.monotonic()
+        with db.write_tx(engine) as beat:
+            assert [] == imports.renew(beat, [held.lease])
+        assert time.monotonic() - started < 5

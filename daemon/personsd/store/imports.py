@@ -258,9 +258,21 @@ def fence(conn: Connection, lease: Lease) -> None:
 
 
 def renew(conn: Connection, leases: list[Lease]) -> list[Lease]:
-    """The heartbeat: extend each lease still held; returns those found lost."""
+    """The heartbeat: extend each lease still held; returns those found lost.
+
+    A row locked right now is skipped, not waited for: it is this instance's
+    own chunk in progress (its checkpoint renews the lease) or a claim that
+    ends in milliseconds; waiting would hold up the renewal of the others.
+    """
     lost = []
     for lease in leases:
+        row = conn.execute(
+            select(ImportRow.lease_generation, ImportRow.lease_holder)
+            .where(ImportRow.id == lease.import_id)
+            .with_for_update(skip_locked=True)
+        ).one_or_none()
+        if row is None and conn.dialect.name == "postgresql":
+            continue
         try:
             fence(conn, lease)
         except LeaseLost:
