@@ -63,7 +63,7 @@ def running_at(engine: Engine, tenant: str, rows: int) -> ImportRecord:
         record = current(engine, tenant)
         return record if record is not None and record.rows_total >= rows else None
 
-    found = wait_for(ready, timeout=120, interval=0.05, what=f"{rows} rows of {tenant}")
+    found = wait_for(ready, timeout=240, interval=0.05, what=f"{rows} rows of {tenant}")
     assert isinstance(found, ImportRecord)
     return found
 
@@ -74,7 +74,7 @@ def finished(engine: Engine, tenant: str) -> ImportRecord:
         ok = record is not None and record.status == "completed" and record.reports_published
         return record if ok else None
 
-    found = wait_for(done, timeout=180, interval=0.2, what=f"{tenant}'s import completed")
+    X
     assert isinstance(found, ImportRecord)
     return found
 
@@ -111,7 +111,7 @@ def event_time(daemon: Daemon, name: str, **fields: object) -> float | None:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(500)
+@pytest.mark.timeout(900)
 def test_kill_and_freeze_of_the_running_instance_end_like_an_uninterrupted_run(
     pg_url: str, tmp_path: Path, reference: SharedReference
 ) -> None:
