@@ -74,7 +74,7 @@ def finished(engine: Engine, tenant: str) -> ImportRecord:
         ok = record is not None and record.status == "completed" and record.reports_published
         return record if ok else None
 
-    X
+    found = wait_for(done, timeout=300, interval=0.2, what=f"{tenant}'s import completed")
     assert isinstance(found, ImportRecord)
     return found
 
