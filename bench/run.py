@@ -10,7 +10,10 @@ from an SFTP upload's close to its summary (``latency.py``). Prints a table
 and writes it to ``bench/results.md``. See bench/README.md.
 
     python bench/run.py [--sizes 100000,1000000] [--with-10m] [--db sqlite,postgresql] [--quick]
-                        [--personsd-only]
+                        [--personsd-only] [--instance-rows N] [--no-instances]
+
+With PostgreSQL, last: 6 tenants' files through 1 daemon, then 2 daemons on
+one root and database (``instances.py``), one line each.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 import generate
+import instances
 import latency
 import report
 from common import (
@@ -255,6 +259,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="skip the two references and the alternative (a 10M-row memory check)",
     )
+    parser.add_argument(
+        "--instance-rows",
+        type=int,
+        default=None,
+        help="rows per tenant in the instances line (default 50000; 5000 with --quick)",
+    )
+    parser.add_argument(
+        "--no-instances", action="store_true", help="skip the 2 instances vs 1 line"
+    )
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "results.md")
     args = parser.parse_args(argv)
     args.sizes = (
@@ -271,6 +284,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--db takes {', '.join(DATABASES)}; --sizes positive integers")
     if args.alt_rows is None:
         args.alt_rows = 2_000 if args.quick else 10_000
+    if args.instance_rows is None:
+        args.instance_rows = 5_000 if args.quick else 50_000
     if args.latency_repeats is None:
         args.latency_repeats = 3 if args.quick else 7
     return args
@@ -318,6 +333,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"warm-up {lat.warmup * 1000:.0f} ms, daemon peak RSS "
                 f"{lat.daemon_peak_rss_mb:.1f} MB"
             )
+        if "postgresql" in args.db and not args.no_instances:
+            log(f"2 instances vs 1: 6 tenants x {args.instance_rows} rows on PostgreSQL")
+            rounds = instances.compare(work / "instances", args.instance_rows)
+            for result in rounds:
+                line = result.line(rounds[0] if result is not rounds[0] else None)
+                log(f"  {line}")
+                notes.append(line)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     wall = time.perf_counter() - started

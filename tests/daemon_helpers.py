@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,8 @@ class Daemon:
     port: int
     extra: dict[str, dict[str, Any]] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
+    # Each daemon its own cluster.instance, kept across its restarts (SPEC 12).
+    instance: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
 
     @property
     def config(self) -> Path:
@@ -84,6 +87,7 @@ class Daemon:
                 "workers": 2,
             },
             "log": {"format": "json", "level": "info"},
+            "cluster": {"instance": self.instance},
         }
         for name, values in self.extra.items():
             sections.setdefault(name, {}).update(values)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Connection, Engine
 
-from personsd.errors import OperatorError
+from personsd.errors import LeaseLost, OperatorError
 from personsd.store import db, imports, tenants
 from personsd.store.imports import Checkpoint, ImportRecord
 
@@ -133,12 +134,39 @@ def test_find_duplicate(engine: Engine, tenant_ids: tuple[int, int]) -> None:
 
 
 def claim(
-    engine: Engine, instance: str, busy: set[int] | None = None, stale: timedelta | None = None
+    engine: Engine,
+    instance: str,
+    busy: set[int] | None = None,
+    *,
+    lease: float = 30.0,
+    single: bool = False,
 ) -> ImportRecord | None:
+    found = claim_lease(engine, instance, busy, lease=lease, single=single)
+    return None if found is None else found.record
+
+
+def claim_lease(
+    engine: Engine,
+    instance: str,
+    busy: set[int] | None = None,
+    *,
+    lease: float = 30.0,
+    single: bool = False,
+) -> imports.Claim | None:
     with db.write_tx(engine) as conn:
         return imports.claim_next(
-            conn, instance=instance, tenants_busy=busy or set(), stale_after=stale
+            conn,
+            instance=instance,
+            tenants_busy=busy or set(),
+            lease_seconds=lease,
+            single_daemon=single,
         )
+
+
+def expire(engine: Engine, import_id: int) -> None:
+    """Move the lease's expiry into the past, as if its holder stopped renewing it."""
+    with db.write_tx(engine) as conn:
+        imports.set_status(conn, import_id, "running", lease_expires=T0)
 
 
 def test_claim_oldest_first_one_per_tenant(engine: Engine, tenant_ids: tuple[int, int]) -> None:
@@ -154,6 +182,7 @@ def test_claim_oldest_first_one_per_tenant(engine: Engine, tenant_ids: tuple[int
     first = got[0]
     assert first is not None
     assert ("running", "i1", 1) == (first.status, first.claimed_by, first.attempts)
+    assert ("i1", 1) == (first.lease_holder, first.lease_generation)
     assert first.started_at is not None
     with db.write_tx(engine) as conn:
         imports.set_status(conn, a_early, "completed")
@@ -162,22 +191,78 @@ def test_claim_oldest_first_one_per_tenant(engine: Engine, tenant_ids: tuple[int
     assert [b_tie_z, a_late] == [r.id if r else None for r in order]
 
 
-def test_claim_resumes_abandoned_imports(engine: Engine, tenant_ids: tuple[int, int]) -> None:
-    """A running import is reclaimed by its restarted instance or, once stale, by another."""
+def test_a_tenants_oldest_file_goes_first_even_when_a_later_one_is_older_by_id(
+    engine: Engine, tenant_ids: tuple[int, int]
+) -> None:
+    """The oldest unfinished file of a tenant blocks its later ones on every instance."""
+    acme, _ = tenant_ids
+    with db.write_tx(engine) as conn:
+        first = queue(conn, acme, "first.persons", 1)
+        second = queue(conn, acme, "second.persons", 2)
+    taken = claim_lease(engine, "i1")
+    assert taken is not None and first == taken.record.id
+    expire(engine, first)
+    # Expired, not finished: the takeover resumes it; the second file still waits.
+    again = claim_lease(engine, "i2")
+    assert again is not None
+    assert (first, "i1", 2) == (again.record.id, again.taken_from, again.lease.generation)
+    assert None is claim(engine, "i3")
+    with db.write_tx(engine) as conn:
+        imports.set_status(conn, first, "completed")
+    later = claim(engine, "i3")
+    assert later is not None and second == later.id
+
+
+def test_a_live_lease_is_never_taken_and_an_expired_one_is(
+    engine: Engine, tenant_ids: tuple[int, int]
+) -> None:
+    """Another instance takes a running import only once its lease has expired (SPEC 12)."""
     acme, _ = tenant_ids
     with db.write_tx(engine) as conn:
         import_id = queue(conn, acme, "a.persons", 0)
         queue(conn, acme, "b.persons", 1)
-    first = claim(engine, "i1")
-    assert first is not None
+    first = claim_lease(engine, "i1", lease=60)
+    assert first is not None and None is first.taken_from
     assert None is claim(engine, "i1", busy={acme})
-    assert None is claim(engine, "i2", stale=timedelta(hours=1))
-    again = claim(engine, "i1")
-    assert again is not None
-    assert (import_id, 2, first.started_at) == (again.id, again.attempts, again.started_at)
-    taken = claim(engine, "i2", stale=timedelta(0))
+    assert None is claim(engine, "i2")
+    expire(engine, import_id)
+    taken = claim_lease(engine, "i2")
     assert taken is not None
-    assert (import_id, "i2", 3) == (taken.id, taken.claimed_by, taken.attempts)
+    record = taken.record
+    assert (import_id, "i2", "i2", 2, 2) == (
+        record.id, record.claimed_by, record.lease_holder, record.lease_generation, record.attempts
+    )  # fmt: skip
+    assert "i1" == taken.taken_from
+    assert record.lease_expires is not None and record.lease_expires > datetime.now(UTC)
+
+
+def test_a_restarted_instance_reclaims_its_own_live_lease(
+    engine: Engine, tenant_ids: tuple[int, int]
+) -> None:
+    """The same configured instance, restarted, resumes its import without waiting."""
+    acme, _ = tenant_ids
+    with db.write_tx(engine) as conn:
+        import_id = queue(conn, acme, "a.persons", 0)
+    first = claim_lease(engine, "node-a", lease=60)
+    assert first is not None
+    again = claim_lease(engine, "node-a", lease=60)
+    assert again is not None
+    assert (import_id, 2) == (again.record.id, again.lease.generation)
+
+
+def test_sqlite_single_daemon_resumes_abandoned_imports_whatever_the_lease(
+    engine: Engine, tenant_ids: tuple[int, int]
+) -> None:
+    """With one daemon per database, a running import it does not run now is abandoned."""
+    acme, _ = tenant_ids
+    with db.write_tx(engine) as conn:
+        import_id = queue(conn, acme, "a.persons", 0)
+    first = claim(engine, "host:1:aa", lease=3600)
+    assert first is not None
+    assert None is claim(engine, "host:2:bb", busy={acme}, single=True)
+    again = claim(engine, "host:2:bb", single=True)
+    assert again is not None
+    assert (import_id, 2) == (again.id, again.attempts)
 
 
 def test_concurrent_claims_never_share_a_tenant(
@@ -191,11 +276,88 @@ def test_concurrent_claims_never_share_a_tenant(
         b1 = queue(conn, beta, "b1.persons", 2)
     results: list[ImportRecord | None] = []
     with db.write_tx(engine) as conn:
-        first = imports.claim_next(conn, instance="i1", tenants_busy=set())
+        first = imports.claim_next(conn, instance="i1", tenants_busy=set(), lease_seconds=30)
         worker = threading.Thread(target=lambda: results.append(claim(engine, "i2")))
         worker.start()
         worker.join(0.3)  # blocked behind this uncommitted claim
         assert worker.is_alive()
     worker.join(10)
     assert first is not None and results[0] is not None
-    assert (a1, b1) == (first.id, results[0].id)
+    assert (a1, b1) == (first.record.id, results[0].id)
+
+
+def test_a_stale_generations_checkpoint_fails_and_rolls_the_chunk_back(
+    engine: Engine, tenant_ids: tuple[int, int]
+) -> None:
+    """Fencing: once taken over, the old holder's checkpoint write raises LeaseLost, undone."""
+    acme, _ = tenant_ids
+    with db.write_tx(engine) as conn:
+        import_id = queue(conn, acme, "a.persons", 0)
+    old = claim_lease(engine, "i1", lease=60)
+    assert old is not None
+    ours = Checkpoint(next_offset=100, next_line=5, next_row=3, rows_total=3)
+    with db.write_tx(engine) as conn:
+        imports.save_checkpoint(conn, import_id, ours, old.lease)
+    expire(engine, import_id)
+    new = claim_lease(engine, "i2", lease=60)
+    assert new is not None and old.lease.generation + 1 == new.lease.generation
+    stale = Checkpoint(next_offset=200, next_line=9, next_row=7, rows_total=7)
+    with pytest.raises(LeaseLost), db.write_tx(engine) as conn:
+        tenants.add_tenant(conn, "written-in-the-chunk")
+        imports.save_checkpoint(conn, import_id, stale, old.lease)
+    with engine.connect() as conn:
+        assert ours == imports.get(conn, import_id).checkpoint
+        assert None is tenants.get_tenant(conn, "written-in-the-chunk")
+    with db.write_tx(engine) as conn:
+        imports.save_checkpoint(conn, import_id, stale, new.lease)
+        assert stale == imports.get(conn, import_id).checkpoint
+
+
+def test_fence_and_renew_report_a_lost_lease(engine: Engine, tenant_ids: tuple[int, int]) -> None:
+    """The heartbeat's renew returns lost leases; fence raises; a release lets others claim."""
+    acme, beta = tenant_ids
+    with db.write_tx(engine) as conn:
+        a = queue(conn, acme, "a.persons", 0)
+        queue(conn, beta, "b.persons", 1)
+    held_a = claim_lease(engine, "i1", lease=60)
+    held_b = claim_lease(engine, "i1", busy={acme}, lease=60)
+    assert held_a is not None and held_b is not None
+    expire(engine, a)
+    taken = claim_lease(engine, "i2", lease=60)
+    assert taken is not None and a == taken.record.id
+    with db.write_tx(engine) as conn:
+        assert [held_a.lease] == imports.renew(conn, [held_a.lease, held_b.lease])
+    with pytest.raises(LeaseLost), db.write_tx(engine) as conn:
+        imports.fence(conn, held_a.lease)
+    with db.write_tx(engine) as conn:
+        imports.release(conn, held_b.lease)
+    released = claim_lease(engine, "i3", lease=60)
+    assert released is not None
+    assert (held_b.record.id, "i1") == (released.record.id, released.taken_from)
+
+
+def test_lease_is_validated_when_built() -> None:
+    """A lease without holder, or with a non-positive duration, is refused."""
+    with pytest.raises(ValueError):
+        imports.Lease(import_id=1, holder="", generation=1, seconds=30)
+    with pytest.raises(ValueError):
+        imports.Lease(import_id=1, holder="i1", generation=1, seconds=0)
+
+
+def test_renew_skips_a_row_its_own_chunk_holds_instead_of_waiting(
+    engine: Engine, tenant_ids: tuple[int, int]
+) -> None:
+    """The heartbeat never waits behind a chunk's transaction (PostgreSQL row locks)."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite runs no heartbeat: one daemon, one writer")
+    acme, _ = tenant_ids
+    with db.write_tx(engine) as conn:
+        queue(conn, acme, "a.persons", 0)
+    held = claim_lease(engine, "i1", lease=60)
+    assert held is not None
+    with db.write_tx(engine) as chunk:
+        imports.fence(chunk, held.lease)  # the chunk's transaction locks the row
+        started = time.monotonic()
+        with db.write_tx(engine) as beat:
+            assert [] == imports.renew(beat, [held.lease])
+        assert time.monotonic() - started < 5

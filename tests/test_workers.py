@@ -173,7 +173,7 @@ def test_a_cli_import_is_never_claimed_by_a_daemon(site: config.Config, tmp_path
     )
     with db.write_tx(engine) as conn:
         claimed = store_imports.claim_next(
-            conn, instance="host:/var/lib/personsd", tenants_busy=set()
+            conn, instance="host:1:ab", tenants_busy=set(), lease_seconds=30
         )
         record = store_imports.get(conn, import_id)
     engine.dispose()

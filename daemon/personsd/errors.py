@@ -144,3 +144,15 @@ class InternalError(PersonsdError):
 
 class TransientError(InternalError):
     """Worth retrying soon: database unreachable, disk full, lock timeout."""
+
+
+class LeaseLost(PersonsdError):
+    """Another instance took this import over (SPEC 12): stop it, change nothing.
+
+    Neither the partner's fault nor a bug: the import is in other hands, so no
+    attempt is spent and its status is left to the new holder.
+    """
+
+
+class AlreadyRunning(OperatorError):
+    """A second daemon on a root or SQLite database that one already serves."""

@@ -48,7 +48,7 @@ from personsd.store import imports as store_imports
 from personsd.store import persons as store_persons
 from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
-from personsd.store.imports import Checkpoint, ImportRecord
+from personsd.store.imports import Checkpoint, ImportRecord, Lease
 
 log = get_logger("personsd.importer")
 
@@ -104,9 +104,17 @@ def sha256_of(
     return digest.hexdigest(), size
 
 
-def work_paths(cfg: Config, import_id: int) -> tuple[Path, Path]:
-    """The partial errors and retry reports of an import, in personsd's work area."""
+def work_paths(cfg: Config, import_id: int, generation: int = 0) -> tuple[Path, Path]:
+    """The partial errors and retry reports of an import, in personsd's work area.
+
+    Each daemon claim (lease ``generation`` > 0, SPEC 12) writes its own
+    copies in a folder of its own, seeded from the previous claim's
+    checkpointed lengths: a holder frozen past its lease that wakes up can
+    only ever write into files that nobody reads any more.
+    """
     folder = cfg.work_dir / str(import_id)
+    if generation > 0:
+        folder = folder / f"g{generation}"
     return folder / "errors.csv", folder / "retry.persons"
 
 
@@ -182,6 +190,7 @@ def run(
     stop: threading.Event | None = None,
     on_chunk: Callable[[int, int], None] | None = None,
     validate_in: validation.Mode = "auto",
+    lease: Lease | None = None,
 ) -> Outcome:
     """Run (or resume) an import to its end and publish its reports.
 
@@ -190,13 +199,16 @@ def run(
     ``auto`` takes a second process for big files on a multi-core machine.
     Raises :class:`Interrupted` when ``stop`` is set between chunks, and any
     internal error as is (the data of the failing chunk rolled back).
+    With a ``lease`` (the daemon's claim, SPEC 12) every write is fenced by
+    it: once another instance has taken the import over, the next write
+    raises :class:`LeaseLost` and its transaction rolls back.
     """
     with engine.connect() as conn:
         record = store_imports.get(conn, import_id)
         tenant = _tenant_name(conn, record.tenant_id)
     bound = log.bind(tenant=tenant, import_id=import_id, file=record.file_name)
     if record.status in ("completed", "rejected"):
-        return publish(engine, cfg, import_id)
+        return publish(engine, cfg, import_id, lease=lease)
 
     resumed = record.next_offset is not None
     if record.status != "running":
@@ -217,7 +229,7 @@ def run(
         bytes=record.bytes,
     )
     if record.sha256 == UNHASHED:
-        record = _hash(engine, record, stop)
+        record = _hash(engine, record, stop, lease)
 
     try:
         fileformat.check_name(record.file_name)
@@ -233,13 +245,16 @@ def run(
             on_chunk,
             bound,
             validate_in,
+            lease,
         )
     except FileRejected as rejected:
-        return _reject(engine, cfg, record, rejected)
+        return _reject(engine, cfg, record, rejected, lease)
 
     with write_tx(engine) as conn:
+        if lease is not None:
+            store_imports.fence(conn, lease)
         store_imports.set_status(conn, import_id, "completed", finished_at=now())
-    outcome = publish(engine, cfg, import_id)
+    outcome = publish(engine, cfg, import_id, lease=lease)
     rows = outcome.summary.rows
     bound.info(
         Event.IMPORT_COMPLETED,
@@ -252,7 +267,9 @@ def run(
     return outcome
 
 
-def _hash(engine: Engine, record: ImportRecord, stop: threading.Event | None) -> ImportRecord:
+def _hash(
+    engine: Engine, record: ImportRecord, stop: threading.Event | None, lease: Lease | None
+) -> ImportRecord:
     """The content's sha256, size and ``duplicate_of``, recorded at the import's start.
 
     Hashing a file of tens of GiB takes a while: the heartbeat is kept fresh
@@ -269,6 +286,8 @@ def _hash(engine: Engine, record: ImportRecord, stop: threading.Event | None) ->
 
     digest, size = sha256_of(Path(record.work_path), stop, alive)
     with write_tx(engine) as conn:
+        if lease is not None:  # an instance that lost the import writes nothing
+            store_imports.fence(conn, lease)
         duplicate = store_imports.find_duplicate(conn, record.tenant_id, digest, record.id)
         store_imports.set_status(
             conn, record.id, record.status, sha256=digest, bytes=size, duplicate_of=duplicate
@@ -283,11 +302,20 @@ def _tenant_name(conn: Connection, tenant_id: int) -> str:
     return name
 
 
-def _reject(engine: Engine, cfg: Config, record: ImportRecord, rejected: FileRejected) -> Outcome:
-    errors_path, _ = work_paths(cfg, record.id)
+def _reject(
+    engine: Engine,
+    cfg: Config,
+    record: ImportRecord,
+    rejected: FileRejected,
+    lease: Lease | None,
+) -> Outcome:
+    errors_path, _ = work_paths(cfg, record.id, _generation(record, lease))
     errors_path.parent.mkdir(parents=True, exist_ok=True)
+    _check(engine, lease)
     reports.rejected_report(errors_path, rejected.error_class, rejected.message, rejected.line)
     with write_tx(engine) as conn:
+        if lease is not None:
+            store_imports.fence(conn, lease)
         store_imports.set_status(
             conn,
             record.id,
@@ -296,7 +324,7 @@ def _reject(engine: Engine, cfg: Config, record: ImportRecord, rejected: FileRej
             file_error_class=rejected.error_class,
             file_error_message=rejected.message,
         )
-    outcome = publish(engine, cfg, record.id)
+    outcome = publish(engine, cfg, record.id, lease=lease)
     log.warning(
         Event.IMPORT_REJECTED,
         tenant=outcome.summary.tenant,
@@ -319,12 +347,15 @@ def _import_rows(
     on_chunk: Callable[[int, int], None] | None,
     bound: structlog.typing.FilteringBoundLogger,
     validate_in: validation.Mode,
+    lease: Lease | None,
 ) -> None:
-    errors_path, retry_path = work_paths(cfg, record.id)
+    point = record.checkpoint
+    generation = _generation(record, lease)
+    errors_path, retry_path = work_paths(cfg, record.id, generation)
     errors_path.parent.mkdir(parents=True, exist_ok=True)
+    _adopt(cfg, record.id, generation, point)
     with engine.connect() as conn:
         fields = tuple(store_fields.list_fields(conn, record.tenant_id))
-    point = record.checkpoint
     job = validation.Job(
         path=record.work_path,
         layout=layout,
@@ -343,6 +374,9 @@ def _import_rows(
         reports.RetryWriter(retry_path, layout) as retry_out,
         validation.open_chunks(job, validate_in, file_bytes=record.bytes) as chunks,
     ):
+        # Opened by name above: if the import was taken over meanwhile, these
+        # may be the new holder's files, which must not be cut back.
+        _check(engine, lease)
         # Whatever a crashed run appended after its last checkpoint goes.
         errors_out.truncate(point.errors_bytes)
         retry_out.truncate(point.retry_bytes)
@@ -355,7 +389,9 @@ def _import_rows(
                 raise Interrupted(f"import {record.id} stopped at row {point.next_row}")
             statistics.grown(point.rows_created)
             lookups = _CountingCheck(_ahead(engine, record, chunk, carrier))
-            point = _apply_chunk(engine, record, chunk, lookups, point, errors_out, retry_out)
+            point = _apply_chunk(
+                engine, record, chunk, lookups, point, errors_out, retry_out, lease
+            )
             chunks.advise(precheck=lookups.calls > 0)
             if on_chunk is not None:
                 on_chunk(point.rows_total, point.next_offset or 0)
@@ -424,7 +460,11 @@ class _Statistics:
 
     def grown(self, created: int) -> None:
         added = created - self.created_at_analyze
-        if not self.enabled or added < max(1000.0, 0.2 * self.believed):
+        # The tenant's own growth counts, not the table's: a new tenant in a
+        # table of other tenants' millions is believed empty, and its probes
+        # then walk the tenant's rows (any index on tenant_id looks as good).
+        base = min(self.believed, float(self.created_at_analyze))
+        if not self.enabled or added < max(1000.0, 0.2 * base):
             return
         with self.engine.begin() as conn:
             store_persons.analyze(conn)
@@ -440,6 +480,7 @@ def _apply_chunk(
     point: Checkpoint,
     errors_out: reports.ErrorsWriter,
     retry_out: reports.RetryWriter,
+    lease: Lease | None,
 ) -> Checkpoint:
     rows = chunk.rows
     changes = [row for row in rows if isinstance(row, rules.RowChange)]
@@ -451,6 +492,8 @@ def _apply_chunk(
 
     with write_tx(engine) as conn:
         _lock_tenant(conn, record.tenant_id)
+        if lease is not None:
+            _fence_chunk(conn, lease)
         loaded = store_persons.load(conn, record.tenant_id, lookups)
         held = {column: {getattr(person, column) for person in loaded} for column in _CREATING_KEYS}
         creatable = {
@@ -500,8 +543,69 @@ def _apply_chunk(
             retry_bytes=retry_out.flush_and_sync(),
             retry_rows=point.retry_rows + len(retry),
         )
-        store_imports.save_checkpoint(conn, record.id, point)
+        store_imports.save_checkpoint(conn, record.id, point, lease)
     return point
+
+
+def _fence_chunk(conn: Connection, lease: Lease) -> None:
+    """The lease checked before the chunk writes anything, report lines included.
+
+    On PostgreSQL this also locks the import's row for the transaction (no
+    takeover can slip in before the checkpoint), and bounds how long the
+    transaction may sit idle: a holder frozen mid-chunk (SIGSTOP, a VM
+    paused) loses its session, so its locks do not hold up the instance that
+    takes over.
+    """
+    if conn.dialect.name == "postgresql":
+        idle_ms = max(1000, int(lease.seconds * 1000))
+        conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms}"))
+    store_imports.fence(conn, lease)
+
+
+def _check(engine: Engine, lease: Lease | None) -> None:
+    """Raise LeaseLost unless ``lease`` still holds (no-op without one)."""
+    if lease is not None:
+        with write_tx(engine) as conn:
+            store_imports.fence(conn, lease)
+
+
+def _generation(record: ImportRecord, lease: Lease | None) -> int:
+    # The lease's own: the row may already show a newer claim's.
+    return lease.generation if lease is not None else record.lease_generation
+
+
+def _adopt(cfg: Config, import_id: int, generation: int, point: Checkpoint) -> None:
+    """Seed this claim's reports with the checkpointed part of the newest earlier claim's."""
+    errors_path, retry_path = work_paths(cfg, import_id, generation)
+    if generation == 0 or errors_path.exists():
+        return
+    earlier = [0]
+    for folder in (cfg.work_dir / str(import_id)).glob("g*"):
+        number = folder.name[1:]
+        if number.isdigit() and int(number) < generation:
+            earlier.append(int(number))
+    source_errors, source_retry = work_paths(cfg, import_id, max(earlier))
+    _copy_prefix(source_retry, retry_path, point.retry_bytes)
+    # The errors file last: its presence says the copies are complete.
+    _copy_prefix(source_errors, errors_path, point.errors_bytes)
+
+
+def _copy_prefix(source: Path, path: Path, length: int) -> None:
+    """``path`` becomes a new file holding the first ``length`` bytes of ``source``."""
+    if not source.exists():
+        return
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+    with source.open("rb") as src, temp.open("wb") as out:
+        remaining = length
+        while remaining > 0:
+            block = src.read(min(_READ_BUFFER, remaining))
+            if not block:
+                break
+            out.write(block)
+            remaining -= len(block)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(temp, path)
 
 
 def _ids(conn: Connection, reserved: list[int]) -> Iterator[int]:
@@ -603,15 +707,19 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-def publish(engine: Engine, cfg: Config, import_id: int) -> Outcome:
-    """Publish a finished import's reports to the outbox (idempotent; summary last)."""
+def publish(engine: Engine, cfg: Config, import_id: int, *, lease: Lease | None = None) -> Outcome:
+    """Publish a finished import's reports to the outbox (idempotent; summary last).
+
+    With a ``lease``, only while it holds (checked before and after writing).
+    """
+    _check(engine, lease)
     with engine.connect() as conn:
         record = store_imports.get(conn, import_id)
         tenant = _tenant_name(conn, record.tenant_id)
     if record.status not in ("completed", "rejected", "failed"):
         raise InternalError(f"import {import_id} is {record.status}, not finished")
     summary = summary_of(record, tenant)
-    errors_path, retry_path = work_paths(cfg, import_id)
+    errors_path, retry_path = work_paths(cfg, import_id, record.lease_generation)
     if not errors_path.exists():
         # Failed before a single row was read: the header section may be unknown.
         errors_path.parent.mkdir(parents=True, exist_ok=True)
@@ -630,25 +738,31 @@ def publish(engine: Engine, cfg: Config, import_id: int) -> Outcome:
         displaced=cfg.state_dir / "displaced" / tenant,
     )
     with write_tx(engine) as conn:
+        if lease is not None:
+            store_imports.fence(conn, lease)
         store_imports.set_status(conn, import_id, record.status, reports_published=True)
         record = store_imports.get(conn, import_id)
     return Outcome(record=record, summary=summary)
 
 
-def fail(engine: Engine, cfg: Config, import_id: int, reason: str) -> Outcome:
+def fail(
+    engine: Engine, cfg: Config, import_id: int, reason: str, *, lease: Lease | None = None
+) -> Outcome:
     """Give up on an import after its last attempt: status failed, reports published."""
     with engine.connect() as conn:
         record = store_imports.get(conn, import_id)
     if record.sha256 == UNHASHED:
         try:
-            _hash(engine, record, None)
+            _hash(engine, record, None, lease)
         except OSError as exc:  # the summary says sha256 null
             log.warning("import.unhashed", import_id=import_id, error=repr(exc)[:300])
     with write_tx(engine) as conn:
+        if lease is not None:
+            store_imports.fence(conn, lease)
         store_imports.set_status(
             conn, import_id, "failed", finished_at=now(), last_error=reason[:2000]
         )
-    outcome = publish(engine, cfg, import_id)
+    outcome = publish(engine, cfg, import_id, lease=lease)
     log.error(
         Event.IMPORT_FAILED,
         tenant=outcome.summary.tenant,

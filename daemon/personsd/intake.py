@@ -1,10 +1,12 @@
 """Intake: a complete upload becomes a queued import (SPEC section 5).
 
 Claiming is a rename out of the inbox into
-``state/work/claimed/<host>/<tenant>/<stamp>/<name>`` (same filesystem, so
-atomic), *then* an import record. A directory per claim keeps the partner's
-name as it is: the claimed name is never longer than the uploaded one, so a
-name the inbox could hold (up to NAME_MAX) can always be claimed. The order matters for
+``state/work/claimed/<instance>/<tenant>/<stamp>/<name>`` (same filesystem, so
+atomic), *then* an import record, which stores where the file went: any
+instance sharing the tree and database may run the import. A directory per
+claim keeps the partner's name as it is: the claimed name is never longer
+than the uploaded one, so a name the inbox could hold (up to NAME_MAX) can
+always be claimed. The order matters for
 "nothing is lost": a crash or a database outage between the two leaves a
 claimed file without a record, and :meth:`Intake.recover` turns every such
 file into an import at the next start or retry. A file is never in the inbox
@@ -15,13 +17,20 @@ its own"): a file whose claim fails (a rename refused, the record not
 written) is retried with capped exponential backoff while every other file
 goes on; the one intake thread never sleeps on a file. Nothing slow runs
 here: the content's sha256 is the worker's, at the import's start.
+
+Instances sharing one tree (SPEC 12) each heal their own interrupted claims,
+and those of instances that are gone: each holds a lock on ``.alive`` in its
+folder for its whole life, and a folder whose lock can be taken belongs to a
+dead instance (the kernel, or the NFS server, drops a dead process's locks).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
-import socket
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +43,7 @@ from sqlalchemy import Engine, select
 from personsd import importer
 from personsd.config import Config
 from personsd.errors import OperatorError
+from personsd.instance import instance_name
 from personsd.logging import Event, get_logger
 from personsd.retry import RetryPolicy
 from personsd.store.models import ImportRow
@@ -79,12 +89,23 @@ class Intake:
         # Held from the rename out of the inbox until the import record exists,
         # so that recover() never takes a file being claimed for an orphan.
         self._claiming = threading.Lock()
+        self._alive: object | None = None
 
     @property
     def claimed_dir(self) -> Path:
-        # Per host: instances sharing one tree (and database) each heal only
-        # their own interrupted claims, never one another's in flight.
-        return self.cfg.work_dir / "claimed" / socket.gethostname()
+        return self.cfg.work_dir / "claimed" / folder_name(instance_name(self.cfg))
+
+    def _hold_alive(self) -> None:
+        if self._alive is not None:
+            return
+        self.claimed_dir.mkdir(parents=True, exist_ok=True)
+        fh = (self.claimed_dir / ALIVE).open("a")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            # The same cluster.instance on two live processes: a misconfiguration.
+            log.error("intake.instance_in_use", folder=str(self.claimed_dir))
+        self._alive = fh
 
     def offer(self, ready: ReadyFile) -> None:
         """Called by the watcher's thread: just enqueue."""
@@ -93,6 +114,7 @@ class Intake:
             self._cond.notify()
 
     def start(self) -> None:
+        self._hold_alive()
         self._thread = threading.Thread(target=self._loop, name="intake", daemon=True)
         self._thread.start()
 
@@ -189,17 +211,30 @@ class Intake:
         return import_id
 
     def recover(self) -> int:
-        """Queue every claimed file that has no import record (crash or outage)."""
-        if not self.claimed_dir.is_dir():
-            return 0
-        with self._claiming:
-            return self._recover()
+        """Queue every claimed file that has no import record (crash or outage).
 
-    def _recover(self) -> int:
+        Ours, and those of instances that are gone (their ``.alive`` lock is free).
+        """
+        self._hold_alive()
+        with self._claiming:
+            recovered = self._recover(self.claimed_dir)
+        for other in sorted((self.cfg.work_dir / "claimed").iterdir()):
+            if other == self.claimed_dir or not other.is_dir():
+                continue
+            with (other / ALIVE).open("a") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # alive: its claims are its own
+                recovered += self._recover(other)
+        return recovered
+
+    def _recover(self, claimed_dir: Path) -> int:
+        # Read under the folder's lock: a claim finishing just before is known.
         with self.engine.connect() as conn:
             known = set(conn.execute(select(ImportRow.work_path)).scalars())
         recovered = 0
-        for folder in sorted(p for p in self.claimed_dir.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in claimed_dir.iterdir() if p.is_dir()):
             for claimed, stamp, name in _claimed_files(folder):
                 if str(claimed) in known:
                     continue
@@ -239,3 +274,12 @@ def _claimed_files(tenant_dir: Path) -> list[tuple[Path, str, str]]:
 def _remove_empty(folder: Path) -> None:
     with contextlib.suppress(OSError):  # not empty (a file arrived) or already gone
         folder.rmdir()
+
+
+ALIVE = ".alive"
+
+
+def folder_name(instance: str) -> str:
+    """A file name for an instance name (which may hold ':' or '/'), still unique."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", instance)[:80]
+    return f"{safe}-{hashlib.sha256(instance.encode()).hexdigest()[:8]}"

@@ -70,6 +70,9 @@ class Event:
     SFTP_REFUSED: Final = "sftp.refused"
     SFTP_BANS_LOCAL: Final = "sftp.bans_local"
     SFTP_BANS_SHARED: Final = "sftp.bans_shared"
+    # Not in SPEC 9's list (so not in ALL): an instance found another holding
+    # its import's lease and stopped that import (SPEC 12).
+    CLUSTER_LEASE_LOST: Final = "cluster.lease_lost"
 
     ALL: Final = (
         SFTP_LOGIN,

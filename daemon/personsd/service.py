@@ -26,7 +26,7 @@ from types import FrameType
 from sqlalchemy import Engine, make_url
 
 from personsd import config as config_mod
-from personsd import notify
+from personsd import instance, notify
 from personsd.config import Config
 from personsd.errors import ConfigError
 from personsd.intake import Intake
@@ -135,6 +135,11 @@ class Daemon:
         self._reload = threading.Event()
         self._wakeup = threading.Event()
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.instance = instance.instance_name(cfg)
+        self.lock: instance.DaemonLock | None = None
+        if make_url(cfg.database.url).get_backend_name() == "sqlite":
+            # Before anything listens or writes: a second daemon stops here.
+            self.lock = instance.hold_lock(cfg, self.instance)
         for path in (cfg.tenants_dir, cfg.work_dir, cfg.archive_dir, cfg.quarantine_dir):
             path.mkdir(parents=True, exist_ok=True)
         self.engine = db.connect(cfg.database.url)
@@ -233,6 +238,7 @@ class Daemon:
         log.info(
             Event.DAEMON_STARTED,
             pid=os.getpid(),
+            instance=self.instance,
             sftp=self.cfg.sftp.listen if self.cfg.sftp.enabled else None,
             database=make_url(self.cfg.database.url).render_as_string(hide_password=True),
             root=str(self.cfg.root),
@@ -317,6 +323,8 @@ class Daemon:
             log.warning("daemon.abandoned_chunk", timeout=STOP_TIMEOUT)
         self.engine.dispose()
         log.info("daemon.stopped")
+        if self.lock is not None:
+            self.lock.release()
         return 0
 
 

@@ -2,7 +2,11 @@
 
 One import per tenant at a time, oldest first (``store.imports.claim_next``),
 up to ``import.workers`` tenants in parallel. What the database says is the
-queue, so several daemons on one PostgreSQL share it safely.
+queue, so several daemons on one PostgreSQL share it safely (SPEC 12): each
+import is held under a lease that a heartbeat thread renews every third of
+``cluster.lease_seconds``; every write of the import is fenced by the
+lease's generation, so an instance that lost its lease (frozen, cut off)
+stops that import at its next write and leaves it to the new holder.
 
 Failure policy (SPEC 5):
 - the partner's bad data never reaches here as an exception (rows go to the
@@ -19,11 +23,9 @@ import contextlib
 import errno
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -31,24 +33,19 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from personsd import importer
 from personsd.config import Config
-from personsd.errors import TransientError
+from personsd.errors import LeaseLost, TransientError
 from personsd.fileformat import cut_name, name_bytes
-from personsd.logging import get_logger
+from personsd.instance import instance_name
+from personsd.logging import Event, get_logger
 from personsd.retry import RetryPolicy
 from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
-from personsd.store.imports import ImportRecord
+from personsd.store.imports import ImportRecord, Lease
 
 log = get_logger("personsd.workers")
 
-# Another instance's running import with no heartbeat for this long is taken over.
-STALE_AFTER = timedelta(minutes=5)
-
-
-def instance_name(cfg: Config) -> str:
-    """Stable across restarts, distinct between hosts sharing one database."""
-    return f"{socket.gethostname()}:{cfg.root}"
+__all__ = ["Workers", "instance_name", "remove_work", "sweep_archive"]
 
 
 def is_db_unreachable(exc: BaseException) -> bool:
@@ -99,6 +96,12 @@ class Workers:
         self._busy: set[int] = set()
         self._busy_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        # The leases this instance holds now, by import id (the heartbeat's list).
+        self._leases: dict[int, Lease] = {}
+        # With SQLite one daemon serves the database (instance.hold_lock): any
+        # running import it does not run now is abandoned, and no heartbeat
+        # competes with the chunks for the single write lock.
+        self.single_daemon = engine.dialect.name == "sqlite"
         self.last_beat = time.monotonic()
 
     def start(self) -> None:
@@ -106,6 +109,10 @@ class Workers:
             thread = threading.Thread(target=self._loop, name=f"worker-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if not self.single_daemon:
+            beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+            beat.start()
+            self._threads.append(beat)
 
     def wake(self) -> None:
         self._wake.set()
@@ -121,21 +128,70 @@ class Workers:
         with self._busy_lock:
             return len(self._busy)
 
-    def _claim(self) -> ImportRecord | None:
-        with self._busy_lock, write_tx(self.engine) as conn:
-            record = store_imports.claim_next(
-                conn, instance=self.instance, tenants_busy=set(self._busy), stale_after=STALE_AFTER
+    def _claim(self) -> tuple[ImportRecord, Lease] | None:
+        with self._busy_lock:
+            with write_tx(self.engine) as conn:
+                claim = store_imports.claim_next(
+                    conn,
+                    instance=self.instance,
+                    tenants_busy=set(self._busy),
+                    lease_seconds=self.cfg.cluster.lease_seconds,
+                    single_daemon=self.single_daemon,
+                )
+            if claim is None:
+                return None
+            # Only once committed: a failed COMMIT must not leave the tenant busy.
+            self._busy.add(claim.record.tenant_id)
+            self._leases[claim.record.id] = claim.lease
+        if claim.taken_from is not None and claim.taken_from != self.instance:
+            log.warning(
+                Event.CLUSTER_TAKEOVER,
+                import_id=claim.record.id,
+                file=claim.record.file_name,
+                tenant_id=claim.record.tenant_id,
+                previous=claim.taken_from,
+                instance=self.instance,
+                generation=claim.lease.generation,
+                row=claim.record.next_row,
             )
-            if record is not None:
-                self._busy.add(record.tenant_id)
-            return record
+        return claim.record, claim.lease
+
+    def _heartbeat(self) -> None:
+        """Renew this instance's leases every third of ``cluster.lease_seconds``."""
+        period = self.cfg.cluster.lease_seconds / 3
+        while not self.stop.wait(period):
+            with self._busy_lock:
+                leases = list(self._leases.values())
+            if not leases:
+                continue
+            try:
+                with write_tx(self.engine) as conn:
+                    lost = store_imports.renew(conn, leases)
+            except Exception as exc:  # noqa: BLE001 -- database down: fencing keeps writes safe
+                log.warning("cluster.heartbeat_failed", error=repr(exc)[:300])
+                continue
+            for lease in lost:
+                self._lost(lease, "heartbeat")
+
+    def _lost(self, lease: Lease, noticed_by: str) -> None:
+        with self._busy_lock:
+            if self._leases.get(lease.import_id) != lease:
+                return  # already reported
+            del self._leases[lease.import_id]
+        log.warning(
+            Event.CLUSTER_LEASE_LOST,
+            import_id=lease.import_id,
+            instance=self.instance,
+            generation=lease.generation,
+            noticed_by=noticed_by,
+        )
 
     def _loop(self) -> None:
         outages = 0
         while not self.stop.is_set():
             self.last_beat = time.monotonic()
             try:
-                record = self._claim()
+                claimed = self._claim()
             except Exception as exc:  # noqa: BLE001 -- database down: wait and retry
                 outages += 1
                 delay = self.policy.delay(outages)
@@ -144,18 +200,20 @@ class Workers:
                 self._wake.clear()
                 continue
             outages = 0
-            if record is None:
+            if claimed is None:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
+            record, lease = claimed
             try:
-                self._run(record)
+                self._run(record, lease)
             finally:
                 with self._busy_lock:
                     self._busy.discard(record.tenant_id)
+                    self._leases.pop(record.id, None)
             self._wake.set()  # the tenant may have a next file
 
-    def _run(self, record: ImportRecord) -> None:
+    def _run(self, record: ImportRecord, lease: Lease) -> None:
         self.on_activity(f"importing {record.file_name} (#{record.id})")
         try:
             outcome = importer.run(
@@ -164,20 +222,36 @@ class Workers:
                 record.id,
                 stop=self.stop,
                 on_chunk=lambda _rows, _done: self._beat(),
+                lease=lease,
             )
         except importer.Interrupted:
-            return  # still running and ours: resumed from its checkpoint after restart
+            self._release(lease)
+            return  # still running: resumed from its checkpoint, here after restart or elsewhere
+        except LeaseLost:
+            # Another instance runs it now; the chunk rolled back, nothing to undo.
+            self._lost(lease, "write")
+            return
         except Exception as exc:  # noqa: BLE001 -- classified below
-            self._failed(record, exc)
+            self._failed(record, exc, lease)
             return
         if outcome.record.source != "cli":
             self._move(record, self.cfg.archive_dir)
         remove_work(self.cfg, record.id)
 
+    def _release(self, lease: Lease) -> None:
+        """A clean stop: let another instance take the import over at once."""
+        if self.single_daemon:
+            return
+        try:
+            with write_tx(self.engine) as conn:
+                store_imports.release(conn, lease)
+        except Exception as exc:  # noqa: BLE001 -- it then expires by itself
+            log.warning("cluster.release_failed", import_id=lease.import_id, error=repr(exc)[:300])
+
     def _beat(self) -> None:
         self.last_beat = time.monotonic()
 
-    def _failed(self, record: ImportRecord, exc: BaseException) -> None:
+    def _failed(self, record: ImportRecord, exc: BaseException, lease: Lease) -> None:
         reason = repr(exc)
         if is_db_unreachable(exc):
             log.warning(
@@ -186,7 +260,7 @@ class Workers:
                 file=record.file_name,
                 error=reason[:300],
             )
-            self._requeue(record, spend_attempt=False, reason=reason)
+            self._requeue(record, lease, spend_attempt=False, reason=reason)
             return
         log.exception(
             "import.attempt_failed",
@@ -198,22 +272,29 @@ class Workers:
         )
         if record.attempts >= self.cfg.imports.max_attempts:
             try:
-                importer.fail(self.engine, self.cfg, record.id, reason)
+                importer.fail(self.engine, self.cfg, record.id, reason, lease=lease)
+            except LeaseLost:
+                self._lost(lease, "write")
+                return
             except Exception as final:  # noqa: BLE001 -- cannot even record it: retry later
                 log.error("import.fail_unrecorded", import_id=record.id, error=repr(final))
-                self._requeue(record, spend_attempt=False, reason=reason)
+                self._requeue(record, lease, spend_attempt=False, reason=reason)
                 return
             if record.source != "cli":
                 self._move(record, self.cfg.quarantine_dir)
             return
         self.stop.wait(self.policy.delay(record.attempts))
-        self._requeue(record, spend_attempt=True, reason=reason)
+        self._requeue(record, lease, spend_attempt=True, reason=reason)
 
-    def _requeue(self, record: ImportRecord, *, spend_attempt: bool, reason: str) -> None:
+    def _requeue(
+        self, record: ImportRecord, lease: Lease, *, spend_attempt: bool, reason: str
+    ) -> None:
         outages = 0
         while not self.stop.is_set():
             try:
                 with write_tx(self.engine) as conn:
+                    # Only while it is ours: never send another instance's import back.
+                    store_imports.fence(conn, lease)
                     current = store_imports.get(conn, record.id)
                     attempts = current.attempts if spend_attempt else max(0, current.attempts - 1)
                     store_imports.set_status(
@@ -224,6 +305,9 @@ class Workers:
                         last_error=reason[:2000],
                         claimed_by=None,
                     )
+                return
+            except LeaseLost:
+                self._lost(lease, "write")
                 return
             except Exception:  # noqa: BLE001 -- still down
                 outages += 1

@@ -13,7 +13,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     exists,
-    false,
     func,
     insert,
     or_,
@@ -23,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
-from personsd.errors import OperatorError
+from personsd.errors import LeaseLost, OperatorError
 from personsd.store.models import IMPORT_SOURCES, IMPORT_STATUSES, ImportRow, UtcDateTime
 
 # Arbitrary constant shared by every instance: serialises claims so that two
@@ -109,6 +108,9 @@ class ImportRecord:
     file_error_class: str | None
     file_error_message: str | None
     reports_published: bool
+    lease_holder: str | None = None
+    lease_expires: datetime | None = None
+    lease_generation: int = 0
 
     def __post_init__(self) -> None:
         if self.status not in IMPORT_STATUSES:
@@ -195,12 +197,24 @@ def list_imports(conn: Connection, tenant_id: int | None = None) -> list[ImportR
     return [_record(row) for row in conn.execute(stmt)]
 
 
-def save_checkpoint(conn: Connection, import_id: int, checkpoint: Checkpoint) -> None:
-    """Store the checkpoint (in the chunk's transaction); it doubles as a heartbeat."""
+def save_checkpoint(
+    conn: Connection, import_id: int, checkpoint: Checkpoint, lease: Lease | None = None
+) -> None:
+    """Store the checkpoint (in the chunk's transaction); it doubles as a heartbeat.
+
+    With a ``lease`` the write is fenced: it changes the row only while the
+    lease's generation and holder are still the row's, else it raises
+    :class:`LeaseLost` and the caller's transaction (the chunk) rolls back.
+    """
     values: dict[str, Any] = {name: getattr(checkpoint, name) for name in _CHECKPOINT_FIELDS}
     values["error_counts"] = json.dumps(dict(checkpoint.error_counts), sort_keys=True)
-    values["heartbeat_at"] = datetime.now(UTC)
-    _update(conn, import_id, values)
+    now = datetime.now(UTC)
+    values["heartbeat_at"] = now
+    if lease is None:
+        _update(conn, import_id, values)
+        return
+    values["lease_expires"] = now + timedelta(seconds=lease.seconds)
+    _fenced_update(conn, lease, values)
 
 
 def set_status(conn: Connection, import_id: int, status: str, **changes: Any) -> None:
@@ -213,6 +227,79 @@ def set_status(conn: Connection, import_id: int, status: str, **changes: Any) ->
     if "error_counts" in changes:
         changes["error_counts"] = json.dumps(dict(changes["error_counts"]), sort_keys=True)
     _update(conn, import_id, {"status": status, **changes})
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Lease:
+    """An instance's hold on a running import: the fencing token of its writes."""
+
+    import_id: int
+    holder: str
+    generation: int
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if not self.holder:
+            raise ValueError("a lease needs a holder")
+        _non_negative(self, ("import_id", "generation"))
+        if not self.seconds > 0:
+            raise ValueError(f"lease seconds must be positive, got {self.seconds!r}")
+
+
+def fence(conn: Connection, lease: Lease) -> None:
+    """Check (and renew) the lease in the caller's transaction; LeaseLost if it is gone.
+
+    On PostgreSQL the row stays locked until the transaction ends, so no other
+    instance can take the import over while this transaction writes for it.
+    """
+    _fenced_update(
+        conn, lease, {"lease_expires": datetime.now(UTC) + timedelta(seconds=lease.seconds)}
+    )
+
+
+def renew(conn: Connection, leases: list[Lease]) -> list[Lease]:
+    """The heartbeat: extend each lease still held; returns those found lost.
+
+    A row locked right now is skipped, not waited for: it is this instance's
+    own chunk in progress (its checkpoint renews the lease) or a claim that
+    ends in milliseconds; waiting would hold up the renewal of the others.
+    """
+    lost = []
+    for lease in leases:
+        row = conn.execute(
+            select(ImportRow.lease_generation, ImportRow.lease_holder)
+            .where(ImportRow.id == lease.import_id)
+            .with_for_update(skip_locked=True)
+        ).one_or_none()
+        if row is None and conn.dialect.name == "postgresql":
+            continue
+        try:
+            fence(conn, lease)
+        except LeaseLost:
+            lost.append(lease)
+    return lost
+
+
+def release(conn: Connection, lease: Lease) -> None:
+    """Give the lease up (a clean stop): any instance may take the import over now."""
+    _fenced_update(conn, lease, {"lease_expires": datetime.now(UTC)})
+
+
+def _fenced_update(conn: Connection, lease: Lease, values: Mapping[str, Any]) -> None:
+    result = conn.execute(
+        update(ImportRow)
+        .where(
+            ImportRow.id == lease.import_id,
+            ImportRow.lease_generation == lease.generation,
+            ImportRow.lease_holder == lease.holder,
+        )
+        .values(**values)
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(
+            f"import {lease.import_id}: lease generation {lease.generation} of"
+            f" {lease.holder} is no longer current"
+        )
 
 
 def _update(conn: Connection, import_id: int, values: Mapping[str, Any]) -> None:
@@ -236,51 +323,92 @@ def find_duplicate(conn: Connection, tenant_id: int, sha256: str, before_id: int
     return conn.execute(stmt).scalar()
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Claim:
+    """A claimed import, its lease, and whose expired lease it took over (if any)."""
+
+    record: ImportRecord
+    lease: Lease
+    taken_from: str | None
+
+
 def claim_next(
     conn: Connection,
     *,
     instance: str,
     tenants_busy: set[int],
-    stale_after: timedelta | None = None,
-) -> ImportRecord | None:
+    lease_seconds: float,
+    single_daemon: bool = False,
+) -> Claim | None:
     """Claim the next import to run, or None; call it in a write transaction.
 
-    Candidates are queued imports and abandoned running ones: claimed by this
-    ``instance`` (a name stable across restarts) but not in ``tenants_busy``
-    (the tenants it is working on now), or with no heartbeat for
-    ``stale_after``. A tenant with a live running import is skipped, so each
-    tenant has one import at a time. The oldest candidate wins (received_at,
-    then file name). Claiming sets it running and counts an attempt.
+    A candidate is the oldest unfinished import of its tenant (received_at,
+    then file name, then id), so one tenant's files run one at a time and in
+    order, whichever instance runs them. It is either queued or running under
+    a lease that has expired (its instance died or froze: taken over, resumed
+    from its checkpoint). A tenant with an import running under a live lease,
+    or in ``tenants_busy`` (what this instance runs now), is skipped.
+    ``single_daemon`` (SQLite, where a lock file keeps out a second daemon):
+    every daemon-run import not in ``tenants_busy`` is abandoned, whatever its
+    lease says. Imports run by ``personsd import`` (source ``cli``) are never
+    taken. Claiming sets the lease (holder, expiry, generation + 1), makes the
+    import running and counts an attempt.
     """
     now = datetime.now(UTC)
     if conn.dialect.name == "postgresql":
+        # Claims of all instances queue here: "is this tenant busy?" and "take
+        # its oldest file" must be one step, which row locks alone cannot give.
         conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK})")
 
-    def abandoned(row: Any) -> ColumnElement[bool]:
-        stale = false() if stale_after is None else row.heartbeat_at < now - stale_after
-        mine = and_(row.claimed_by == instance, row.tenant_id.not_in(tenants_busy))
-        return and_(row.status == "running", or_(mine, stale))
+    def held(row: Any) -> ColumnElement[bool]:
+        """Running under a lease nobody may take over now."""
+        if single_daemon:
+            return and_(row.status == "running", row.source == "cli")
+        # This instance's own lease, outside tenants_busy: left by its previous
+        # process (a restart under a configured cluster.instance).
+        free = or_(
+            row.lease_expires.is_(None), row.lease_expires < now, row.lease_holder == instance
+        )
+        return and_(row.status == "running", or_(row.source == "cli", ~free))
 
     other = aliased(ImportRow)
+    earlier = aliased(ImportRow)
     live = exists().where(
-        other.tenant_id == ImportRow.tenant_id,
-        other.status == "running",
-        ~abandoned(other),
+        other.tenant_id == ImportRow.tenant_id, other.status == "running", held(other)
+    )
+    # An unfinished import of the tenant that goes before this one.
+    before = exists().where(
+        earlier.tenant_id == ImportRow.tenant_id,
+        earlier.status.in_(("queued", "running")),
+        earlier.source != "cli",
+        or_(
+            earlier.received_at < ImportRow.received_at,
+            and_(
+                earlier.received_at == ImportRow.received_at,
+                or_(
+                    earlier.file_name < ImportRow.file_name,
+                    and_(earlier.file_name == ImportRow.file_name, earlier.id < ImportRow.id),
+                ),
+            ),
+        ),
     )
     stmt = (
-        select(ImportRow.id)
+        select(ImportRow.id, ImportRow.status, ImportRow.lease_holder, ImportRow.claimed_by)
         .where(
-            or_(ImportRow.status == "queued", abandoned(ImportRow)),
+            ImportRow.status.in_(("queued", "running")),
+            ImportRow.source != "cli",
             ImportRow.tenant_id.not_in(tenants_busy),
             ~live,
+            ~before,
         )
         .order_by(ImportRow.received_at, ImportRow.file_name, ImportRow.id)
         .limit(1)
         .with_for_update(skip_locked=True, of=ImportRow)
     )
-    import_id = conn.execute(stmt).scalar()
-    if import_id is None:
+    found = conn.execute(stmt).one_or_none()
+    if found is None:
         return None
+    import_id, status, holder, claimed_by = found
     conn.execute(
         update(ImportRow)
         .where(ImportRow.id == import_id)
@@ -289,8 +417,19 @@ def claim_next(
             claimed_by=instance,
             claimed_at=now,
             heartbeat_at=now,
+            lease_holder=instance,
+            lease_expires=now + timedelta(seconds=lease_seconds),
+            lease_generation=ImportRow.lease_generation + 1,
             attempts=ImportRow.attempts + 1,
             started_at=func.coalesce(ImportRow.started_at, bindparam(None, now, UtcDateTime())),
         )
     )
-    return get(conn, import_id)
+    record = get(conn, import_id)
+    lease = Lease(
+        import_id=import_id,
+        holder=instance,
+        generation=record.lease_generation,
+        seconds=lease_seconds,
+    )
+    taken_from = (holder or claimed_by or "?") if status == "running" else None
+    return Claim(record=record, lease=lease, taken_from=taken_from)

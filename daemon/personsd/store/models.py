@@ -191,6 +191,12 @@ class ImportRow(Base):
     file_error_class: Mapped[str | None] = mapped_column(Text)
     file_error_message: Mapped[str | None] = mapped_column(Text)
     reports_published: Mapped[bool] = mapped_column(Boolean)
+    # SPEC 12: the instance holding a running import, until when, and the
+    # fencing token every write of the import checks (bumped by each claim).
+    # The holder stays after the import ends: it records who ran it.
+    lease_holder: Mapped[str | None] = mapped_column(Text)
+    lease_expires: Mapped[datetime | None]
+    lease_generation: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class SftpBanRow(Base):
