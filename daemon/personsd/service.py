@@ -25,7 +25,7 @@ from types import FrameType
 from sqlalchemy import Engine, make_url
 
 from personsd import config as config_mod
-from personsd import importer, notify
+from personsd import importer, metrics, notify, webhooks
 from personsd.config import Config
 from personsd.errors import ConfigError
 from personsd.intake import Intake
@@ -148,6 +148,8 @@ class Daemon:
             on_ready=self.intake.offer,
         )
         self.sftp: SftpServer | None = None
+        self.sender = webhooks.Sender(engine=self.engine, cfg=cfg, stop=self.stop)
+        self.metrics: metrics.MetricsServer | None = None
 
     # -- signals: flags only ----------------------------------------------
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -218,6 +220,7 @@ class Daemon:
         self.install_signals()
         # Intake first: the SFTP server and watcher work without the database.
         self._start_sftp()
+        self.metrics = metrics.start(self.cfg, self.engine, lambda: self.sftp)
         self.watcher.start()
         self.intake.start()
         log.info(
@@ -232,6 +235,7 @@ class Daemon:
         self._prepare_database()
         if not self.stop.is_set():
             self.workers.start()
+            self.sender.start()
             notify.status("idle")
         self._main_loop()
         return self._shutdown()
@@ -283,6 +287,7 @@ class Daemon:
                 configure(fresh.log.format, fresh.log.level)
                 self.cfg = fresh
                 self.workers.cfg = fresh
+                self.sender.cfg = fresh
                 self.intake.cfg = fresh
             self.tenants.refresh(self.engine)
             self._ensure_tenant_dirs()
@@ -303,6 +308,9 @@ class Daemon:
         if not self.workers.join(deadline):
             # Its transaction never commits: that chunk is redone after restart.
             log.warning("daemon.abandoned_chunk", timeout=STOP_TIMEOUT)
+        self.sender.join(deadline)
+        if self.metrics is not None:
+            self.metrics.stop()
         self.engine.dispose()
         log.info("daemon.stopped")
         return 0
