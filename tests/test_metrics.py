@@ -243,3 +243,16 @@ def test_the_http_endpoint_serves_metrics_healthz_and_readyz(
     finally:
         server.stop()
         metrics.REGISTRY.unregister(collector)
+
+
+def test_a_scrape_creates_each_tenants_import_counters_at_zero(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A tenant's first failed import must be an increase (from 0), not a new series."""
+    name = new_tenant_name()
+    add_tenant(engine, name)
+    scrape(collector_for(engine, tmp_path))
+    assert [0.0, 0.0, 0.0] == [
+        metrics.REGISTRY.get_sample_value("personsd_imports_total", {"tenant": name, "status": s})
+        for s in ("completed", "rejected", "failed")
+    ]

@@ -73,12 +73,8 @@ def status_(ctx: click.Context, as_json: bool) -> None:
     error: str | None = None
     snap = status.Snapshot(taken_at=datetime.now(UTC))
     try:
-        engine = db.connect(cfg.database.url)
-        try:
-            with engine.connect() as conn:
-                snap = status.snapshot(conn)
-        finally:
-            engine.dispose()
+        with state.engine.connect() as conn:
+            snap = status.snapshot(conn)
     except Exception as exc:  # noqa: BLE001 -- an outage is what status must show
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     disk = status.disk_free(cfg.root)

@@ -80,6 +80,13 @@ NOTIFICATIONS = Counter(
     registry=REGISTRY,
 )
 
+# Series exist at 0 before their first event: increase() then sees the first one.
+for _result in ("delivered", "failed", "gave_up"):
+    NOTIFICATIONS.labels(result=_result)
+for _result in ("success", "failed"):
+    SFTP_LOGINS.labels(result=_result)
+ENDED_STATUSES = ("completed", "rejected", "failed")
+
 
 def import_ended(summary: Summary) -> None:
     """Count an import that reached its final status in this process."""
@@ -197,6 +204,8 @@ class StateCollector(Collector):
                 [], max((now - min(queued_since)).total_seconds(), 0.0) if queued_since else 0.0
             )
             for tenant in snap.tenants:
+                for ended in ENDED_STATUSES:  # a tenant's first failure must count (see above)
+                    IMPORTS.labels(tenant=tenant.name, status=ended)
                 depth.add_metric([tenant.name], tenant.queued)
                 if tenant.last_completed_at is not None:
                     last.add_metric([tenant.name], tenant.last_completed_at.timestamp())
