@@ -33,8 +33,8 @@ class Receiver(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, codes: list[int] | None = None, default: int = 200) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, codes: list[int] | None = None, default: int = 200, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self.codes = list(codes or [])
         self.default = default
         self.hang_seconds = 0.0
@@ -82,8 +82,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def receiver(codes: list[int] | None = None, default: int = 200) -> Iterator[Receiver]:
-    server = Receiver(codes, default)
+def receiver(
+    codes: list[int] | None = None, default: int = 200, port: int = 0
+) -> Iterator[Receiver]:
+    """A receiver on ``port`` (0: any free one), shut down afterwards."""
+    server = Receiver(codes, default, port)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
