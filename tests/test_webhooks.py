@@ -321,3 +321,53 @@ def test_the_sender_thread_delivers_each_pending_row(engine: Engine, tmp_path: P
             running.stop.set()
             running.join(time.monotonic() + 5)
     assert 2 == len({r.headers["X-Personsd-Delivery"] for r in hook.got()})
+
+
+def test_the_receiver_example_in_the_docs_accepts_a_signed_delivery_and_refuses_a_forged_one(
+    tmp_path: Path,
+) -> None:
+    """docs/operations.md's Python receiver verifies what the sender signs."""
+    import re
+    import subprocess
+    import sys
+
+    from daemon_helpers import free_port, wait_for
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    code = re.search(r"```python\n(.*?HTTPServer.*?)```", doc, re.S)
+    assert code is not None
+    port = free_port()
+    source = (
+        code.group(1)
+        .replace('open("/etc/personsd/webhook.key", "rb").read().strip()', "b'k3y'")
+        .replace("8080", str(port))
+    )
+    proc = subprocess.Popen([sys.executable, "-u", "-c", source], stdout=subprocess.PIPE, text=True)
+    try:
+        body = b'{"status": "completed"}\n'
+        delivery = webhooks.Delivery(
+            id=1,
+            delivery_id="d-1",
+            tenant_id=1,
+            tenant="acme",
+            import_id=1,
+            event="import.completed",
+            url=f"http://127.0.0.1:{port}/",
+            body=body.decode(),
+            attempts=0,
+            created_at=datetime.now(UTC),
+        )
+
+        def send(secret: bytes) -> int | None:
+            try:
+                headers = webhooks.headers_for(delivery, secret, time.time())
+                return webhooks.post(delivery.url, body, headers, 5.0)
+            except webhooks.DeliveryError:
+                return None
+
+        assert 204 == wait_for(lambda: send(b"k3y"), what="the example receiver")
+        assert 401 == send(b"wrong")
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+    assert "d-1 completed" in out
