@@ -371,3 +371,30 @@ def test_the_receiver_example_in_the_docs_accepts_a_signed_delivery_and_refuses_
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
     assert "d-1 completed" in out
+
+
+def test_finished_deliveries_are_pruned_after_30_days_pending_ones_never(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """KEEP_FINISHED bounds the table; a pending delivery stays however old."""
+    cfg = notify_config(tmp_path, engine, "http://127.0.0.1:9/")
+    for _ in range(3):
+        imported(engine, cfg, tmp_path)
+    ids = [r.id for r in deliveries(engine)]
+    now = datetime.now(UTC)
+    old = now - webhooks.KEEP_FINISHED - timedelta(hours=1)
+    with write_tx(engine) as conn:
+        conn.execute(
+            update(DeliveryRow)
+            .where(DeliveryRow.id == ids[0])
+            .values(status="delivered", finished_at=old)
+        )
+        conn.execute(
+            update(DeliveryRow)
+            .where(DeliveryRow.id == ids[1])
+            .values(status="delivered", finished_at=now - timedelta(days=1))
+        )
+        conn.execute(update(DeliveryRow).where(DeliveryRow.id == ids[2]).values(created_at=old))
+    with write_tx(engine) as conn:
+        assert 1 == webhooks.prune(conn, now)
+    assert ids[1:] == [r.id for r in deliveries(engine)]

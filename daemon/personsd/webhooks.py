@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from personsd import metrics
 from personsd.config import Config
@@ -54,6 +54,10 @@ SENDERS = 4
 POLL_SECONDS = 1.0
 # Added to notify.timeout_seconds for a claimed row's lease.
 _LEASE_MARGIN = timedelta(seconds=30)
+# Delivered and given-up rows are deleted this long after they finished,
+# checked every PRUNE_EVERY by the sender.
+KEEP_FINISHED = timedelta(days=30)
+PRUNE_EVERY = 3600.0
 # A receiver's answer is read up to this much, then dropped.
 _MAX_RESPONSE = 64 * 1024
 USER_AGENT = "personsd-webhook/1"
@@ -262,6 +266,15 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def prune(conn: Connection, now: datetime, keep: timedelta = KEEP_FINISHED) -> int:
+    """Delete deliveries finished (delivered or given up) before ``now - keep``."""
+    return conn.execute(
+        delete(DeliveryRow).where(
+            DeliveryRow.status != "pending", DeliveryRow.finished_at < now - keep
+        )
+    ).rowcount
+
+
 def next_attempt(
     created_at: datetime, attempts: int, now: datetime, policy: RetryPolicy = POLICY
 ) -> datetime | None:
@@ -319,7 +332,11 @@ class Sender:
 
     def _dispatch(self) -> None:
         outages = 0
+        pruned_at = 0.0
         while not self.stop.is_set():
+            if time.monotonic() - pruned_at >= PRUNE_EVERY:
+                pruned_at = time.monotonic()
+                self._prune()
             with self._lock:
                 busy = set(self._busy)
             free = self.senders - len(busy)
@@ -341,6 +358,16 @@ class Sender:
                     self._work.put(delivery)
             self._wake.wait(POLL_SECONDS)
             self._wake.clear()
+
+    def _prune(self) -> None:
+        try:
+            with write_tx(self.engine) as conn:
+                removed = prune(conn, self.clock())
+        except Exception as exc:  # noqa: BLE001 -- the next round tries again
+            log.warning("notify.prune_failed", error=repr(exc)[:300])
+            return
+        if removed:
+            log.info("notify.pruned", removed=removed, keep_days=KEEP_FINISHED.days)
 
     def _serve(self) -> None:
         while True:
