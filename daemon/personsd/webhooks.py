@@ -207,6 +207,16 @@ _DELIVERY_COLUMNS = (
 )
 
 
+def due(conn: Connection, now: datetime) -> bool:
+    """Whether any delivery is due (a read, no lock)."""
+    found = conn.execute(
+        select(DeliveryRow.id)
+        .where(DeliveryRow.status == "pending", DeliveryRow.next_attempt_at <= now)
+        .limit(1)
+    ).first()
+    return found is not None
+
+
 def claim(
     conn: Connection, *, now: datetime, lease: timedelta, busy: set[int], limit: int
 ) -> list[Delivery]:
@@ -343,8 +353,7 @@ class Sender:
             if free > 0:
                 lease = timedelta(seconds=self.cfg.notify.timeout_seconds) + _LEASE_MARGIN
                 try:
-                    with write_tx(self.engine) as conn:
-                        claimed = claim(conn, now=self.clock(), lease=lease, busy=busy, limit=free)
+                    claimed = self._claim(lease=lease, busy=busy, limit=free)
                 except Exception as exc:  # noqa: BLE001 -- database down: wait and retry
                     outages += 1
                     delay = self.policy.delay(outages)
@@ -358,6 +367,16 @@ class Sender:
                     self._work.put(delivery)
             self._wake.wait(POLL_SECONDS)
             self._wake.clear()
+
+    def _claim(self, *, lease: timedelta, busy: set[int], limit: int) -> list[Delivery]:
+        now = self.clock()
+        # A plain read first: on SQLite a write transaction takes the database
+        # lock, which the importer's chunks would queue behind every second.
+        with self.engine.connect() as conn:
+            if not due(conn, now):
+                return []
+        with write_tx(self.engine) as conn:
+            return claim(conn, now=now, lease=lease, busy=busy, limit=limit)
 
     def _prune(self) -> None:
         try:
