@@ -13,10 +13,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, update
 
 from engine_helpers import add_tenant, make_config, new_tenant_name, run_import
-from personsd import importer, metrics, reports
+from personsd import importer, metrics, reports, status
 from personsd.sftp import SftpServer, load_or_create_host_key
 from personsd.sftpbudget import SftpLimits
 from personsd.store import db
+from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
 from personsd.store.models import ImportRow
@@ -256,3 +257,30 @@ def test_a_scrape_creates_each_tenants_import_counters_at_zero(
         metrics.REGISTRY.get_sample_value("personsd_imports_total", {"tenant": name, "status": s})
         for s in ("completed", "rejected", "failed")
     ]
+
+
+def test_the_status_snapshot_shows_running_progress_and_recent_failures(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """personsd status: a running import's rows and % of bytes; failed imports listed."""
+    cfg = make_config(
+        tmp_path / "root", engine.url.render_as_string(hide_password=False), chunk_rows=100
+    )
+    name = new_tenant_name()
+    add_tenant(engine, name)
+    path = tmp_path / "a.persons"
+    path.write_text("external_person_id\n" + "".join(f"p{i}\n" for i in range(100)))
+    running = importer.create(engine, tenant=name, path=path, source="cli")
+    size = path.stat().st_size
+    with write_tx(engine) as conn:
+        store_imports.set_status(conn, running, "running", next_offset=size // 4, next_row=25)
+    failed = importer.create(engine, tenant=name, path=path, source="cli")
+    importer.fail(engine, cfg, failed, "boom")
+    with engine.connect() as conn:
+        snap = status.snapshot(conn)
+    mine = next(t for t in snap.tenants if t.name == name)
+    assert [(running, 25)] == [(r.import_id, r.rows) for r in mine.running]
+    assert 24 <= mine.running[0].percent <= 26
+    assert (failed, "failed") == (mine.last_finished.import_id, mine.last_finished.status)  # type: ignore[union-attr]
+    assert failed in [f.import_id for f in snap.recent_failures]
+    assert 1 == mine.failed
