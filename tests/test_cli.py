@@ -237,9 +237,15 @@ def test_tenants_add_with_keys_and_password(site: Site, tmp_path: Path) -> None:
     assert "s3cret" not in done.output
     assert site.inbox("acme").is_dir()
     assert site.outbox("acme").is_dir()
-    assert [{"name": "acme", "keys": 2, "password": True}] == json.loads(
-        site.cli("tenants", "list", "--json").stdout
-    )
+    assert [
+        {
+            "name": "acme",
+            "keys": 2,
+            "password": True,
+            "expect_every_seconds": None,
+            "notify_url": None,
+        }
+    ] == json.loads(site.cli("tenants", "list", "--json").stdout)
     with engine_of(site) as engine, engine.connect() as conn:
         stored = store_tenants.get_tenant(conn, "acme")
     assert stored is not None

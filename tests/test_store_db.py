@@ -25,6 +25,7 @@ TABLES = {
     "imports",
     "sftp_bans",
     "db_copies",
+    "deliveries",
 }
 
 

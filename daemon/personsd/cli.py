@@ -23,7 +23,7 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from personsd import config as config_mod
-from personsd import importer, logging, reports, validation
+from personsd import durations, importer, logging, reports, validation, webhooks
 from personsd.config import Config, LogConfig
 from personsd.errors import OperatorError, PersonsdError
 from personsd.fieldtypes import Charset, CustomField, FieldType, format_value
@@ -311,8 +311,14 @@ def tenants_list(ctx: click.Context, as_json: bool) -> None:
     state = _state(ctx)
     with errors_handled(), state.engine.connect() as conn:
         found = store_tenants.list_tenants(conn)
-    rows = [
-        {"name": t.name, "keys": len(t.keys), "password": t.password_hash is not None}
+    rows: list[dict[str, Any]] = [
+        {
+            "name": t.name,
+            "keys": len(t.keys),
+            "password": t.password_hash is not None,
+            "expect_every_seconds": t.expect_every_seconds,
+            "notify_url": None if t.notify_url is None else webhooks.redact(t.notify_url),
+        }
         for t in found
     ]
     if as_json:
@@ -320,7 +326,12 @@ def tenants_list(ctx: click.Context, as_json: bool) -> None:
         return
     for row in rows:
         password = "yes" if row["password"] else "no"
-        click.echo(f"{row['name']}\tkeys={row['keys']}\tpassword={password}")
+        expect = row["expect_every_seconds"]
+        every = "-" if expect is None else durations.render(expect)
+        url = row["notify_url"] or "-"
+        click.echo(
+            f"{row['name']}\tkeys={row['keys']}\tpassword={password}\texpect={every}\tnotify={url}"
+        )
 
 
 @tenants.command("remove")
@@ -696,6 +707,15 @@ def _copy_progress(stream: TextIO) -> Iterator[tuple[Any, Any]]:
 
         yield on_total, on_rows
 
+
+def _add_operations_commands() -> None:
+    from personsd import cli_ops  # its commands use this module's helpers
+
+    tenants.add_command(cli_ops.tenants_set)
+    main.add_command(cli_ops.status_)
+
+
+_add_operations_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -31,7 +31,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy import Connection, Engine, text
 
-from personsd import fileformat, reports, rules, validation
+from personsd import fileformat, metrics, reports, rules, validation, webhooks
 from personsd.config import Config
 from personsd.errors import ErrorKind, FileRejected, InternalError, OperatorError, RowError
 from personsd.fileformat import Layout
@@ -254,7 +254,9 @@ def run(
         if lease is not None:
             store_imports.fence(conn, lease)
         store_imports.set_status(conn, import_id, "completed", finished_at=now())
+        webhooks.enqueue(conn, cfg, import_id)
     outcome = publish(engine, cfg, import_id, lease=lease)
+    metrics.import_ended(outcome.summary)
     rows = outcome.summary.rows
     bound.info(
         Event.IMPORT_COMPLETED,
@@ -324,7 +326,9 @@ def _reject(
             file_error_class=rejected.error_class,
             file_error_message=rejected.message,
         )
+        webhooks.enqueue(conn, cfg, record.id)
     outcome = publish(engine, cfg, record.id, lease=lease)
+    metrics.import_ended(outcome.summary)
     log.warning(
         Event.IMPORT_REJECTED,
         tenant=outcome.summary.tenant,
@@ -762,7 +766,9 @@ def fail(
         store_imports.set_status(
             conn, import_id, "failed", finished_at=now(), last_error=reason[:2000]
         )
+        webhooks.enqueue(conn, cfg, import_id)
     outcome = publish(engine, cfg, import_id, lease=lease)
+    metrics.import_ended(outcome.summary)
     log.error(
         Event.IMPORT_FAILED,
         tenant=outcome.summary.tenant,

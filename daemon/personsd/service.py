@@ -26,7 +26,7 @@ from types import FrameType
 from sqlalchemy import Engine, make_url
 
 from personsd import config as config_mod
-from personsd import instance, notify
+from personsd import instance, metrics, notify, webhooks
 from personsd.config import Config
 from personsd.errors import ConfigError
 from personsd.intake import Intake
@@ -157,6 +157,8 @@ class Daemon:
         )
         self.sftp: SftpServer | None = None
         self.republisher = Republisher(engine=self.engine, cfg=lambda: self.cfg)
+        self.sender = webhooks.Sender(engine=self.engine, cfg=cfg, stop=self.stop)
+        self.metrics: metrics.MetricsServer | None = None
 
     # -- signals: flags only ----------------------------------------------
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -233,6 +235,7 @@ class Daemon:
         self.install_signals()
         # Intake first: the SFTP server and watcher work without the database.
         self._start_sftp()
+        self.metrics = metrics.start(self.cfg, self.engine, lambda: self.sftp)
         self.watcher.start()
         self.intake.start()
         log.info(
@@ -248,6 +251,7 @@ class Daemon:
         self._prepare_database()
         if not self.stop.is_set():
             self.workers.start()
+            self.sender.start()
             notify.status("idle")
         self._main_loop()
         return self._shutdown()
@@ -301,6 +305,7 @@ class Daemon:
                 configure(fresh.log.format, fresh.log.level)
                 self.cfg = fresh
                 self.workers.cfg = fresh
+                self.sender.cfg = fresh
                 self.intake.cfg = fresh
             self.tenants.refresh(self.engine)
             self._ensure_tenant_dirs()
@@ -321,6 +326,9 @@ class Daemon:
         if not self.workers.join(deadline):
             # Its transaction never commits: that chunk is redone after restart.
             log.warning("daemon.abandoned_chunk", timeout=STOP_TIMEOUT)
+        self.sender.join(deadline)
+        if self.metrics is not None:
+            self.metrics.stop()
         self.engine.dispose()
         log.info("daemon.stopped")
         if self.lock is not None:

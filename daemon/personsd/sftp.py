@@ -54,6 +54,7 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from personsd import metrics
 from personsd.logging import Event
 from personsd.passwords import burn_time, verify_password
 from personsd.sftpbudget import (
@@ -279,6 +280,7 @@ class _Connection(paramiko.ServerInterface):  # type: ignore[misc]
         return self._tenants[username]
 
     def _failed(self, username: str, method: str, reason: str, **extra: Any) -> None:
+        metrics.sftp_login(success=False)
         _log().warning(
             Event.SFTP_LOGIN_FAILED,
             ip=self.ip,
@@ -387,6 +389,7 @@ class _Connection(paramiko.ServerInterface):  # type: ignore[misc]
         if grant.fingerprint is not None:
             fields["fingerprint"] = grant.fingerprint
         _log().info(Event.SFTP_LOGIN, **fields)
+        metrics.sftp_login(success=True)
         return True
 
     def check_channel_request(self, kind: str, chanid: int) -> int:

@@ -91,6 +91,10 @@ class TenantRow(Base):
     name: Mapped[str] = mapped_column(String(64))
     password_hash: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
+    # SPEC 10: how often the partner is expected to send (None: no expectation)
+    # and the tenant's own webhook URL (None: notify.url).
+    expect_every_seconds: Mapped[int | None] = mapped_column(Integer)
+    notify_url: Mapped[str | None] = mapped_column(Text)
 
 
 class TenantKeyRow(Base):
@@ -225,6 +229,37 @@ class DbCopyRow(Base):
     source: Mapped[str] = mapped_column(Text)  # the source URL, without its password
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+
+
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+
+
+class DeliveryRow(Base):
+    """A webhook delivery (SPEC 10), written with the import's final status."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("delivery_id"),
+        CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
+        Index(None, "status", "next_attempt_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(String(36))  # X-Personsd-Delivery
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    import_id: Mapped[int] = mapped_column(ForeignKey("imports.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))  # X-Personsd-Event
+    url: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)  # the summary JSON, exactly as signed
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime]
+    # Also the lease of a delivery in flight: pushed past the request's timeout
+    # when claimed, so a sender that dies mid-request leaves it due again.
+    next_attempt_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 metadata = Base.metadata

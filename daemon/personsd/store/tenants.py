@@ -8,6 +8,7 @@ from base64 import b64decode
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection, delete, select, update
 
@@ -30,6 +31,8 @@ class Tenant:
     name: str
     password_hash: str | None = None
     keys: tuple[tuple[str, str], ...] = ()
+    expect_every_seconds: int | None = None  # SPEC 10: the partner's cadence
+    notify_url: str | None = None  # SPEC 10: this tenant's webhook (None: notify.url)
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -109,31 +112,54 @@ def set_password_hash(conn: Connection, tenant_id: int, password_hash: str | Non
     )
 
 
-def get_tenant(conn: Connection, name: str) -> Tenant | None:
-    """The tenant called ``name``, None when there is none."""
-    row = conn.execute(
-        select(TenantRow.id, TenantRow.name, TenantRow.password_hash).where(TenantRow.name == name)
-    ).one_or_none()
-    if row is None:
-        return None
+def set_operations(conn: Connection, tenant_id: int, **changes: int | str | None) -> None:
+    """Set ``expect_every_seconds`` and/or ``notify_url`` (None clears them)."""
+    unknown = set(changes) - {"expect_every_seconds", "notify_url"}
+    if unknown:
+        raise ValueError(f"not an operations setting: {sorted(unknown)}")
+    seconds = changes.get("expect_every_seconds")
+    if isinstance(seconds, int) and seconds <= 0:
+        raise OperatorError(f"the expected interval must be positive, got {seconds} s")
+    url = changes.get("notify_url")
+    if isinstance(url, str) and not url.startswith(("http://", "https://")):
+        raise OperatorError("the notify URL must start with http:// or https://")
+    if changes:
+        conn.execute(update(TenantRow).where(TenantRow.id == tenant_id).values(**changes))
+
+
+_COLUMNS = (
+    TenantRow.id,
+    TenantRow.name,
+    TenantRow.password_hash,
+    TenantRow.expect_every_seconds,
+    TenantRow.notify_url,
+)
+
+
+def _tenant(row: Any, keys: tuple[tuple[str, str], ...]) -> Tenant:
     return Tenant(
         id=row.id,
         name=row.name,
         password_hash=row.password_hash,
-        keys=_keys(conn, [row.id])[row.id],
+        keys=keys,
+        expect_every_seconds=row.expect_every_seconds,
+        notify_url=row.notify_url,
     )
+
+
+def get_tenant(conn: Connection, name: str) -> Tenant | None:
+    """The tenant called ``name``, None when there is none."""
+    row = conn.execute(select(*_COLUMNS).where(TenantRow.name == name)).one_or_none()
+    if row is None:
+        return None
+    return _tenant(row, _keys(conn, [row.id])[row.id])
 
 
 def list_tenants(conn: Connection) -> list[Tenant]:
     """Every tenant, sorted by name."""
-    rows = conn.execute(
-        select(TenantRow.id, TenantRow.name, TenantRow.password_hash).order_by(TenantRow.name)
-    ).all()
+    rows = conn.execute(select(*_COLUMNS).order_by(TenantRow.name)).all()
     keys = _keys(conn, None)
-    return [
-        Tenant(id=r.id, name=r.name, password_hash=r.password_hash, keys=keys.get(r.id, ()))
-        for r in rows
-    ]
+    return [_tenant(r, keys.get(r.id, ())) for r in rows]
 
 
 def remove_tenant(conn: Connection, name: str) -> bool:
