@@ -98,6 +98,7 @@ def init_paths(cfg: Config) -> None:
 
 def tenant_dirs(cfg: Config, name: str) -> None:
     cfg.inbox(name).mkdir(parents=True, exist_ok=True)
+    cfg.validate_box(name).mkdir(parents=True, exist_ok=True)
     cfg.outbox(name).mkdir(parents=True, exist_ok=True)
 
 
@@ -285,7 +286,7 @@ def _read_keys(files: tuple[Path, ...]) -> list[tuple[str, str, str]]:
 def tenants_add(
     ctx: click.Context, name: str, ssh_keys: tuple[Path, ...], password_stdin: bool
 ) -> None:
-    """Create tenant NAME with its inbox and outbox."""
+    """Create tenant NAME with its inbox, validate and outbox directories."""
     state = _state(ctx)
     with errors_handled():
         keys = _read_keys(ssh_keys)

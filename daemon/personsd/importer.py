@@ -36,6 +36,7 @@ from personsd.logging import Event, ProgressReporter, get_logger
 from personsd.phones import CarrierCheck, carrier_check, offline_lookup
 from personsd.store import fields as store_fields
 from personsd.store import imports as store_imports
+from personsd.store import overlay
 from personsd.store import persons as store_persons
 from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
@@ -93,8 +94,12 @@ def create(
     file_name: str | None = None,
     received_at: datetime | None = None,
     claimed_by: str | None = None,
+    mode: str = "import",
 ) -> int:
     """Record an import of ``path`` for ``tenant``; returns its id.
+
+    ``mode`` ``validate`` (a file dropped in ``/validate``) runs every rule and
+    writes no person (``store.overlay``).
 
     It is queued for the daemon's workers, or, with ``claimed_by``, running at
     once for the caller (``personsd import``), so no daemon sharing the
@@ -114,8 +119,9 @@ def create(
             source=source,
             work_path=str(path),
             received_at=received_at or now(),
+            mode=mode,
         )
-        duplicate = store_imports.find_duplicate(conn, found.id, digest, import_id)
+        duplicate = store_imports.find_duplicate(conn, found.id, digest, import_id, mode=mode)
         if claimed_by is not None:
             moment = now()
             store_imports.set_status(
@@ -164,6 +170,10 @@ def run(
         return publish(engine, cfg, import_id)
 
     resumed = record.next_offset is not None
+    if record.mode == "validate" and not resumed:
+        # A validation started over (never checkpointed) keeps nothing of a run before.
+        with write_tx(engine) as conn:
+            overlay.clear(conn, import_id)
     if record.status != "running":
         # The daemon's claim already made it running and counted the attempt.
         with write_tx(engine) as conn:
@@ -202,6 +212,7 @@ def run(
 
     with write_tx(engine) as conn:
         store_imports.set_status(conn, import_id, "completed", finished_at=now())
+        overlay.clear(conn, import_id)
     outcome = publish(engine, cfg, import_id)
     rows = outcome.summary.rows
     bound.info(
@@ -235,6 +246,7 @@ def _reject(engine: Engine, cfg: Config, record: ImportRecord, rejected: FileRej
             file_error_class=rejected.error_class,
             file_error_message=rejected.message,
         )
+        overlay.clear(conn, record.id)
     outcome = publish(engine, cfg, record.id)
     log.warning(
         Event.IMPORT_REJECTED,
@@ -288,7 +300,7 @@ def _import_rows(
         progress = ProgressReporter(
             record.bytes, start_rows=point.rows_total, start_bytes=point.next_offset or 0
         )
-        statistics = _Statistics(engine)
+        statistics = _Statistics(engine, enabled=record.mode == "import")
         for chunk in chunks:
             if stop is not None and stop.is_set():
                 raise Interrupted(f"import {record.id} stopped at row {point.next_row}")
@@ -328,9 +340,10 @@ class _Statistics:
     table holds, so a few times per load, at doubling sizes.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, enabled: bool = True) -> None:
         self.engine = engine
-        self.enabled = engine.dialect.name == "postgresql"
+        # A validation adds no person: nothing to keep in step.
+        self.enabled = enabled and engine.dialect.name == "postgresql"
         self.believed: float = 0.0
         self.created_at_analyze = 0
         if self.enabled:
@@ -364,17 +377,18 @@ def _apply_chunk(
     counts = Counter[str]()
     error_counts = Counter[str](point.error_counts)
 
+    validate = record.mode == "validate"
     with write_tx(engine) as conn:
+        # The same lock and reads for a validation as for an import: it sees the
+        # tenant's persons as the import would, and waits for a concurrent writer.
         _lock_tenant(conn, record.tenant_id)
-        loaded = store_persons.load(conn, record.tenant_id, lookups)
-        held = {column: {getattr(person, column) for person in loaded} for column in _CREATING_KEYS}
-        creatable = {
-            (change.key, change.key_value)
-            for change in changes
-            if change.key in held and change.key_value not in held[change.key]
-        }
-        ids = store_persons.allocate_ids(conn, len(creatable)) if creatable else []
-        persons = rules.PersonSet(loaded, new_ids=_ids(conn, ids), new_key=_Keys())
+        if validate:
+            loaded = overlay.load(conn, record.tenant_id, record.id, lookups)
+            new_ids = overlay.new_ids(conn, record.id)
+        else:
+            loaded = store_persons.load(conn, record.tenant_id, lookups)
+            new_ids = _ids(conn, _reserve(conn, changes, loaded))
+        persons = rules.PersonSet(loaded, new_ids=new_ids, new_key=_Keys())
 
         for row in rows:
             outcome: rules.Applied | tuple[RowError, ...]
@@ -394,7 +408,12 @@ def _apply_chunk(
             if any(error.error_class == _TRANSIENT for error in outcome):
                 retry.append(row.values)
 
-        store_persons.write(conn, record.tenant_id, persons.created, persons.updated())
+        if validate:
+            # Never a person: what the chunk would have written goes to the overlay,
+            # committed with the checkpoint so that a resumed validation sees it.
+            overlay.store(conn, record.id, persons.created, persons.updated())
+        else:
+            store_persons.write(conn, record.tenant_id, persons.created, persons.updated())
         if report:
             errors_out.append(report)
         if retry:
@@ -417,6 +436,19 @@ def _apply_chunk(
         )
         store_imports.save_checkpoint(conn, record.id, point)
     return point
+
+
+def _reserve(
+    conn: Connection, changes: list[rules.RowChange], loaded: list[rules.Person]
+) -> list[int]:
+    """One id per key value of the chunk that nobody holds (persons it may create)."""
+    held = {column: {getattr(person, column) for person in loaded} for column in _CREATING_KEYS}
+    creatable = {
+        (change.key, change.key_value)
+        for change in changes
+        if change.key in held and change.key_value not in held[change.key]
+    }
+    return store_persons.allocate_ids(conn, len(creatable)) if creatable else []
 
 
 def _ids(conn: Connection, reserved: list[int]) -> Iterator[int]:
@@ -509,6 +541,7 @@ def summary_of(record: ImportRecord, tenant: str) -> reports.Summary:
         file_error=file_error,
         reports=reports.Reports.of(record.file_name, record.id, retry=record.retry_rows > 0),
         duplicate_of=record.duplicate_of,
+        mode=record.mode,  # type: ignore[arg-type]
     )
 
 

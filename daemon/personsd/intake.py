@@ -34,6 +34,8 @@ from personsd.store.models import ImportRow
 from personsd.watcher import ReadyFile
 
 log = get_logger("personsd.intake")
+# Ends the stamp of a file claimed from /validate: ``<stamp>v.<name>``.
+_VALIDATE_MARK = "v"
 
 
 class Intake:
@@ -126,13 +128,16 @@ class Intake:
         folder.mkdir(parents=True, exist_ok=True)
         self._seq += 1
         stamp = f"{int(ready.completed_at * 1e6):017d}{self._seq % 1000:03d}"
-        claimed = folder / f"{stamp}.{ready.path.name}"
+        # The claimed name keeps the mode too: recover() queues it alike after a crash.
+        mark = _VALIDATE_MARK if ready.mode == "validate" else ""
+        claimed = folder / f"{stamp}{mark}.{ready.path.name}"
         with self._claiming:
             os.rename(ready.path, claimed)
             return self._enqueue(ready.tenant, claimed, ready.completed_at)
 
     def _enqueue(self, tenant: str, claimed: Path, completed_at: float) -> int | None:
-        name = claimed.name.split(".", 1)[1]
+        stamp, name = claimed.name.split(".", 1)
+        mode = "validate" if stamp.endswith(_VALIDATE_MARK) else "import"
         # Full precision: files completing within one second keep their order.
         received = datetime.fromtimestamp(completed_at, UTC)
         try:
@@ -143,6 +148,7 @@ class Intake:
                 source="sftp",
                 file_name=name,
                 received_at=received,
+                mode=mode,
             )
         except OperatorError:
             # The tenant was removed after the upload: keep the file aside, say so.
@@ -154,6 +160,7 @@ class Intake:
             import_id=import_id,
             file=name,
             bytes=claimed.stat().st_size,
+            mode=mode,
         )
         self.on_queued()
         return import_id

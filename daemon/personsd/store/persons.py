@@ -62,6 +62,11 @@ def _person(row: Sequence[Any]) -> Person:
     )
 
 
+# For the overlay of a validation (store.overlay), which stores persons alike.
+encode_attributes = _encode
+person_of = _person
+
+
 def _wanted(lookups: Iterable[tuple[str, object]]) -> dict[str, list[Any]]:
     by_column: dict[str, set[Any]] = {}
     for column, value in lookups:
