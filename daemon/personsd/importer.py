@@ -190,6 +190,7 @@ def run(
         attempt=record.attempts,
         row=record.next_row,
         bytes=record.bytes,
+        mode=record.mode,
     )
 
     try:
@@ -222,6 +223,7 @@ def run(
         failed=rows.failed,
         created=rows.created,
         updated=rows.updated,
+        mode=record.mode,
     )
     return outcome
 
