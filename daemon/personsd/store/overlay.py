@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from sqlalchemy import Connection, delete, func, insert, select
+from sqlalchemy import Connection, delete, func, select
 
 from personsd.rules import Person
 from personsd.store import persons as store_persons
@@ -29,6 +29,7 @@ from personsd.store.models import ValidationPersonRow as Row
 
 # Identifier values per IN list: far below SQLite's 32766 bound parameters.
 _BATCH = 10_000
+_SQL_COLUMNS = "person_id, person_key, external_person_id, mdn, vibes_device_id, attributes"
 _COLUMNS = (
     Row.person_id,
     Row.person_key,
@@ -57,12 +58,19 @@ def load(
         # the overlay's version replaces it below.
         if column in store_persons.MUTABLE_IDENTIFIERS and value is not None:
             wanted.setdefault(column, set()).add(value)
+    postgres = conn.dialect.name == "postgresql"
     for column, values in wanted.items():
+        if postgres:
+            _probe(conn, found, import_id, column, "text[]", sorted(values, key=str))
+            continue
         for batch in _batches(sorted(values, key=str)):
             _fetch(conn, found, Row.import_id == import_id, getattr(Row, column).in_(batch))
     missing = [p.person_id for p in stored if p.person_id not in found]
-    for batch in _batches(missing):
-        _fetch(conn, found, Row.import_id == import_id, Row.person_id.in_(batch))
+    if postgres:
+        _probe(conn, found, import_id, "person_id", "bigint[]", missing)
+    else:
+        for batch in _batches(missing):
+            _fetch(conn, found, Row.import_id == import_id, Row.person_id.in_(batch))
     for person in stored:
         found.setdefault(person.person_id, person)
     return [found[k] for k in sorted(found)]
@@ -75,6 +83,31 @@ def _batches(values: Sequence[object]) -> Iterator[Sequence[object]]:
 
 def _fetch(conn: Connection, found: dict[int, Person], *where: object) -> None:
     for row in conn.execute(select(*_COLUMNS).where(*where)):  # type: ignore[arg-type]
+        if row[0] not in found:
+            found[row[0]] = store_persons.person_of(row)
+
+
+def _probe(
+    conn: Connection,
+    found: dict[int, Person],
+    import_id: int,
+    column: str,
+    array: str,
+    values: Sequence[object],
+) -> None:
+    """PostgreSQL: one index probe per value, as ``store.persons.load`` does and for
+    the same reason: the overlay grows from nothing during the run, so the
+    planner's idea of its size is always stale, and a plan from it would scan the
+    whole overlay on every chunk."""
+    if not values:
+        return
+    rows = conn.exec_driver_sql(
+        f"SELECT o.* FROM unnest(%(v)b::{array}) AS v(val) CROSS JOIN LATERAL"
+        f" (SELECT {_SQL_COLUMNS} FROM validation_persons"
+        f" WHERE import_id = %(i)s AND {column} = v.val LIMIT 1) AS o",
+        {"i": import_id, "v": list(values)},
+    )
+    for row in rows:
         if row[0] not in found:
             found[row[0]] = store_persons.person_of(row)
 
@@ -101,20 +134,35 @@ def store(
     if not persons:
         return
     ids = [p.person_id for p in persons]
+    if conn.dialect.name == "postgresql":
+        # Bulk statements on arrays sent in binary, as store.persons.write: an
+        # executemany of a chunk's rows costs several times more.
+        arrays = store_persons.arrays_of(persons)
+        conn.exec_driver_sql(
+            "DELETE FROM validation_persons WHERE import_id = %(i)s"
+            " AND person_id = ANY(%(ids)b::bigint[])",
+            {"i": import_id, "ids": ids},
+        )
+        conn.exec_driver_sql(
+            f"INSERT INTO validation_persons (import_id, {_SQL_COLUMNS})"
+            f" SELECT %(i)s, v.* FROM {store_persons.PG_UNNEST}",
+            {"i": import_id, **arrays},
+        )
+        return
     for batch in _batches(ids):
         conn.execute(delete(Row).where(Row.import_id == import_id, Row.person_id.in_(batch)))
-    conn.execute(
-        insert(Row),
+    conn.exec_driver_sql(
+        f"INSERT INTO validation_persons (import_id, {_SQL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [
-            {
-                "import_id": import_id,
-                "person_id": p.person_id,
-                "person_key": p.person_key,
-                "external_person_id": p.external_person_id,
-                "mdn": p.mdn,
-                "vibes_device_id": p.vibes_device_id,
-                "attributes": store_persons.encode_attributes(p.attributes),
-            }
+            (
+                import_id,
+                p.person_id,
+                p.person_key,
+                p.external_person_id,
+                p.mdn,
+                p.vibes_device_id,
+                store_persons.encode_attributes(p.attributes),
+            )
             for p in persons
         ],
     )
