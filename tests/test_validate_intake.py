@@ -210,3 +210,22 @@ def test_stale_upload_temp_files_in_validate_are_swept(h: Harness) -> None:
     (box / ".x.persons.0123456789abcdef.upload").write_bytes(b"partial")
     assert 1 == sweep_stale_uploads(h.root / "tenants")
     assert [] == os.listdir(box)
+
+
+def test_inbox_files_quota_counts_validate_and_inbox_together(tmp_path: Path) -> None:
+    """SPEC 8 [limits]: files waiting in /inbox and /validate share one inbox_files quota."""
+    from personsd.sftp import SftpLimits
+
+    with (
+        running_server(tmp_path, limits=SftpLimits(inbox_files=2)) as h,
+        capture_logs() as logs,
+        sftp_client(h.port, "acme", h.keys["acme"].pkey) as sftp,
+    ):
+        for path in ("/inbox/.in.a.persons", "/validate/.in.b.persons"):
+            with sftp.open(path, "wb") as fh:
+                fh.write(b"x")
+        with pytest.raises(OSError, match="quota"):
+            sftp.open("/validate/.in.c.persons", "wb")
+        sftp.remove("/inbox/.in.a.persons")
+        sftp.open("/validate/.in.c.persons", "wb").close()
+    assert ["inbox_files"] == [e["limit"] for e in logs if e["event"] == "sftp.limit"]
