@@ -384,12 +384,17 @@ def _apply_chunk(
         # The same lock and reads for a validation as for an import: it sees the
         # tenant's persons as the import would, and waits for a concurrent writer.
         _lock_tenant(conn, record.tenant_id)
+        loaded = store_persons.load(conn, record.tenant_id, lookups)
         if validate:
-            loaded = overlay.load(conn, record.tenant_id, record.id, lookups)
-            new_ids = overlay.new_ids(conn, record.id)
-        else:
-            loaded = store_persons.load(conn, record.tenant_id, lookups)
-            new_ids = _ids(conn, _reserve(conn, changes, loaded))
+            loaded = overlay.load(conn, record.id, lookups, loaded)
+        held = {column: {getattr(person, column) for person in loaded} for column in _CREATING_KEYS}
+        creatable = {
+            (change.key, change.key_value)
+            for change in changes
+            if change.key in held and change.key_value not in held[change.key]
+        }
+        ids = store_persons.allocate_ids(conn, len(creatable)) if creatable and not validate else []
+        new_ids = overlay.new_ids(conn, record.id) if validate else _ids(conn, ids)
         persons = rules.PersonSet(loaded, new_ids=new_ids, new_key=_Keys())
 
         for row in rows:
@@ -438,19 +443,6 @@ def _apply_chunk(
         )
         store_imports.save_checkpoint(conn, record.id, point)
     return point
-
-
-def _reserve(
-    conn: Connection, changes: list[rules.RowChange], loaded: list[rules.Person]
-) -> list[int]:
-    """One id per key value of the chunk that nobody holds (persons it may create)."""
-    held = {column: {getattr(person, column) for person in loaded} for column in _CREATING_KEYS}
-    creatable = {
-        (change.key, change.key_value)
-        for change in changes
-        if change.key in held and change.key_value not in held[change.key]
-    }
-    return store_persons.allocate_ids(conn, len(creatable)) if creatable else []
 
 
 def _ids(conn: Connection, reserved: list[int]) -> Iterator[int]:

@@ -41,16 +41,19 @@ _COLUMNS = (
 
 
 def load(
-    conn: Connection, tenant_id: int, import_id: int, lookups: Iterable[tuple[str, object]]
+    conn: Connection,
+    import_id: int,
+    lookups: Iterable[tuple[str, object]],
+    stored: Sequence[Person],
 ) -> list[Person]:
     """The persons matching any lookup as the validation sees them, by person_id.
 
-    A stored person that the file changed is returned as changed (its values
+    ``stored`` are the persons ``store.persons.load`` found for ``lookups``. A
+    stored person that the file changed is returned as changed (its values
     may no longer match the lookup: harmless, since it is then held by the
     overlay version that took the value, which is returned too).
     """
     pairs = list(lookups)
-    stored = store_persons.load(conn, tenant_id, pairs)
     found: dict[int, Person] = {}
     wanted: dict[str, set[object]] = {}
     for column, value in pairs:
