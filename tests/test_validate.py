@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 import reference
 from engine_helpers import (
@@ -283,6 +283,39 @@ def test_stopped_validation_resumes_with_its_overlay(bench: Bench) -> None:
     assert comparable(whole) == comparable(reports)
     assert 0 == overlay_rows(bench.engine, import_id)
     assert before == export(bench.engine, bench.tenant_id)
+
+
+class Crash(Exception):
+    """Stands for the process dying while a chunk's transaction is open."""
+
+
+def test_a_chunk_rolled_back_takes_its_overlay_rows_with_it(bench: Bench) -> None:
+    """SPEC 5: the overlay commits with the checkpoint; a chunk that fails leaves neither."""
+    path = write_file(bench, DUPLICATES)
+    whole = published(bench.configs[2], bench.tenant, validate(bench, path, chunk_rows=2))
+    import_id = importer.create(
+        bench.engine, tenant=bench.tenant, path=path, source="cli", mode="validate"
+    )
+    saves: list[str] = []
+
+    def fail_fourth_checkpoint(_c: object, _cur: object, statement: str, *_: object) -> None:
+        if statement.startswith("UPDATE imports") and "next_offset" in statement:
+            saves.append(statement)
+            if len(saves) == 4:
+                raise Crash("saving the checkpoint of chunk 4")
+
+    event.listen(bench.engine, "before_cursor_execute", fail_fourth_checkpoint)
+    try:
+        with pytest.raises(Crash):
+            importer.run(bench.engine, bench.configs[2], import_id)
+    finally:
+        event.remove(bench.engine, "before_cursor_execute", fail_fourth_checkpoint)
+    with bench.engine.connect() as conn:
+        assert 6 == store_imports.get(conn, import_id).rows_total
+    assert 2 == overlay_rows(bench.engine, import_id), "n1 and n2; chunk 4's n5 rolled back"
+
+    resumed = importer.run(bench.engine, bench.configs[2], import_id)
+    assert comparable(whole) == comparable(published(bench.configs[2], bench.tenant, resumed))
 
 
 def test_a_validation_starting_afresh_ignores_a_stale_overlay(bench: Bench) -> None:
