@@ -186,7 +186,11 @@ def personsd_cli(config: Path, *args: str) -> Measured:
 
 
 def run_personsd(db: str, size: int, path: Path, work: Path) -> list[Result]:
-    """Fixed cost (a file with no rows), the initial load, then the same file as a delta."""
+    """Fixed cost (a file with no rows), the initial load, then the same file as a delta.
+
+    Each load is preceded by a validation of the same file (``import
+    --validate``): what checking a file costs beside importing it.
+    """
     empty = work / "empty.persons"
     empty.write_text(generate.HEADER + "\n")
     results = []
@@ -194,12 +198,14 @@ def run_personsd(db: str, size: int, path: Path, work: Path) -> list[Result]:
         home = work / f"site-{db}-{size}"
         config = write_site(home, url)
         try:
-            for what, source, expected in (
-                ("personsd fixed cost", empty, None),
-                ("personsd initial", path, "created"),
-                ("personsd delta", path, "updated"),
+            for what, source, expected, mode in (
+                ("personsd fixed cost", empty, None, ()),
+                ("personsd validate initial", path, "created", ("--validate",)),
+                ("personsd initial", path, "created", ()),
+                ("personsd validate delta", path, "updated", ("--validate",)),
+                ("personsd delta", path, "updated", ()),
             ):
-                measured = personsd_cli(config, "import", str(source), "--tenant", TENANT)
+                measured = personsd_cli(config, "import", str(source), "--tenant", TENANT, *mode)
                 summary = measured.check(f"personsd import on {db}").json()
                 counts = summary["rows"]
                 if expected and (counts[expected] != counts["total"] or counts["failed"]):

@@ -19,6 +19,8 @@
 #                                              upload is group personsd, which
 #                                              lets the daemon read it and move
 #                                              it out (no sticky bit!)
+#   tenants/T/validate     T:personsd    2770  validate-only drops (SPEC 11),
+#                                              the same as the inbox
 #   tenants/T/outbox       personsd:T    2750  the tenant lists and reads its
 #                                              reports and can create, rename or
 #                                              remove nothing there (so it cannot
@@ -114,14 +116,16 @@ fi
 usermod --password '*' "$tenant"
 
 tenant_group=$(id -gn "$tenant")
-install -d "$ROOT/tenants/$tenant/inbox" "$ROOT/tenants/$tenant/outbox"
+install -d "$ROOT/tenants/$tenant/inbox" "$ROOT/tenants/$tenant/validate" \
+    "$ROOT/tenants/$tenant/outbox"
 set_perms root:"$DAEMON_USER" 0750 "$ROOT"
 set_perms root:"$DAEMON_USER" 0750 "$ROOT/tenants"
 set_perms root:root 0755 "$ROOT/tenants/$tenant"
 set_perms "$tenant:$DAEMON_USER" 2770 "$ROOT/tenants/$tenant/inbox"
+set_perms "$tenant:$DAEMON_USER" 2770 "$ROOT/tenants/$tenant/validate"
 set_perms "$DAEMON_USER:$tenant_group" 2750 "$ROOT/tenants/$tenant/outbox"
 # Files left from the embedded server (all owned by personsd) join the scheme.
-find "$ROOT/tenants/$tenant/inbox" -mindepth 1 -maxdepth 1 -type f \
+find "$ROOT/tenants/$tenant/inbox" "$ROOT/tenants/$tenant/validate" -mindepth 1 -maxdepth 1 -type f \
     -exec chown "$tenant:$DAEMON_USER" {} + -exec chmod 0640 {} +
 find "$ROOT/tenants/$tenant/outbox" -mindepth 1 -maxdepth 1 -type f \
     -exec chgrp "$tenant_group" {} + -exec chmod 0640 {} +

@@ -238,6 +238,7 @@ def test_importer_run_events_in_process(tmp_path: Path, db_url: str) -> None:
             "attempt": 1,
             "row": 0,
             "bytes": source.stat().st_size,
+            "mode": "import",
         }
     ] == [{k: v for k, v in e.items() if k != "logger"} for e in started]
     assert [
@@ -250,6 +251,7 @@ def test_importer_run_events_in_process(tmp_path: Path, db_url: str) -> None:
             "failed": 1,
             "created": 2,
             "updated": 0,
+            "mode": "import",
         }
     ] == [{k: v for k, v in e.items() if k != "logger"} for e in completed]
 

@@ -334,6 +334,7 @@ cat >"$work/batch" <<EOF
 pwd
 put $work/upload.persons new.persons.filepart
 rename new.persons.filepart new.persons
+put $work/upload.persons /validate/check.persons
 -symlink new.persons link.persons
 -cd /..
 ls -1 /
@@ -346,12 +347,13 @@ EOF
 sftp -b "$work/batch" -i "$work/client_key" -P "$port" -o BatchMode=yes \
     -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null acme@127.0.0.1 \
     >"$work/sftp.out" 2>&1 || { cat "$work/sftp.out" "$work/sshd.log" >&2; exit 1; }
-grep -E '^(Remote working directory|/inbox|/outbox|remote |dest open)' "$work/sftp.out"
-ls -1 $t/inbox $t/outbox | sed 's/^/LS /'
-stat -c 'STAT %n %U:%G %a' $t $t/inbox $t/outbox $t/inbox/new.persons \
-    $t/outbox/old.persons.1.summary.json
+grep -E '^(Remote working directory|/inbox|/outbox|/validate|remote |dest open)' "$work/sftp.out"
+ls -1 $t/inbox $t/outbox $t/validate | sed 's/^/LS /'
+stat -c 'STAT %n %U:%G %a' $t $t/inbox $t/outbox $t/validate $t/inbox/new.persons \
+    $t/validate/check.persons $t/outbox/old.persons.1.summary.json
 as_daemon "cat $t/inbox/new.persons >/dev/null && mkdir -p /var/lib/personsd/state/work/1 \
     && mv $t/inbox/new.persons /var/lib/personsd/state/work/1/source && echo CLAIMED"
+as_daemon "mv $t/validate/check.persons /var/lib/personsd/state/work/1/check && echo CLAIMED"
 cat "$work/summary.json"
 sh "$deploy/openssh-tenant.sh" --remove acme >/dev/null
 id acme >/dev/null 2>&1 && echo LOGIN-KEPT || echo LOGIN-GONE
@@ -386,6 +388,7 @@ def test_openssh_tenant_end_to_end(tmp_path: Path) -> None:
         'remote symlink file "new.persons" to "/inbox/link.persons": Permission denied',
         "/inbox",
         "/outbox",
+        "/validate",
         # the outbox is read-only for the tenant
         "remote delete /outbox/old.persons.1.summary.json: Permission denied",
         'dest open "/outbox/planted.persons": Permission denied',
@@ -398,11 +401,17 @@ def test_openssh_tenant_end_to_end(tmp_path: Path) -> None:
         "LS ",
         "LS " + f"{t}/outbox:",
         "LS old.persons.1.summary.json",
+        "LS ",
+        "LS " + f"{t}/validate:",
+        "LS check.persons",
         f"STAT {t} root:root 755",
         f"STAT {t}/inbox acme:personsd 2770",
         f"STAT {t}/outbox personsd:acme 2750",
+        f"STAT {t}/validate acme:personsd 2770",
         f"STAT {t}/inbox/new.persons acme:personsd 640",
+        f"STAT {t}/validate/check.persons acme:personsd 640",
         f"STAT {t}/outbox/old.persons.1.summary.json personsd:personsd 644",
+        "CLAIMED",
         "CLAIMED",
         "{}",
         # --remove: login gone, tree moved aside for personsd to own

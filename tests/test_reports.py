@@ -420,7 +420,7 @@ def test_summary_json_matches_spec_example() -> None:
         '"rows": {"total": 4, "succeeded": 3, "failed": 1, "created": 2, "updated": 1}, '
         '"errors": {"MobilePhoneErrors::InvalidMDNFormat": 1}, "file_error": null, '
         '"reports": {"errors": "customer_test.persons.17.errors.csv", "retry": null}, '
-        '"duplicate_of": null}'
+        '"duplicate_of": null, "mode": "import"}'
     ) == completed_summary().to_json()
 
 
@@ -434,6 +434,11 @@ def test_summary_converts_to_utc_and_sorts_errors() -> None:
     data = json.loads(summary.to_json())
     assert "2026-11-23T02:15:00Z" == data["received_at"]
     assert ["a", "b"] == list(data["errors"])
+
+
+def test_summary_of_a_validation_says_mode_validate() -> None:
+    """SPEC 4: a file dropped in /validate has mode validate in its summary."""
+    assert "validate" == json.loads(completed_summary(mode="validate").to_json())["mode"]
 
 
 def test_summary_rejected_and_duplicate() -> None:
@@ -472,6 +477,7 @@ def test_summary_retry_report_name() -> None:
         ({"status": "rejected"}, "file_error"),
         ({"errors": {"x": 0}}, "error counts"),
         ({"reports": Reports(errors="other.csv")}, "reports.errors"),
+        ({"mode": "dry-run"}, "mode"),
     ],
 )
 def test_summary_validation(overrides: dict[str, object], message: str) -> None:

@@ -231,7 +231,7 @@ def test_paramiko_put_lands_under_final_name(h: Harness, tmp_path: Path) -> None
 
 
 def test_openssh_client_put_get_and_ls(h: Harness, tmp_path: Path) -> None:
-    """OpenSSH sftp: put into /inbox, get from /outbox, ls / shows only inbox and outbox."""
+    """OpenSSH sftp: put into /inbox, get from /outbox, ls / shows only the three boxes."""
     (tmp_path / "up.persons").write_bytes(b"mdn\n2295551234\n")
     (h.outbox("acme") / "up.persons.1.summary.json").write_text('{"status": "completed"}')
     batch = (
@@ -247,7 +247,7 @@ def test_openssh_client_put_get_and_ls(h: Harness, tmp_path: Path) -> None:
         for line in result.stdout.splitlines()
         if line.strip() and not line.startswith("sftp>")
     ]
-    assert ["/inbox", "/outbox", "/inbox/up.persons"] == listed
+    assert ["/inbox", "/outbox", "/validate", "/inbox/up.persons"] == listed
     assert ["up.persons"] == visible(h.inbox("acme"))
     assert '{"status": "completed"}' == (tmp_path / "got.json").read_text()
     assert [("acme", h.inbox("acme") / "up.persons")] == h.uploads
@@ -297,12 +297,12 @@ def test_inbox_is_write_only_and_removable(h: Harness) -> None:
     assert [ours] == visible(h.inbox("acme"))
 
 
-def test_root_lists_exactly_inbox_and_outbox(h: Harness) -> None:
-    """The virtual root holds inbox and outbox and nothing else; cd .. stays at /."""
+def test_root_lists_exactly_inbox_validate_and_outbox(h: Harness) -> None:
+    """The virtual root holds inbox, validate and outbox and nothing else; cd .. stays at /."""
     (h.root / "tenants" / "acme" / "stray.txt").write_text("not for the client")
     with sftp_client(h.port, "acme", h.keys["acme"].pkey) as sftp:
-        assert ["inbox", "outbox"] == sorted(sftp.listdir("/"))
-        assert ["inbox", "outbox"] == sorted(sftp.listdir("../.."))
+        assert ["inbox", "outbox", "validate"] == sorted(sftp.listdir("/"))
+        assert ["inbox", "outbox", "validate"] == sorted(sftp.listdir("../.."))
         assert "/" == sftp.normalize("/inbox/../..")
         assert stat.S_ISDIR(sftp.stat("/inbox").st_mode or 0)
 
@@ -580,7 +580,7 @@ def test_password_login(tmp_path: Path) -> None:
             try:
                 sftp = paramiko.SFTPClient.from_transport(transport)
                 assert sftp is not None
-                assert ["inbox", "outbox"] == sorted(sftp.listdir("/"))
+                assert ["inbox", "outbox", "validate"] == sorted(sftp.listdir("/"))
             finally:
                 transport.close()
             with pytest.raises(paramiko.AuthenticationException):

@@ -26,6 +26,7 @@ TABLES = {
     "sftp_bans",
     "db_copies",
     "deliveries",
+    "validation_persons",
 }
 
 
@@ -85,6 +86,25 @@ def test_a_database_behind_head_is_upgraded_through_alembic(engine: Engine) -> N
     db.upgrade(engine)
     assert db.HEAD_REVISION == db._stored_revision(engine)
     assert TABLES == set(inspect(engine).get_table_names())
+
+
+def test_imports_recorded_before_0006_are_imports(engine: Engine) -> None:
+    """Migration 0006 gives every import made before it the mode import."""
+    from alembic import command
+
+    with db.write_tx(engine) as conn:
+        command.upgrade(db._alembic_config(conn), "0001")
+        conn.exec_driver_sql("INSERT INTO tenants (name, created_at) VALUES ('acme', '2026-01-01')")
+        conn.exec_driver_sql(
+            "INSERT INTO imports (tenant_id, file_name, sha256, bytes, status, source, work_path,"
+            " attempts, received_at, next_row, rows_total, rows_succeeded, rows_failed,"
+            " rows_created, rows_updated, error_counts, errors_bytes, retry_bytes, retry_rows,"
+            " reports_published) SELECT id, 'a.persons', 'x', 0, 'queued', 'cli', '/a', 0,"
+            " '2026-01-01', 0, 0, 0, 0, 0, 0, '{}', 0, 0, 0, false FROM tenants"
+        )
+    db.upgrade(engine)
+    with engine.connect() as conn:
+        assert ["import"] == list(conn.exec_driver_sql("SELECT mode FROM imports").scalars())
 
 
 def test_migration_matches_models(engine: Engine) -> None:

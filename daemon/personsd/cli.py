@@ -98,6 +98,7 @@ def init_paths(cfg: Config) -> None:
 
 def tenant_dirs(cfg: Config, name: str) -> None:
     cfg.inbox(name).mkdir(parents=True, exist_ok=True)
+    cfg.validate_box(name).mkdir(parents=True, exist_ok=True)
     cfg.outbox(name).mkdir(parents=True, exist_ok=True)
 
 
@@ -160,9 +161,14 @@ def init(ctx: click.Context) -> None:
 @main.command("import")
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--tenant", required=True, help="Tenant whose persons and outbox to use.")
+@click.option(
+    "--validate",
+    is_flag=True,
+    help="Check FILE as a drop in /validate would: every rule, nothing written.",
+)
 @click.pass_context
-def import_(ctx: click.Context, file: Path, tenant: str) -> None:
-    """Import FILE now and print its summary JSON."""
+def import_(ctx: click.Context, file: Path, tenant: str, validate: bool) -> None:
+    """Import FILE now (or only validate it) and print its summary JSON."""
     state = _state(ctx)
     with errors_handled():
         if not file.is_file():
@@ -176,6 +182,7 @@ def import_(ctx: click.Context, file: Path, tenant: str) -> None:
             path=file.resolve(),
             source="cli",
             claimed_by=f"cli:{socket.gethostname()}:{os.getpid()}",
+            mode="validate" if validate else "import",
         )
         outcome = _run_with_attempts(state, import_id, file.stat().st_size)
         if outcome.summary.status != "failed":
@@ -285,7 +292,7 @@ def _read_keys(files: tuple[Path, ...]) -> list[tuple[str, str, str]]:
 def tenants_add(
     ctx: click.Context, name: str, ssh_keys: tuple[Path, ...], password_stdin: bool
 ) -> None:
-    """Create tenant NAME with its inbox and outbox."""
+    """Create tenant NAME with its inbox, validate and outbox directories."""
     state = _state(ctx)
     with errors_handled():
         keys = _read_keys(ssh_keys)
@@ -564,6 +571,7 @@ def imports_list(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
             "import_id": r.id,
             "tenant": names.get(r.tenant_id),
             "file": r.file_name,
+            "mode": r.mode,
             "status": r.status,
             "attempts": r.attempts,
             "rows": {
@@ -582,8 +590,10 @@ def imports_list(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
         return
     for row in rows:
         counts = row["rows"]
+        # A validation is marked; an import's line stays as it always was.
+        status = row["status"] if row["mode"] == "import" else f"{row['status']} (validate)"
         click.echo(
-            f"{row['import_id']}\t{row['tenant']}\t{row['status']}\t{row['file']}\t"
+            f"{row['import_id']}\t{row['tenant']}\t{status}\t{row['file']}\t"
             f"rows={counts['total']} ok={counts['succeeded']} failed={counts['failed']}"
         )
 

@@ -96,7 +96,7 @@ def main(home: Path | None = None) -> int:
         else:
             keys = list(tenant.keys)  # type: ignore[arg-type]
     engine.dispose()
-    for path in (cfg.inbox(TENANT), cfg.outbox(TENANT)):
+    for path in (cfg.inbox(TENANT), cfg.validate_box(TENANT), cfg.outbox(TENANT)):
         path.mkdir(parents=True, exist_ok=True)
     example = home / "customer_test.persons"
     example.write_text(EXAMPLE)

@@ -45,6 +45,7 @@ from personsd.phones import (
 )
 from personsd.store import fields as store_fields
 from personsd.store import imports as store_imports
+from personsd.store import overlay
 from personsd.store import persons as store_persons
 from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
@@ -128,8 +129,12 @@ def create(
     received_at: datetime | None = None,
     claimed_by: str | None = None,
     size: int | None = None,
+    mode: str = "import",
 ) -> int:
     """Record an import of ``path`` for ``tenant``; returns its id.
+
+    ``mode`` ``validate`` (a file dropped in ``/validate``) runs every rule and
+    writes no person (``store.overlay``).
 
     It is queued for the daemon's workers, or, with ``claimed_by``, running at
     once for the caller (``personsd import``), so no daemon sharing the
@@ -153,9 +158,10 @@ def create(
             source=source,
             work_path=str(path),
             received_at=received_at or now(),
+            mode=mode,
         )
         duplicate = (
-            store_imports.find_duplicate(conn, found.id, digest, import_id)
+            store_imports.find_duplicate(conn, found.id, digest, import_id, mode=mode)
             if digest != UNHASHED
             else None
         )
@@ -211,6 +217,10 @@ def run(
         return publish(engine, cfg, import_id, lease=lease)
 
     resumed = record.next_offset is not None
+    if record.mode == "validate" and not resumed:
+        # A validation started over (never checkpointed) keeps nothing of a run before.
+        with write_tx(engine) as conn:
+            overlay.clear(conn, import_id)
     if record.status != "running":
         # The daemon's claim already made it running and counted the attempt.
         with write_tx(engine) as conn:
@@ -227,6 +237,7 @@ def run(
         attempt=record.attempts,
         row=record.next_row,
         bytes=record.bytes,
+        mode=record.mode,
     )
     if record.sha256 == UNHASHED:
         record = _hash(engine, record, stop, lease)
@@ -255,6 +266,7 @@ def run(
             store_imports.fence(conn, lease)
         store_imports.set_status(conn, import_id, "completed", finished_at=now())
         webhooks.enqueue(conn, cfg, import_id)
+        overlay.clear(conn, import_id)
     outcome = publish(engine, cfg, import_id, lease=lease)
     metrics.import_ended(outcome.summary)
     rows = outcome.summary.rows
@@ -265,6 +277,7 @@ def run(
         failed=rows.failed,
         created=rows.created,
         updated=rows.updated,
+        mode=record.mode,
     )
     return outcome
 
@@ -290,7 +303,9 @@ def _hash(
     with write_tx(engine) as conn:
         if lease is not None:  # an instance that lost the import writes nothing
             store_imports.fence(conn, lease)
-        duplicate = store_imports.find_duplicate(conn, record.tenant_id, digest, record.id)
+        duplicate = store_imports.find_duplicate(
+            conn, record.tenant_id, digest, record.id, mode=record.mode
+        )
         store_imports.set_status(
             conn, record.id, record.status, sha256=digest, bytes=size, duplicate_of=duplicate
         )
@@ -327,6 +342,7 @@ def _reject(
             file_error_message=rejected.message,
         )
         webhooks.enqueue(conn, cfg, record.id)
+        overlay.clear(conn, record.id)
     outcome = publish(engine, cfg, record.id, lease=lease)
     metrics.import_ended(outcome.summary)
     log.warning(
@@ -387,7 +403,7 @@ def _import_rows(
         progress = ProgressReporter(
             record.bytes, start_rows=point.rows_total, start_bytes=point.next_offset or 0
         )
-        statistics = _Statistics(engine)
+        statistics = _Statistics(engine, enabled=record.mode == "import")
         for chunk in chunks:
             if stop is not None and stop.is_set():
                 raise Interrupted(f"import {record.id} stopped at row {point.next_row}")
@@ -453,9 +469,10 @@ class _Statistics:
     table holds, so a few times per load, at doubling sizes.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, enabled: bool = True) -> None:
         self.engine = engine
-        self.enabled = engine.dialect.name == "postgresql"
+        # A validation adds no person: nothing to keep in step.
+        self.enabled = enabled and engine.dialect.name == "postgresql"
         self.believed: float = 0.0
         self.created_at_analyze = 0
         if self.enabled:
@@ -494,19 +511,25 @@ def _apply_chunk(
     counts = Counter[str]()
     error_counts = Counter[str](point.error_counts)
 
+    validate = record.mode == "validate"
     with write_tx(engine) as conn:
+        # The same lock and reads for a validation as for an import: it sees the
+        # tenant's persons as the import would, and waits for a concurrent writer.
         _lock_tenant(conn, record.tenant_id)
         if lease is not None:
             _fence_chunk(conn, lease)
         loaded = store_persons.load(conn, record.tenant_id, lookups)
+        if validate:
+            loaded = overlay.load(conn, record.id, lookups, loaded)
         held = {column: {getattr(person, column) for person in loaded} for column in _CREATING_KEYS}
         creatable = {
             (change.key, change.key_value)
             for change in changes
             if change.key in held and change.key_value not in held[change.key]
         }
-        ids = store_persons.allocate_ids(conn, len(creatable)) if creatable else []
-        persons = rules.PersonSet(loaded, new_ids=_ids(conn, ids), new_key=_Keys())
+        ids = store_persons.allocate_ids(conn, len(creatable)) if creatable and not validate else []
+        new_ids = overlay.new_ids(conn, record.id) if validate else _ids(conn, ids)
+        persons = rules.PersonSet(loaded, new_ids=new_ids, new_key=_Keys())
 
         for row in rows:
             outcome: rules.Applied | tuple[RowError, ...]
@@ -526,7 +549,12 @@ def _apply_chunk(
             if any(error.error_class == _TRANSIENT for error in outcome):
                 retry.append(row.values)
 
-        store_persons.write(conn, record.tenant_id, persons.created, persons.updated())
+        if validate:
+            # Never a person: what the chunk would have written goes to the overlay,
+            # committed with the checkpoint so that a resumed validation sees it.
+            overlay.store(conn, record.id, persons.created, persons.updated())
+        else:
+            store_persons.write(conn, record.tenant_id, persons.created, persons.updated())
         if report:
             errors_out.append(report)
         if retry:
@@ -702,6 +730,7 @@ def summary_of(record: ImportRecord, tenant: str) -> reports.Summary:
         file_error=file_error,
         reports=reports.Reports.of(record.file_name, record.id, retry=record.retry_rows > 0),
         duplicate_of=record.duplicate_of,
+        mode=record.mode,  # type: ignore[arg-type]
     )
 
 

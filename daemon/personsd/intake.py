@@ -50,6 +50,8 @@ from personsd.store.models import ImportRow
 from personsd.watcher import ReadyFile
 
 log = get_logger("personsd.intake")
+# Ends the stamp of a file claimed from /validate: ``<stamp>v.<name>``.
+_VALIDATE_MARK = "v"
 
 
 # A file that cannot be claimed is retried after 0.5 s, 1 s, 2 s ... up to
@@ -173,7 +175,9 @@ class Intake:
             return None  # a newer version: the watcher reports it once it settles
         self._seq += 1
         stamp = f"{int(ready.completed_at * 1e6):017d}{self._seq % 1000:03d}"
-        folder = self.claimed_dir / ready.tenant / stamp
+        # The claim's directory keeps the mode too: recover() queues it alike after a crash.
+        mark = _VALIDATE_MARK if ready.mode == "validate" else ""
+        folder = self.claimed_dir / ready.tenant / f"{stamp}{mark}"
         claimed = folder / ready.path.name
         with self._claiming:  # recover() removes empty claim directories
             folder.mkdir(parents=True, exist_ok=True)
@@ -183,12 +187,13 @@ class Intake:
                 _remove_empty(folder)
                 raise
             return self._enqueue(
-                ready.tenant, claimed, claimed.name, ready.completed_at, st.st_size
+                ready.tenant, claimed, claimed.name, ready.completed_at, st.st_size, folder.name
             )
 
     def _enqueue(
-        self, tenant: str, claimed: Path, name: str, completed_at: float, size: int
+        self, tenant: str, claimed: Path, name: str, completed_at: float, size: int, stamp: str
     ) -> int | None:
+        mode = "validate" if stamp.endswith(_VALIDATE_MARK) else "import"
         # Full precision: files completing within one second keep their order.
         received = datetime.fromtimestamp(completed_at, UTC)
         try:
@@ -201,12 +206,20 @@ class Intake:
                 file_name=name,
                 received_at=received,
                 size=size,
+                mode=mode,
             )
         except OperatorError:
             # The tenant was removed after the upload: keep the file aside, say so.
             log.error("intake.unknown_tenant", tenant=tenant, file=name, path=str(claimed))
             return None
-        log.info(Event.IMPORT_QUEUED, tenant=tenant, import_id=import_id, file=name, bytes=size)
+        log.info(
+            Event.IMPORT_QUEUED,
+            tenant=tenant,
+            import_id=import_id,
+            file=name,
+            bytes=size,
+            mode=mode,
+        )
         self.on_queued()
         return import_id
 
@@ -241,7 +254,10 @@ class Intake:
                 completed = int(stamp[:17]) / 1e6 if stamp[:17].isdigit() else time.time()
                 try:
                     size = claimed.stat().st_size
-                    if self._enqueue(folder.name, claimed, name, completed, size) is not None:
+                    if (
+                        self._enqueue(folder.name, claimed, name, completed, size, stamp)
+                        is not None
+                    ):
                         recovered += 1
                 except FileNotFoundError:
                     continue

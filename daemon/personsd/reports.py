@@ -29,6 +29,9 @@ from personsd.logging import get_logger
 FIXED_COLUMNS = ("line", "row", "error_class", "error_message", "field", "value")
 STATUSES = ("completed", "rejected", "failed")
 Status = Literal["completed", "rejected", "failed"]
+# SPEC 4: what the partner dropped the file for (``validate``: nothing was written).
+MODES = ("import", "validate")
+Mode = Literal["import", "validate"]
 
 # RFC 4180 says CRLF; spreadsheets (the partner's likely reader) expect it too.
 CSV_LINE_END = "\r\n"
@@ -332,10 +335,13 @@ class Summary:
     file_error: FileError | None = None
     reports: Reports | None = None  # None: the default names, without a retry file
     duplicate_of: int | None = None
+    mode: Mode = "import"
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.sha256 is None and self.status != "failed":
             raise ValueError("sha256 may be unknown for a failed import only")
         if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
@@ -384,6 +390,7 @@ class Summary:
             else {"class": self.file_error.error_class, "message": self.file_error.message},
             "reports": {"errors": self.reports.errors, "retry": self.reports.retry},
             "duplicate_of": self.duplicate_of,
+            "mode": self.mode,
         }
 
     def to_json(self) -> str:

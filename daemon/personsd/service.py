@@ -200,6 +200,7 @@ class Daemon:
     def _ensure_tenant_dirs(self) -> None:
         for name in self.tenants.names():
             self.cfg.inbox(name).mkdir(parents=True, exist_ok=True)
+            self.cfg.validate_box(name).mkdir(parents=True, exist_ok=True)
             self.cfg.outbox(name).mkdir(parents=True, exist_ok=True)
 
     def _publish_unpublished(self) -> None:

@@ -1,7 +1,8 @@
 """The file tree one tenant sees over SFTP (SPEC sections 1.1 and 6).
 
-A virtual root holds exactly ``/inbox`` (upload, list, remove) and ``/outbox``
-(list, download, remove). Client paths are normalised like inside a chroot
+A virtual root holds exactly ``/inbox`` and ``/validate`` (upload, list,
+remove; the same rules, SPEC 11) and ``/outbox`` (list, download, remove).
+"The inbox" below means either upload box. Client paths are normalised like inside a chroot
 (``..`` stops at ``/``), so anything that is not ``/``, a box, or a plain name
 directly inside a box resolves to nothing. Files are only ever reached by name
 relative to the box's directory fd, with ``O_NOFOLLOW`` and ``lstat``, so a
@@ -28,7 +29,7 @@ SPEC is silent:
 * ``on_upload`` is called for each file that becomes complete under a name
   the watcher does not ignore: on close, and on a rename such as
   ``.in.x.persons`` → ``x.persons``;
-* rename works only within ``/inbox``, from a file to a name that does not
+* rename works only within one upload box, from a file to a name that does not
   exist yet (never replaces; ``posix-rename`` likewise);
 * the inbox is write-only (no download of one's own uploads); the outbox is
   read-only; setstat of times or permissions (and of the size the file
@@ -91,7 +92,8 @@ SFTP_NO_SUCH_FILE: int = paramiko.SFTP_NO_SUCH_FILE
 SFTP_PERMISSION_DENIED: int = paramiko.SFTP_PERMISSION_DENIED
 SFTP_OP_UNSUPPORTED: int = paramiko.SFTP_OP_UNSUPPORTED
 
-BOXES = ("inbox", "outbox")
+UPLOAD_BOXES = ("inbox", "validate")
+BOXES = (*UPLOAD_BOXES, "outbox")
 MAX_NAME_BYTES = 200  # SPEC 1.1: every name derived from it (reports, archive) still fits
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 DELIVERED_MEMORY_SECONDS = 60.0
@@ -168,7 +170,7 @@ def _plain(name: str) -> bool:
 
 def visible_name(box: str, name: str) -> bool:
     """A name a client may see and reach in ``box``: ours (temp files) are not."""
-    if box == "inbox":
+    if box in UPLOAD_BOXES:
         return not UPLOAD_TEMP.match(name) and _plain(name)
     return not name.startswith(".") and _plain(name)
 
@@ -244,9 +246,10 @@ class _Download(paramiko.SFTPHandle):  # type: ignore[misc]
 class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
     """An inbox upload: written under a hidden temp name, renamed on the client's CLOSE."""
 
-    def __init__(self, fs: TenantFs, fd: int, temp: str, name: str) -> None:
+    def __init__(self, fs: TenantFs, box: str, fd: int, temp: str, name: str) -> None:
         super().__init__(os.O_WRONLY)
         self._fs = fs
+        self._box = box
         self._fd: int | None = fd
         self._temp = temp
         self._name = name
@@ -304,7 +307,7 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
             return
         os.close(self._fd)
         self._fd = None
-        self._fs.unlink_quietly(self._temp)
+        self._fs.unlink_quietly(self._box, self._temp)
         self._fs.session.quota.end_upload(self._fs.session.tenant, self)
 
     def finish(self) -> int:
@@ -316,7 +319,7 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
             _log().info("sftp.upload_incomplete", tenant=self._fs.session.tenant, file=self._name)
             return Refusal(SFTP_FAILURE, "Upload incomplete: a write failed")
         fd, self._fd = self._fd, None
-        box = self._fs.box_fd("inbox")
+        box = self._fs.box_fd(self._box)
         session = self._fs.session
         try:
             try:
@@ -326,7 +329,7 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
                 os.close(fd)
             os.rename(self._temp, self._name, src_dir_fd=box, dst_dir_fd=box)
         except OSError as exc:
-            self._fs.unlink_quietly(self._temp)
+            self._fs.unlink_quietly(self._box, self._temp)
             _log().error(
                 "sftp.upload_failed", tenant=session.tenant, file=self._name, error=exc.strerror
             )
@@ -335,16 +338,23 @@ class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
             session.quota.end_upload(session.tenant, self)
         with contextlib.suppress(OSError):
             os.fsync(box)  # the rename itself survives a crash too
-            self._fs.remember(self._name, os.stat(self._name, dir_fd=box, follow_symlinks=False))
+            self._fs.remember(
+                (self._box, self._name), os.stat(self._name, dir_fd=box, follow_symlinks=False)
+            )
         _log().info(
-            Event.SFTP_UPLOAD, tenant=session.tenant, file=self._name, bytes=size, ip=session.ip
+            Event.SFTP_UPLOAD,
+            tenant=session.tenant,
+            file=self._name,
+            bytes=size,
+            ip=session.ip,
+            box=self._box,
         )
-        self._fs.notify(self._name)
+        self._fs.notify(self._box, self._name)
         return SFTP_OK
 
 
 class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
-    """The SFTP requests of one logged-in tenant, confined to its inbox and outbox."""
+    """The SFTP requests of one logged-in tenant, confined to its three boxes."""
 
     def __init__(self, server: SessionSource, *args: Any, **kwargs: Any) -> None:
         super().__init__(server, *args, **kwargs)
@@ -354,7 +364,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         # Uploads this session delivered, by name: clients stat (paramiko's put) or
         # setstat (rclone, WinSCP) a file right after it is complete, by when the
         # daemon may have claimed it.
-        self._delivered: dict[str, tuple[float, os.stat_result]] = {}
+        self._delivered: dict[tuple[str, str], tuple[float, os.stat_result]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -377,16 +387,16 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
     def box_fd(self, box: str) -> int:
         return self._fds[box]
 
-    def unlink_quietly(self, name: str) -> None:
+    def unlink_quietly(self, box: str, name: str) -> None:
         with contextlib.suppress(OSError, KeyError):
-            os.unlink(name, dir_fd=self._fds["inbox"])
+            os.unlink(name, dir_fd=self._fds[box])
 
-    def notify(self, name: str) -> None:
-        """Hand a file that became complete in the inbox to the daemon."""
+    def notify(self, box: str, name: str) -> None:
+        """Hand a file that became complete in an upload box to the daemon."""
         self.session.quota.changed(self.session.tenant)
         if classify_name(name) == "ignore":
             return
-        path = self.session.tenants_root / self.session.tenant / "inbox" / name
+        path = self.session.tenants_root / self.session.tenant / box / name
         try:
             self.session.on_upload(self.session.tenant, path)
         except Exception as exc:  # noqa: BLE001 -- the watcher's rescan still finds the file
@@ -417,7 +427,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
             return False
         return True
 
-    def remember(self, name: str, st: os.stat_result) -> None:
+    def remember(self, name: tuple[str, str], st: os.stat_result) -> None:
         now = time.monotonic()
         self._delivered = {
             n: v for n, v in self._delivered.items() if now - v[0] < DELIVERED_MEMORY_SECONDS
@@ -425,9 +435,9 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         self._delivered[name] = (now, st)
 
     def _recently_delivered(self, where: tuple[str, ...]) -> os.stat_result | None:
-        if len(where) != 2 or where[0] != "inbox" or where[1] not in self._delivered:
+        if len(where) != 2 or (where[0], where[1]) not in self._delivered:
             return None
-        when, st = self._delivered[where[1]]
+        when, st = self._delivered[(where[0], where[1])]
         return st if time.monotonic() - when < DELIVERED_MEMORY_SECONDS else None
 
     def stat(self, path: str) -> paramiko.SFTPAttributes | int:
@@ -510,7 +520,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
                     "name_bytes", f"Name longer than {MAX_NAME_BYTES} bytes", SFTP_PERMISSION_DENIED
                 )
             return SFTP_PERMISSION_DENIED
-        return self._open_upload(name, flags)
+        return self._open_upload(box, name, flags)
 
     def _open_download(self, name: str, flags: int) -> Any:
         writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -529,10 +539,10 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
             return SFTP_NO_SUCH_FILE
         return _Download(fd, self.session.limits)
 
-    def _open_upload(self, name: str, flags: int) -> Any:
+    def _open_upload(self, box: str, name: str, flags: int) -> Any:
         if flags & (os.O_RDWR | os.O_WRONLY) != os.O_WRONLY:
             return SFTP_PERMISSION_DENIED  # the inbox is write-only
-        exists = self._exists("inbox", name)
+        exists = self._exists(box, name)
         if exists and flags & os.O_EXCL:
             return SFTP_FAILURE
         if exists and not flags & os.O_TRUNC:
@@ -546,14 +556,14 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
                 temp,
                 os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                 0o640,
-                dir_fd=self._fds["inbox"],
+                dir_fd=self._fds[box],
             )
         except OSError as exc:
             return _errno_code(exc)
-        upload = _Upload(self, fd, temp, name)
+        upload = _Upload(self, box, fd, temp, name)
         if self.session.quota.open_upload(self.session.tenant, upload, temp) is not None:
             os.close(fd)
-            self.unlink_quietly(temp)
+            self.unlink_quietly(box, temp)
             return self.session.limit("inbox_files", "Inbox quota exceeded (files)", file=name)
         return upload
 
@@ -571,21 +581,27 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         return SFTP_OK
 
     def rename(self, oldpath: str, newpath: str) -> int:
-        """Within /inbox only, never onto an existing name (``x.filepart`` → ``x.persons``)."""
+        """Within one upload box, never onto an existing name (``x.filepart`` → ``x.persons``)."""
         found = self._file(oldpath)
         if isinstance(found, int):
             return found
         target = resolve(newpath)
-        if found[0] != "inbox" or target is None or len(target) != 2 or target[0] != "inbox":
-            return SFTP_PERMISSION_DENIED
+        upload_box = found[0]
+        if (
+            upload_box not in UPLOAD_BOXES
+            or target is None
+            or len(target) != 2
+            or target[0] != upload_box
+        ):
+            return SFTP_PERMISSION_DENIED  # no move between boxes: a file's box is its mode
         old, new = found[1], target[1]
         if not creatable_name(new):
-            if visible_name("inbox", new):
+            if visible_name(upload_box, new):
                 return self.session.limit(
                     "name_bytes", f"Name longer than {MAX_NAME_BYTES} bytes", SFTP_PERMISSION_DENIED
                 )
             return SFTP_PERMISSION_DENIED
-        box = self._fds["inbox"]
+        box = self._fds[upload_box]
         try:
             # link + unlink: atomic "fail if the new name exists", unlike rename(2).
             os.link(old, new, src_dir_fd=box, dst_dir_fd=box, follow_symlinks=False)
@@ -595,9 +611,11 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         except OSError as exc:
             return _errno_code(exc)
         with contextlib.suppress(OSError):
-            self.remember(new, os.stat(new, dir_fd=box, follow_symlinks=False))
-        _log().info("sftp.rename", tenant=self.session.tenant, file=new, renamed_from=old)
-        self.notify(new)
+            self.remember((upload_box, new), os.stat(new, dir_fd=box, follow_symlinks=False))
+        _log().info(
+            "sftp.rename", tenant=self.session.tenant, box=upload_box, file=new, renamed_from=old
+        )
+        self.notify(upload_box, new)
         return SFTP_OK
 
     posix_rename = rename  # same rule: never replace
@@ -696,18 +714,19 @@ def sweep_stale_uploads(tenants_root: Path, *, older_than: float = 0.0) -> int:
     if not tenants_root.is_dir():
         return 0
     for tenant_dir in tenants_root.iterdir():
-        inbox = tenant_dir / "inbox"
-        if tenant_dir.is_symlink() or inbox.is_symlink() or not inbox.is_dir():
-            continue
-        for entry in os.scandir(inbox):
-            if UPLOAD_TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
-                try:
-                    if older_than and entry.stat(follow_symlinks=False).st_mtime > cutoff:
-                        continue
-                    os.unlink(entry.path)
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+        for name in UPLOAD_BOXES:
+            inbox = tenant_dir / name
+            if tenant_dir.is_symlink() or inbox.is_symlink() or not inbox.is_dir():
+                continue
+            for entry in os.scandir(inbox):
+                if UPLOAD_TEMP.match(entry.name) and entry.is_file(follow_symlinks=False):
+                    try:
+                        if older_than and entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                            continue
+                        os.unlink(entry.path)
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
     if removed:
         _log().info("sftp.stale_uploads_removed", count=removed)
     return removed

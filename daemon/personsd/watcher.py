@@ -1,5 +1,9 @@
 """Inbox watcher (SPEC 1.1, 5): reports each complete upload of every tenant inbox.
 
+Every tenant has two upload boxes, ``inbox`` and ``validate`` (SPEC 11),
+watched and reported alike: "inbox" below means either. A report's
+:attr:`ReadyFile.mode` says which one the file came from.
+
 Finding files
     One recursive inotify watch (watchdog) covers ``tenants_root``, so a tenant
     or an inbox created while running is watched as soon as its directory
@@ -80,6 +84,9 @@ from personsd.fileformat import classify_name
 log = structlog.get_logger("personsd.watcher")
 
 INBOX = "inbox"
+VALIDATE = "validate"
+# Watched alike; a file's box decides its mode (SPEC 11: /validate writes nothing).
+UPLOAD_BOXES = (INBOX, VALIDATE)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -99,6 +106,11 @@ class ReadyFile:
             raise ValueError(f"path must be absolute, got {self.path}")
         if self.size < 0:
             raise ValueError(f"size must be >= 0, got {self.size}")
+
+    @property
+    def mode(self) -> str:
+        """``validate`` for a file dropped in ``/validate``, else ``import``."""
+        return "validate" if self.path.parent.name == VALIDATE else "import"
 
 
 class Seen(enum.Enum):
@@ -279,7 +291,7 @@ class _Handler(FileSystemEventHandler):
         inbox = os.path.dirname(path)
         tenant_dir = os.path.dirname(inbox)
         return (
-            os.path.basename(inbox) == INBOX
+            os.path.basename(inbox) in UPLOAD_BOXES
             and os.path.dirname(tenant_dir) == self._root
             and not os.path.basename(tenant_dir).startswith(".")
             and classify_name(os.path.basename(path)) != "ignore"
@@ -312,9 +324,11 @@ class _Handler(FileSystemEventHandler):
     def _new_dir(self, path: str) -> None:
         # Files may have landed before watchdog added the new directory's watch.
         if os.path.dirname(path) == self._root:
-            self._post(_Scan(Path(path, INBOX)))
+            for box in UPLOAD_BOXES:
+                self._post(_Scan(Path(path, box)))
         elif (
-            os.path.basename(path) == INBOX and os.path.dirname(os.path.dirname(path)) == self._root
+            os.path.basename(path) in UPLOAD_BOXES
+            and os.path.dirname(os.path.dirname(path)) == self._root
         ):
             self._post(_Scan(Path(path)))
 
@@ -389,8 +403,8 @@ class InboxWatcher:
     def notify_complete(self, tenant: str, path: Path) -> None:
         """The embedded SFTP server closed ``path``: report it without waiting."""
         path = Path(os.path.abspath(path))
-        if path.parent != self._root / tenant / INBOX:
-            raise ValueError(f"{path} is not in the inbox of tenant {tenant!r}")
+        if path.parent not in [self._root / tenant / box for box in UPLOAD_BOXES]:
+            raise ValueError(f"{path} is not in the inbox or validate box of tenant {tenant!r}")
         if classify_name(path.name) != "ignore":
             self._messages.put(_Trust(path))
 
@@ -480,9 +494,10 @@ class InboxWatcher:
             log.warning("watcher.scan_failed", dir=str(self._root), error=str(exc))
             return []
         return sorted(
-            Path(t, INBOX)
+            Path(t, box)
             for t in tenants
-            if os.path.isdir(os.path.join(t, INBOX)) and not os.path.islink(os.path.join(t, INBOX))
+            for box in UPLOAD_BOXES
+            if os.path.isdir(os.path.join(t, box)) and not os.path.islink(os.path.join(t, box))
         )
 
     def _scan(self, inbox: Path | None) -> None:
@@ -536,7 +551,13 @@ class InboxWatcher:
                 size=settled.stamp.size,
                 mtime_ns=settled.stamp.mtime_ns,
             )
-            log.info("file.detected", tenant=ready.tenant, file=ready.path.name, size=ready.size)
+            log.info(
+                "file.detected",
+                tenant=ready.tenant,
+                file=ready.path.name,
+                size=ready.size,
+                mode=ready.mode,
+            )
             try:
                 self._on_ready(ready)
             except Exception:  # the consumer's bug must not kill the watcher

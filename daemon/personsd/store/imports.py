@@ -23,7 +23,13 @@ from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
 from personsd.errors import LeaseLost, OperatorError
-from personsd.store.models import IMPORT_SOURCES, IMPORT_STATUSES, ImportRow, UtcDateTime
+from personsd.store.models import (
+    IMPORT_MODES,
+    IMPORT_SOURCES,
+    IMPORT_STATUSES,
+    ImportRow,
+    UtcDateTime,
+)
 
 # Arbitrary constant shared by every instance: serialises claims so that two
 # instances never start two imports of one tenant at once.
@@ -111,10 +117,13 @@ class ImportRecord:
     lease_holder: str | None = None
     lease_expires: datetime | None = None
     lease_generation: int = 0
+    mode: str = "import"
 
     def __post_init__(self) -> None:
         if self.status not in IMPORT_STATUSES:
             raise ValueError(f"unknown import status {self.status!r}")
+        if self.mode not in IMPORT_MODES:
+            raise ValueError(f"unknown import mode {self.mode!r}")
         if self.source not in IMPORT_SOURCES:
             raise ValueError(f"unknown import source {self.source!r}")
 
@@ -126,7 +135,7 @@ class ImportRecord:
 _RECORD_FIELDS = tuple(f.name for f in fields(ImportRecord))
 _SELECT = select(*(getattr(ImportRow, name) for name in _RECORD_FIELDS))
 # Columns set_status may change; the identity of an import is fixed.
-_SETTABLE = frozenset(_RECORD_FIELDS) - {"id", "tenant_id", "status"}
+_SETTABLE = frozenset(_RECORD_FIELDS) - {"id", "tenant_id", "status", "mode"}
 
 
 def _record(row: Any) -> ImportRecord:
@@ -148,8 +157,11 @@ def create(
     status: str = "queued",
     received_at: datetime,
     duplicate_of: int | None = None,
+    mode: str = "import",
 ) -> int:
     """Record a new import and return its id (ids are never reused)."""
+    if mode not in IMPORT_MODES:
+        raise ValueError(f"unknown import mode {mode!r}")
     if status not in IMPORT_STATUSES:
         raise ValueError(f"unknown import status {status!r}")
     if source not in IMPORT_SOURCES:
@@ -174,6 +186,7 @@ def create(
             duplicate_of=duplicate_of,
             error_counts="{}",
             reports_published=False,
+            mode=mode,
             **counters,
         )
         .returning(ImportRow.id)
@@ -308,14 +321,21 @@ def _update(conn: Connection, import_id: int, values: Mapping[str, Any]) -> None
         raise OperatorError(f"import {import_id} does not exist")
 
 
-def find_duplicate(conn: Connection, tenant_id: int, sha256: str, before_id: int) -> int | None:
-    """The latest import of the tenant before ``before_id`` with the same content."""
+def find_duplicate(
+    conn: Connection, tenant_id: int, sha256: str, before_id: int, *, mode: str = "import"
+) -> int | None:
+    """The latest import of the tenant before ``before_id`` with the same content.
+
+    Only one of the same ``mode``: the import of a file validated before is
+    no repeat (the validation wrote nothing).
+    """
     stmt = (
         select(ImportRow.id)
         .where(
             ImportRow.tenant_id == tenant_id,
             ImportRow.sha256 == sha256,
             ImportRow.id < before_id,
+            ImportRow.mode == mode,
         )
         .order_by(ImportRow.id.desc())
         .limit(1)

@@ -41,6 +41,8 @@ NAMING_CONVENTION = {
 
 IMPORT_STATUSES = ("queued", "running", "completed", "rejected", "failed")
 IMPORT_SOURCES = ("sftp", "watcher", "cli")
+# SPEC 4 and 11: ``validate`` runs every rule and writes no person.
+IMPORT_MODES = ("import", "validate")
 TENANT_NAME_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
 
 
@@ -201,6 +203,36 @@ class ImportRow(Base):
     lease_holder: Mapped[str | None] = mapped_column(Text)
     lease_expires: Mapped[datetime | None]
     lease_generation: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    mode: Mapped[str] = mapped_column(
+        String(16),
+        CheckConstraint("mode IN ('import', 'validate')", name="ck_imports_mode"),
+        server_default="import",
+    )
+
+
+class ValidationPersonRow(Base):
+    """What a running validation would have written so far (``store.overlay``).
+
+    person_id is the real one for persons the file changes, negative for
+    persons it would create (no id is taken from the persons sequence).
+    """
+
+    __tablename__ = "validation_persons"
+    __table_args__ = (
+        Index(None, "import_id", "external_person_id"),
+        Index(None, "import_id", "mdn"),
+        Index(None, "import_id", "vibes_device_id"),
+    )
+
+    import_id: Mapped[int] = mapped_column(
+        ForeignKey("imports.id", ondelete="CASCADE"), primary_key=True
+    )
+    person_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    person_key: Mapped[str] = mapped_column(String(36))
+    external_person_id: Mapped[str | None] = mapped_column(String(255))
+    mdn: Mapped[str | None] = mapped_column(String(32))
+    vibes_device_id: Mapped[str | None] = mapped_column(String(255))
+    attributes: Mapped[str] = mapped_column(Text)
 
 
 class SftpBanRow(Base):

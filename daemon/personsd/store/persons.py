@@ -368,3 +368,10 @@ def analyze(conn: Connection) -> None:
     """Refresh PostgreSQL's statistics of persons (see ``importer`` for when)."""
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("ANALYZE persons")
+
+
+# For the overlay of a validation (store.overlay), which stores persons alike.
+encode_attributes = _encode
+person_of = _person
+arrays_of = _arrays
+PG_UNNEST = _PG_UNNEST

@@ -1,0 +1,181 @@
+"""Validate-only drops through the real daemon (SPEC 4 ``mode``, 6 ``/validate``, 11).
+
+One daemon per database, chunks of 2 rows, carrier lookup ``none``. Each test
+seeds its own tenant through /inbox, drops a file into /validate (OpenSSH
+``sftp`` or paramiko), then the same file into /inbox: the validation's
+errors.csv and counts equal the import's, and ``persons export`` is byte for
+byte the same before and after the validation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+import pytest
+
+from conftest import database_url
+from daemon_helpers import SEED_FILE, Daemon, free_port, sftp_batch, ssh_key, wait_for
+from test_daemon_e2e import add_tenants, start
+
+pytestmark = pytest.mark.slow
+
+TENANTS = ("vopenssh", "vparamiko", "vorder")
+RESCAN = 0.5
+# Identifiers repeated across 2-row chunks, stored persons updated, bad values.
+CHECK = (
+    "external_person_id,mdn,first_name,sport_interests\n"
+    ",+12995550005,Johnny,golf\n"  # a seeded person: updated
+    "x1,+12995550101,New,soccer\n"  # created
+    "x2,,Two,\n"  # created
+    "x3,+12995550101,Three,\n"  # x1's MDN: MobilePhoneAlreadyAssigned
+    "x2,+12995550102,Two,hockey\n"  # x2, created above: updated
+    ",+12995550102,,golf\n"  # found by the MDN x2 took: updated
+    "x4,+12995550005,,\n"  # a seeded person's MDN: MobilePhoneAlreadyAssigned
+    "x5,12345,,\n"  # InvalidMDNFormat
+    "x1,,,curling\n"  # not an option
+)
+ROWS = {"total": 9, "succeeded": 5, "failed": 4, "created": 2, "updated": 3}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Site:
+    daemon: Daemon
+    key: Path
+    work: Path
+
+    def sftp(self, tenant: str, commands: str) -> None:
+        result = sftp_batch(self.key, self.daemon.port, tenant, commands, self.work)
+        assert 0 == result.returncode, result.stderr
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def site(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
+    home = tmp_path_factory.mktemp(f"validate-{request.param}")
+    with database_url(request.param, home) as url:
+        daemon = Daemon(
+            home=home,
+            db_url=url,
+            port=free_port(),
+            extra={"import": {"rescan_seconds": RESCAN, "chunk_rows": 2}},
+        )
+        work = home / "client"
+        work.mkdir()
+        key = ssh_key(home)
+        add_tenants(daemon, TENANTS, key)
+        (work / "seed.persons").write_text(SEED_FILE)
+        (work / "check.persons").write_text(CHECK)
+        start(daemon, TENANTS)
+        try:
+            yield Site(daemon=daemon, key=key, work=work)
+        finally:
+            daemon.stop()
+
+
+def summary_of(daemon: Daemon, tenant: str, file: str, mode: str) -> dict[str, Any]:
+    """Wait for the summary of ``file`` with ``mode`` in the tenant's outbox."""
+
+    def find() -> dict[str, Any] | None:
+        for path in daemon.outbox(tenant).glob(f"{file}.*.summary.json"):
+            summary = json.loads(path.read_text())
+            if summary.get("mode") == mode:
+                return dict(summary)
+        return None
+
+    found: dict[str, Any] = wait_for(find, timeout=60, what=f"{mode} summary of {file}")
+    return found
+
+
+def errors_csv(daemon: Daemon, tenant: str, summary: dict[str, Any]) -> bytes:
+    return (daemon.outbox(tenant) / summary["reports"]["errors"]).read_bytes()
+
+
+def seeded(site: Site, tenant: str) -> str:
+    """Import the seed file through /inbox; the export afterwards."""
+    site.sftp(tenant, "put seed.persons /inbox/seed.persons\n")
+    assert 4 == summary_of(site.daemon, tenant, "seed.persons", "import")["rows"]["created"]
+    return site.daemon.export(tenant)
+
+
+def check_against_import(site: Site, tenant: str, validated: dict[str, Any], before: str) -> None:
+    """The export is as before; the import of the same file reports the same."""
+    daemon = site.daemon
+    assert before == daemon.export(tenant), "the validation changed persons"
+    site.sftp(tenant, "put check.persons /inbox/check.persons\n")
+    imported = summary_of(daemon, tenant, "check.persons", "import")
+    assert errors_csv(daemon, tenant, imported) == errors_csv(daemon, tenant, validated)
+    assert (ROWS, ROWS) == (imported["rows"], validated["rows"])
+    assert imported["errors"] == validated["errors"]
+    assert ("completed", "completed") == (imported["status"], validated["status"])
+    assert before != daemon.export(tenant), "the import wrote persons"
+
+
+def test_openssh_sftp_into_validate_predicts_the_import(site: Site) -> None:
+    """SPEC 11: OpenSSH `sftp` into /validate: the import's reports, nothing written."""
+    tenant = "vopenssh"
+    before = seeded(site, tenant)
+    site.sftp(tenant, "put check.persons /validate/check.persons\n")
+    validated = summary_of(site.daemon, tenant, "check.persons", "validate")
+    assert {
+        "PersonErrors::MobilePhoneAlreadyAssigned": 2,
+        "MobilePhoneErrors::InvalidMDNFormat": 1,
+        "PersonErrors::InvalidSelectCustomFieldValue": 1,
+    } == validated["errors"]
+    archive = site.daemon.root / "state" / "archive" / tenant
+    wait_for(
+        lambda: (archive / f"{validated['import_id']}.check.persons").is_file(),
+        what="the validated file in the archive",
+    )
+    assert [] == sorted(
+        p.name for p in (site.daemon.root / "tenants" / tenant / "validate").iterdir()
+    )
+    check_against_import(site, tenant, validated, before)
+
+
+def test_paramiko_into_validate_predicts_the_import(site: Site) -> None:
+    """SPEC 11: paramiko into /validate, reports fetched from /outbox; nothing written."""
+    tenant = "vparamiko"
+    before = seeded(site, tenant)
+    transport = paramiko.Transport(("127.0.0.1", site.daemon.port))
+    try:
+        transport.connect(username=tenant, pkey=paramiko.Ed25519Key(filename=str(site.key)))
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        assert sftp is not None
+        sftp.put(str(site.work / "check.persons"), "/validate/check.persons")
+        validated = summary_of(site.daemon, tenant, "check.persons", "validate")
+        with sftp.open(f"/outbox/check.persons.{validated['import_id']}.summary.json") as fh:
+            assert "validate" == json.loads(fh.read())["mode"]
+    finally:
+        transport.close()
+    check_against_import(site, tenant, validated, before)
+
+
+def test_validate_and_inbox_files_run_in_drop_order(site: Site) -> None:
+    """SPEC 5: one tenant's /validate and /inbox files run one at a time, in drop order.
+
+    The validation dropped before the seed import sees no persons (all created);
+    the one dropped after sees the seeded person (an update).
+    """
+    tenant = "vorder"
+    probe = site.work / "probe.persons"
+    probe.write_text("mdn,first_name\n+12995550005,Probe\n")
+    site.sftp(
+        tenant,
+        "put probe.persons /validate/early.persons\n"
+        "put seed.persons /inbox/seed.persons\n"
+        "put probe.persons /validate/late.persons\n",
+    )
+    early = summary_of(site.daemon, tenant, "early.persons", "validate")
+    late = summary_of(site.daemon, tenant, "late.persons", "validate")
+    seed = summary_of(site.daemon, tenant, "seed.persons", "import")
+    assert early["import_id"] < seed["import_id"] < late["import_id"]
+    assert ((1, 0), (0, 1)) == (
+        (early["rows"]["created"], early["rows"]["updated"]),
+        (late["rows"]["created"], late["rows"]["updated"]),
+    )
