@@ -56,7 +56,7 @@ def test_create_and_get(engine: Engine, tenant_ids: tuple[int, int]) -> None:
         next_offset=None, next_line=None, next_row=0, rows_total=0, rows_succeeded=0,
         rows_failed=0, rows_created=0, rows_updated=0, error_counts={}, errors_bytes=0,
         retry_bytes=0, retry_rows=0, file_error_class=None, file_error_message=None,
-        reports_published=False,
+        reports_published=False, not_before=None, waits=0,
     )  # fmt: skip
     assert expected == record
     assert Checkpoint() == record.checkpoint
@@ -93,6 +93,7 @@ def test_set_status_and_list(engine: Engine, tenant_ids: tuple[int, int]) -> Non
     with db.write_tx(engine) as conn:
         first = queue(conn, acme, "a.persons", 0)
         second = queue(conn, beta, "b.persons", 1)
+        imports.set_status(conn, first, "running")
         imports.set_status(
             conn, first, "rejected", finished_at=T0, file_error_class="C",
             file_error_message="M", reports_published=True, error_counts={"C": 1},
@@ -153,7 +154,7 @@ def test_claim_oldest_first_one_per_tenant(engine: Engine, tenant_ids: tuple[int
     assert [a_early, b_tie_a, None] == [r.id if r else None for r in got]
     first = got[0]
     assert first is not None
-    assert ("running", "i1", 1) == (first.status, first.claimed_by, first.attempts)
+    assert ("running", "i1", 0) == (first.status, first.claimed_by, first.attempts)
     assert first.started_at is not None
     with db.write_tx(engine) as conn:
         imports.set_status(conn, a_early, "completed")
@@ -163,7 +164,8 @@ def test_claim_oldest_first_one_per_tenant(engine: Engine, tenant_ids: tuple[int
 
 
 def test_claim_resumes_abandoned_imports(engine: Engine, tenant_ids: tuple[int, int]) -> None:
-    """A running import is reclaimed by its restarted instance or, once stale, by another."""
+    """A running import is reclaimed by its restarted instance or, once stale, by another;
+    no claim spends an attempt (SPEC 5: only internal failures do)."""
     acme, _ = tenant_ids
     with db.write_tx(engine) as conn:
         import_id = queue(conn, acme, "a.persons", 0)
@@ -174,10 +176,10 @@ def test_claim_resumes_abandoned_imports(engine: Engine, tenant_ids: tuple[int, 
     assert None is claim(engine, "i2", stale=timedelta(hours=1))
     again = claim(engine, "i1")
     assert again is not None
-    assert (import_id, 2, first.started_at) == (again.id, again.attempts, again.started_at)
+    assert (import_id, 0, first.started_at) == (again.id, again.attempts, again.started_at)
     taken = claim(engine, "i2", stale=timedelta(0))
     assert taken is not None
-    assert (import_id, "i2", 3) == (taken.id, taken.claimed_by, taken.attempts)
+    assert (import_id, "i2", 0) == (taken.id, taken.claimed_by, taken.attempts)
 
 
 def test_concurrent_claims_never_share_a_tenant(

@@ -15,6 +15,7 @@ accounting, quarantine and archive are the caller's.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 from sqlalchemy import Connection, Engine, text
@@ -165,14 +167,11 @@ def run(
 
     resumed = record.next_offset is not None
     if record.status != "running":
-        # The daemon's claim already made it running and counted the attempt.
+        # The daemon's claim already made it running. No attempt is counted
+        # here: attempts are spent by internal failures (the caller's).
         with write_tx(engine) as conn:
             store_imports.set_status(
-                conn,
-                import_id,
-                "running",
-                attempts=record.attempts + 1,
-                started_at=record.started_at or now(),
+                conn, import_id, "running", started_at=record.started_at or now()
             )
             record = store_imports.get(conn, import_id)
     bound.info(
@@ -200,9 +199,7 @@ def run(
     except FileRejected as rejected:
         return _reject(engine, cfg, record, rejected)
 
-    with write_tx(engine) as conn:
-        store_imports.set_status(conn, import_id, "completed", finished_at=now())
-    outcome = publish(engine, cfg, import_id)
+    outcome = _finish(engine, cfg, import_id, "completed")
     rows = outcome.summary.rows
     bound.info(
         Event.IMPORT_COMPLETED,
@@ -226,16 +223,14 @@ def _reject(engine: Engine, cfg: Config, record: ImportRecord, rejected: FileRej
     errors_path, _ = work_paths(cfg, record.id)
     errors_path.parent.mkdir(parents=True, exist_ok=True)
     reports.rejected_report(errors_path, rejected.error_class, rejected.message, rejected.line)
-    with write_tx(engine) as conn:
-        store_imports.set_status(
-            conn,
-            record.id,
-            "rejected",
-            finished_at=now(),
-            file_error_class=rejected.error_class,
-            file_error_message=rejected.message,
-        )
-    outcome = publish(engine, cfg, record.id)
+    outcome = _finish(
+        engine,
+        cfg,
+        record.id,
+        "rejected",
+        file_error_class=rejected.error_class,
+        file_error_message=rejected.message,
+    )
     log.warning(
         Event.IMPORT_REJECTED,
         tenant=outcome.summary.tenant,
@@ -518,6 +513,26 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
+def _finish(engine: Engine, cfg: Config, import_id: int, status: str, **changes: Any) -> Outcome:
+    """Publish the reports as ``status``, then record the import as finished.
+
+    In this order so that a full disk or a crash while publishing leaves the
+    import running, to be resumed (from its last checkpoint: no chunk is
+    redone) and published again, same bytes but ``finished_at``: a finished
+    import never goes back to the queue (store.imports.TRANSITIONS).
+    """
+    changes = {"finished_at": now(), **changes}
+    with engine.connect() as conn:
+        record = store_imports.get(conn, import_id)
+        tenant = _tenant_name(conn, record.tenant_id)
+    final = dataclasses.replace(record, status=status, **changes)
+    summary = _publish_files(cfg, final, tenant)
+    with write_tx(engine) as conn:
+        store_imports.set_status(conn, import_id, status, reports_published=True, **changes)
+        record = store_imports.get(conn, import_id)
+    return Outcome(record=record, summary=summary)
+
+
 def publish(engine: Engine, cfg: Config, import_id: int) -> Outcome:
     """Publish a finished import's reports to the outbox (idempotent; summary last)."""
     with engine.connect() as conn:
@@ -525,6 +540,16 @@ def publish(engine: Engine, cfg: Config, import_id: int) -> Outcome:
         tenant = _tenant_name(conn, record.tenant_id)
     if record.status not in ("completed", "rejected", "failed"):
         raise InternalError(f"import {import_id} is {record.status}, not finished")
+    summary = _publish_files(cfg, record, tenant)
+    with write_tx(engine) as conn:
+        store_imports.set_status(conn, import_id, record.status, reports_published=True)
+        record = store_imports.get(conn, import_id)
+    return Outcome(record=record, summary=summary)
+
+
+def _publish_files(cfg: Config, record: ImportRecord, tenant: str) -> reports.Summary:
+    """Write ``record``'s reports into the outbox (summary last); its summary."""
+    import_id = record.id
     summary = summary_of(record, tenant)
     errors_path, retry_path = work_paths(cfg, import_id)
     if not errors_path.exists():
@@ -544,19 +569,20 @@ def publish(engine: Engine, cfg: Config, import_id: int) -> Outcome:
         summary,
         displaced=cfg.state_dir / "displaced" / tenant,
     )
-    with write_tx(engine) as conn:
-        store_imports.set_status(conn, import_id, record.status, reports_published=True)
-        record = store_imports.get(conn, import_id)
-    return Outcome(record=record, summary=summary)
+    return summary
 
 
-def fail(engine: Engine, cfg: Config, import_id: int, reason: str) -> Outcome:
-    """Give up on an import after its last attempt: status failed, reports published."""
-    with write_tx(engine) as conn:
-        store_imports.set_status(
-            conn, import_id, "failed", finished_at=now(), last_error=reason[:2000]
-        )
-    outcome = publish(engine, cfg, import_id)
+def fail(
+    engine: Engine, cfg: Config, import_id: int, reason: str, *, attempts: int | None = None
+) -> Outcome:
+    """Give up on an import after its last attempt: reports published, status failed.
+
+    ``attempts``: the count to record (the caller's, who spent the last one).
+    """
+    changes: dict[str, Any] = {"last_error": reason[:2000]}
+    if attempts is not None:
+        changes["attempts"] = attempts
+    outcome = _finish(engine, cfg, import_id, "failed", **changes)
     log.error(
         Event.IMPORT_FAILED,
         tenant=outcome.summary.tenant,

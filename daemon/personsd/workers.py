@@ -4,35 +4,35 @@ One import per tenant at a time, oldest first (``store.imports.claim_next``),
 up to ``import.workers`` tenants in parallel. What the database says is the
 queue, so several daemons on one PostgreSQL share it safely.
 
-Failure policy (SPEC 5):
+Failure policy (SPEC 5, ``store.faults`` tells the kinds apart by codes):
 - the partner's bad data never reaches here as an exception (rows go to the
   report, a bad file is ``rejected``);
-- the database being unreachable is nobody's fault: the import is put back
-  without spending an attempt, and the worker waits with backoff;
-- anything else is our fault: the import is retried from its checkpoint up to
-  ``import.max_attempts`` times, then ``failed`` and its file quarantined.
+- the environment (database unreachable or locked, disk full) is nobody's
+  fault: the import goes back to the queue with a pause (``not_before``) from
+  the retry policy, counting a wait, not an attempt (``import.waiting``);
+- anything else is our fault: an attempt is spent and the import is retried
+  from its checkpoint after a pause, up to ``import.max_attempts`` times, then
+  ``failed`` and its file quarantined. A stop or a restart spends nothing.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from personsd import importer
 from personsd.config import Config
-from personsd.errors import TransientError
-from personsd.logging import get_logger
+from personsd.logging import Event, get_logger
 from personsd.retry import RetryPolicy
+from personsd.store import faults
 from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
@@ -47,32 +47,6 @@ STALE_AFTER = timedelta(minutes=5)
 def instance_name(cfg: Config) -> str:
     """Stable across restarts, distinct between hosts sharing one database."""
     return f"{socket.gethostname()}:{cfg.root}"
-
-
-def is_db_unreachable(exc: BaseException) -> bool:
-    """True for connection-level database errors (worth waiting for, not our bug)."""
-    if isinstance(exc, TransientError):
-        return True  # e.g. disk full while publishing: wait, as for the database
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, OperationalError):
-        text = str(exc).lower()
-        return any(
-            word in text
-            for word in (
-                "connection",
-                "connect",
-                "server closed",
-                "terminating",
-                "database is locked",
-                "could not",
-                "timeout",
-                "shutting down",
-            )
-        )
-    return False
 
 
 class Workers:
@@ -120,10 +94,16 @@ class Workers:
             return len(self._busy)
 
     def _claim(self) -> ImportRecord | None:
-        with self._busy_lock, write_tx(self.engine) as conn:
-            record = store_imports.claim_next(
-                conn, instance=self.instance, tenants_busy=set(self._busy), stale_after=STALE_AFTER
-            )
+        with self._busy_lock:
+            with write_tx(self.engine) as conn:
+                record = store_imports.claim_next(
+                    conn,
+                    instance=self.instance,
+                    tenants_busy=set(self._busy),
+                    stale_after=STALE_AFTER,
+                )
+            # Only once the claim is committed: a failed COMMIT must not leave
+            # the tenant marked busy, its files queued until restart.
             if record is not None:
                 self._busy.add(record.tenant_id)
             return record
@@ -134,10 +114,17 @@ class Workers:
             self.last_beat = time.monotonic()
             try:
                 record = self._claim()
-            except Exception as exc:  # noqa: BLE001 -- database down: wait and retry
+            except Exception as exc:  # noqa: BLE001 -- cannot claim: wait and retry
                 outages += 1
                 delay = self.policy.delay(outages)
-                log.warning("db.unavailable", error=repr(exc)[:300], retry_in=round(delay, 2))
+                kind = faults.classify(exc)
+                log.warning(
+                    "db.unavailable",
+                    kind=str(kind),
+                    reason=faults.reason(exc),
+                    error=repr(exc)[:300],
+                    retry_in=round(delay, 2),
+                )
                 self._wake.wait(delay)  # a queued file or a stop ends the wait early
                 self._wake.clear()
                 continue
@@ -164,8 +151,10 @@ class Workers:
                 on_chunk=lambda _rows, _done: self._beat(),
             )
         except importer.Interrupted:
-            return  # still running and ours: resumed from its checkpoint after restart
-        except Exception as exc:  # noqa: BLE001 -- classified below
+            # A clean stop spends no attempt: the import stays running and
+            # ours, and is resumed from its checkpoint after the restart.
+            return
+        except Exception as exc:  # noqa: BLE001 -- classified in _failed
             self._failed(record, exc)
             return
         if outcome.record.source != "cli":
@@ -176,56 +165,90 @@ class Workers:
         self.last_beat = time.monotonic()
 
     def _failed(self, record: ImportRecord, exc: BaseException) -> None:
-        reason = repr(exc)
-        if is_db_unreachable(exc):
-            log.warning(
-                "import.waiting_for_database",
-                import_id=record.id,
-                file=record.file_name,
-                error=reason[:300],
-            )
-            self._requeue(record, spend_attempt=False, reason=reason)
+        """Environment: wait, no attempt spent. Internal: spend one; the last fails it."""
+        if faults.classify(exc) is not faults.Kind.INTERNAL:
+            # Partner data never gets here as an exception (a bad file is
+            # rejected by the importer): anything else is the environment's.
+            self._requeue(record, exc, spend_attempt=False)
             return
-        log.exception(
+        attempts = self._current(record).attempts + 1
+        log.error(
             "import.attempt_failed",
             import_id=record.id,
             file=record.file_name,
-            attempt=record.attempts,
+            attempt=attempts,
             max_attempts=self.cfg.imports.max_attempts,
             exc_info=exc,
         )
-        if record.attempts >= self.cfg.imports.max_attempts:
-            try:
-                importer.fail(self.engine, self.cfg, record.id, reason)
-            except Exception as final:  # noqa: BLE001 -- cannot even record it: retry later
-                log.error("import.fail_unrecorded", import_id=record.id, error=repr(final))
-                self._requeue(record, spend_attempt=False, reason=reason)
-                return
-            if record.source != "cli":
-                self._move(record, self.cfg.quarantine_dir)
+        if attempts < self.cfg.imports.max_attempts:
+            self._requeue(record, exc, spend_attempt=True)
             return
-        self.stop.wait(self.policy.delay(record.attempts))
-        self._requeue(record, spend_attempt=True, reason=reason)
+        try:
+            importer.fail(self.engine, self.cfg, record.id, repr(exc), attempts=attempts)
+        except Exception as final:  # noqa: BLE001 -- cannot even record it: wait, then again
+            log.error("import.fail_unrecorded", import_id=record.id, error=repr(final)[:300])
+            self._requeue(record, final, spend_attempt=False)
+            return
+        if record.source != "cli":
+            self._move(record, self.cfg.quarantine_dir)
 
-    def _requeue(self, record: ImportRecord, *, spend_attempt: bool, reason: str) -> None:
+    def _current(self, record: ImportRecord) -> ImportRecord:
+        try:
+            with self.engine.connect() as conn:
+                return store_imports.get(conn, record.id)
+        except Exception:  # noqa: BLE001 -- unreadable now: the claim's copy will do
+            return record
+
+    def _requeue(self, record: ImportRecord, exc: BaseException, *, spend_attempt: bool) -> None:
+        """Back to the queue with a pause from the retry policy (SPEC 5: never without one).
+
+        An environment failure counts a wait, an internal one an attempt; the
+        pause grows with that count. If even this cannot be written, the import
+        stays running and ours: the next claim after the pause resumes it.
+        """
         outages = 0
         while not self.stop.is_set():
             try:
                 with write_tx(self.engine) as conn:
                     current = store_imports.get(conn, record.id)
-                    attempts = current.attempts if spend_attempt else max(0, current.attempts - 1)
+                    if current.status != "running" or current.claimed_by != self.instance:
+                        return  # finished meanwhile, or another instance's now
+                    attempts = current.attempts + (1 if spend_attempt else 0)
+                    waits = current.waits + (0 if spend_attempt else 1)
+                    pause = self.policy.delay(attempts if spend_attempt else waits)
                     store_imports.set_status(
                         conn,
                         record.id,
                         "queued",
                         attempts=attempts,
-                        last_error=reason[:2000],
+                        waits=waits,
+                        not_before=datetime.now(UTC) + timedelta(seconds=pause),
+                        last_error=repr(exc)[:2000],
                         claimed_by=None,
                     )
-                return
-            except Exception:  # noqa: BLE001 -- still down
+            except Exception as again:  # noqa: BLE001 -- still down
                 outages += 1
+                log.warning("db.unavailable", reason=faults.reason(again), error=repr(again)[:300])
                 self.stop.wait(self.policy.delay(outages))
+                continue
+            if not spend_attempt:
+                log.warning(
+                    Event.IMPORT_WAITING,
+                    import_id=record.id,
+                    file=record.file_name,
+                    reason=faults.reason(exc),
+                    retry_in=round(pause, 2),
+                    waits=waits,
+                    error=repr(exc)[:300],
+                )
+            self.wake_at(pause)
+            return
+
+    def wake_at(self, delay: float) -> None:
+        """Wake a worker when a pause is over (the claim skips the import until then)."""
+        timer = threading.Timer(delay, self._wake.set)
+        timer.daemon = True
+        timer.start()
 
     def _move(self, record: ImportRecord, where: Path) -> None:
         """Archive or quarantine the claimed file (``<dir>/<tenant>/<id>.<name>``)."""

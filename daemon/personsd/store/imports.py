@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -23,8 +24,46 @@ from sqlalchemy import (
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
-from personsd.errors import OperatorError
+from personsd.errors import InternalError, OperatorError
 from personsd.store.models import IMPORT_SOURCES, IMPORT_STATUSES, ImportRow, UtcDateTime
+
+
+class ImportStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+# The import life cycle, the one place it is written down (docs/design.md):
+# every status change goes through transition(). Finished imports never run
+# again on their own: only the operator's `imports retry` re-queues a failed
+# one. Staying in a status (a heartbeat, a report flag) is no transition.
+TRANSITIONS: frozenset[tuple[ImportStatus, ImportStatus]] = frozenset(
+    {
+        (ImportStatus.QUEUED, ImportStatus.RUNNING),  # claimed (or `personsd import`)
+        (ImportStatus.RUNNING, ImportStatus.QUEUED),  # waits, or retries after a bug
+        (ImportStatus.RUNNING, ImportStatus.COMPLETED),
+        (ImportStatus.RUNNING, ImportStatus.REJECTED),
+        (ImportStatus.RUNNING, ImportStatus.FAILED),  # its last attempt spent
+        (ImportStatus.FAILED, ImportStatus.QUEUED),  # `personsd imports retry`
+    }
+)
+FINISHED = frozenset({ImportStatus.COMPLETED, ImportStatus.REJECTED, ImportStatus.FAILED})
+
+
+class IllegalTransition(InternalError):
+    """A status change the life cycle does not allow: a bug, or another instance's work."""
+
+
+def transition(current: str, new: str) -> ImportStatus:
+    """``new`` as a status if ``current -> new`` is allowed; raises IllegalTransition."""
+    before, after = ImportStatus(current), ImportStatus(new)
+    if before != after and (before, after) not in TRANSITIONS:
+        raise IllegalTransition(f"import status {before} cannot become {after}")
+    return after
+
 
 # Arbitrary constant shared by every instance: serialises claims so that two
 # instances never start two imports of one tenant at once.
@@ -109,6 +148,8 @@ class ImportRecord:
     file_error_class: str | None
     file_error_message: str | None
     reports_published: bool
+    not_before: datetime | None
+    waits: int
 
     def __post_init__(self) -> None:
         if self.status not in IMPORT_STATUSES:
@@ -172,6 +213,7 @@ def create(
             duplicate_of=duplicate_of,
             error_counts="{}",
             reports_published=False,
+            waits=0,
             **counters,
         )
         .returning(ImportRow.id)
@@ -204,12 +246,22 @@ def save_checkpoint(conn: Connection, import_id: int, checkpoint: Checkpoint) ->
 
 
 def set_status(conn: Connection, import_id: int, status: str, **changes: Any) -> None:
-    """Set the status and any other columns (``finished_at=…``, ``last_error=…``)."""
+    """Set the status and any other columns (``finished_at=…``, ``last_error=…``).
+
+    The change must be a legal transition (:func:`transition`); the current
+    status is read with the row locked, so a concurrent change cannot slip in.
+    """
     if status not in IMPORT_STATUSES:
         raise ValueError(f"unknown import status {status!r}")
     unknown = set(changes) - _SETTABLE
     if unknown:
         raise ValueError(f"not a settable import column: {', '.join(sorted(unknown))}")
+    current = conn.execute(
+        select(ImportRow.status).where(ImportRow.id == import_id).with_for_update()
+    ).scalar()
+    if current is None:
+        raise OperatorError(f"import {import_id} does not exist")
+    transition(current, status)
     if "error_counts" in changes:
         changes["error_counts"] = json.dumps(dict(changes["error_counts"]), sort_keys=True)
     _update(conn, import_id, {"status": status, **changes})
@@ -250,7 +302,9 @@ def claim_next(
     (the tenants it is working on now), or with no heartbeat for
     ``stale_after``. A tenant with a live running import is skipped, so each
     tenant has one import at a time. The oldest candidate wins (received_at,
-    then file name). Claiming sets it running and counts an attempt.
+    then file name); one whose ``not_before`` is still ahead waits. Claiming
+    sets it running and spends no attempt: attempts are spent by internal
+    failures only, so a stop or a crash costs none.
     """
     now = datetime.now(UTC)
     if conn.dialect.name == "postgresql":
@@ -267,11 +321,19 @@ def claim_next(
         other.status == "running",
         ~abandoned(other),
     )
+    paused = aliased(ImportRow)
+    waiting = exists().where(
+        paused.tenant_id == ImportRow.tenant_id,
+        paused.status == "queued",
+        paused.not_before > now,
+    )
     stmt = (
         select(ImportRow.id)
         .where(
             or_(ImportRow.status == "queued", abandoned(ImportRow)),
             ImportRow.tenant_id.not_in(tenants_busy),
+            # A pause (SPEC 5) holds the tenant's later files too: they keep their order.
+            ~waiting,
             ~live,
         )
         .order_by(ImportRow.received_at, ImportRow.file_name, ImportRow.id)
@@ -289,7 +351,6 @@ def claim_next(
             claimed_by=instance,
             claimed_at=now,
             heartbeat_at=now,
-            attempts=ImportRow.attempts + 1,
             started_at=func.coalesce(ImportRow.started_at, bindparam(None, now, UtcDateTime())),
         )
     )

@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -191,6 +192,9 @@ class ImportRow(Base):
     file_error_class: Mapped[str | None] = mapped_column(Text)
     file_error_message: Mapped[str | None] = mapped_column(Text)
     reports_published: Mapped[bool] = mapped_column(Boolean)
+    # An environment failure's pause: not claimed before this moment (SPEC 5).
+    not_before: Mapped[datetime | None]
+    waits: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
 
 metadata = Base.metadata
