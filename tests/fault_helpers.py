@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 _BLOCK = 64 * 1024
-# Bounds the filling loop whatever the mount's size (64 MiB of blocks at most).
-_MAX_BLOCKS = 1024
+# Bounds the filling loop whatever the mount's size (256 MiB of blocks at most).
+_MAX_BLOCKS = 4096
 
 
 @contextmanager

@@ -17,6 +17,7 @@ Failure policy (SPEC 5, ``store.faults`` tells the kinds apart by codes):
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import socket
@@ -169,9 +170,10 @@ class Workers:
         if faults.classify(exc) is not faults.Kind.INTERNAL:
             # Partner data never gets here as an exception (a bad file is
             # rejected by the importer): anything else is the environment's.
-            self._requeue(record, exc, spend_attempt=False)
+            self._requeue(self._current(record), exc, spend_attempt=False)
             return
-        attempts = self._current(record).attempts + 1
+        record = self._current(record)
+        attempts = record.attempts + 1
         log.error(
             "import.attempt_failed",
             import_id=record.id,
@@ -203,19 +205,30 @@ class Workers:
         """Back to the queue with a pause from the retry policy (SPEC 5: never without one).
 
         An environment failure counts a wait, an internal one an attempt; the
-        pause grows with that count. If even this cannot be written, the import
-        stays running and ours: the next claim after the pause resumes it.
+        pause grows with that count. While even this cannot be written (the
+        database is the trouble), it is retried with backoff, the import still
+        running and ours.
         """
-        outages = 0
-        while not self.stop.is_set():
+        attempts = record.attempts + (1 if spend_attempt else 0)
+        waits = record.waits + (0 if spend_attempt else 1)
+        pause = self.policy.delay(attempts if spend_attempt else waits)
+        if not spend_attempt:
+            log.warning(
+                Event.IMPORT_WAITING,
+                import_id=record.id,
+                file=record.file_name,
+                reason=faults.reason(exc),
+                retry_in=round(pause, 2),
+                waits=waits,
+                error=repr(exc)[:300],
+            )
+        # Tried once even when stopping, so a bug's attempt is not forgotten.
+        for outages in itertools.count(1):
             try:
                 with write_tx(self.engine) as conn:
                     current = store_imports.get(conn, record.id)
                     if current.status != "running" or current.claimed_by != self.instance:
                         return  # finished meanwhile, or another instance's now
-                    attempts = current.attempts + (1 if spend_attempt else 0)
-                    waits = current.waits + (0 if spend_attempt else 1)
-                    pause = self.policy.delay(attempts if spend_attempt else waits)
                     store_imports.set_status(
                         conn,
                         record.id,
@@ -227,20 +240,17 @@ class Workers:
                         claimed_by=None,
                     )
             except Exception as again:  # noqa: BLE001 -- still down
-                outages += 1
-                log.warning("db.unavailable", reason=faults.reason(again), error=repr(again)[:300])
-                self.stop.wait(self.policy.delay(outages))
-                continue
-            if not spend_attempt:
+                if self.stop.is_set():
+                    return  # still running and ours: resumed after the restart
+                delay = self.policy.delay(outages)
                 log.warning(
-                    Event.IMPORT_WAITING,
-                    import_id=record.id,
-                    file=record.file_name,
-                    reason=faults.reason(exc),
-                    retry_in=round(pause, 2),
-                    waits=waits,
-                    error=repr(exc)[:300],
+                    "db.unavailable",
+                    reason=faults.reason(again),
+                    error=repr(again)[:300],
+                    retry_in=round(delay, 2),
                 )
+                self.stop.wait(delay)
+                continue
             self.wake_at(pause)
             return
 
