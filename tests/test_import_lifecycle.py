@@ -31,7 +31,7 @@ from personsd.store.imports import (
     ImportStatus,
     transition,
 )
-from personsd.workers import Workers
+from personsd.workers import Workers, instance_name
 
 ROWS = "external_person_id\n" + "".join(f"p{n}\n" for n in range(40))
 FAST = RetryPolicy(base=0.05, cap=0.4)
@@ -306,3 +306,40 @@ def test_a_failed_claim_commit_leaves_the_tenant_free_sqlite(tmp_path: Path) -> 
         engine.dispose()
         keeper.close()
     assert claimed is not None and import_id == claimed.id
+
+
+def test_disk_full_while_publishing_leaves_the_import_running_and_redoes_no_chunk(
+    db_url: str, tmp_path: Path, running: list[Workers]
+) -> None:
+    """ENOSPC after the last chunk (publishing): not finished, nothing in the outbox; the
+    retry publishes without redoing a chunk (no id reserved again)."""
+    with tmpfs(tmp_path / "root", "2m") as root:
+        cfg = _site(root, db_url)
+        engine = db.connect(db_url)
+        import_id = _queue(engine, cfg)
+        filled: list[Path] = []
+
+        def full_after_last_chunk(rows: int, _bytes: int) -> None:
+            if rows == 40:
+                filled.append(fill(root))
+
+        with pytest.raises(OSError) as caught:
+            importer.run(engine, cfg, import_id, on_chunk=full_after_last_chunk)
+        record = _get(engine, import_id)
+        ids = _sequence(engine)
+        assert (Kind.ENVIRONMENT, "running", 40) == (
+            classify(caught.value),
+            record.status,
+            record.rows_created,
+        )
+        assert [] == list(cfg.outbox("acme").iterdir())
+        filled[0].unlink()
+        with db.write_tx(engine) as conn:  # as a restart finds it: running and ours
+            store_imports.set_status(conn, import_id, "running", claimed_by=instance_name(cfg))
+        with capture_logs() as logs:
+            _start(engine, cfg, running)
+            _wait(lambda: _get(engine, import_id).status == "completed", what="completed")
+        record = _get(engine, import_id)
+        assert (ids, 40, 0) == (_sequence(engine), record.rows_created, record.attempts)
+        assert [] == [e for e in logs if e["event"] == "import.progress"]
+        engine.dispose()
