@@ -171,7 +171,9 @@ def test_disk_full_waits_with_growing_pauses_and_spends_nothing(
             filler.unlink()
             _wait(lambda: _get(engine, import_id).status == "completed", what="completed")
         engine.dispose()
-    assert ["errno ENOSPC"] * 3 == [e["reason"] for e in waiting[:3]]
+    assert [("acme", import_id, "a.persons", "errno ENOSPC")] * 3 == [
+        (e["tenant"], e["import_id"], e["file"], e["reason"]) for e in waiting[:3]
+    ]
     pauses = [e["retry_in"] for e in waiting[:4]]
     assert sorted(pauses) == pauses and pauses[0] < pauses[-1]
     assert "import.attempt_failed" not in {e["event"] for e in logs}

@@ -176,6 +176,7 @@ class Workers:
         attempts = record.attempts + 1
         log.error(
             "import.attempt_failed",
+            tenant=self._tenant(record),
             import_id=record.id,
             file=record.file_name,
             attempt=attempts,
@@ -193,6 +194,14 @@ class Workers:
             return
         if record.source != "cli":
             self._move(record, self.cfg.quarantine_dir)
+
+    def _tenant(self, record: ImportRecord) -> str:
+        """The tenant's name for the log (SPEC 9); its id while the database is away."""
+        try:
+            with self.engine.connect() as conn:
+                return store_tenants.tenant_name(conn, record.tenant_id) or str(record.tenant_id)
+        except Exception:  # noqa: BLE001 -- the log line matters more than the name
+            return str(record.tenant_id)
 
     def _current(self, record: ImportRecord) -> ImportRecord:
         try:
@@ -215,6 +224,7 @@ class Workers:
         if not spend_attempt:
             log.warning(
                 Event.IMPORT_WAITING,
+                tenant=self._tenant(record),
                 import_id=record.id,
                 file=record.file_name,
                 reason=faults.reason(exc),
