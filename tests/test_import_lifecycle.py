@@ -150,6 +150,15 @@ def _start(engine: Engine, cfg: config.Config, running: list[Workers]) -> Worker
     return workers
 
 
+def _stop_after_archive(cfg: config.Config, import_id: int, running: list[Workers]) -> None:
+    """Let the worker archive the file, then stop it (before its tmpfs goes away)."""
+    archived = cfg.archive_dir / "acme" / f"{import_id}.a.persons"
+    _wait(archived.exists, what="the file archived")
+    for workers in running:
+        workers.stop.set()
+        workers.join(time.monotonic() + 10)
+
+
 def test_disk_full_waits_with_growing_pauses_and_spends_nothing(
     db_url: str, tmp_path: Path, running: list[Workers]
 ) -> None:
@@ -170,6 +179,7 @@ def test_disk_full_waits_with_growing_pauses_and_spends_nothing(
             assert record.not_before is not None
             filler.unlink()
             _wait(lambda: _get(engine, import_id).status == "completed", what="completed")
+        _stop_after_archive(cfg, import_id, running)
         engine.dispose()
     assert [("acme", import_id, "a.persons", "errno ENOSPC")] * 3 == [
         (e["tenant"], e["import_id"], e["file"], e["reason"]) for e in waiting[:3]
@@ -341,6 +351,7 @@ def test_disk_full_while_publishing_leaves_the_import_running_and_redoes_no_chun
         with capture_logs() as logs:
             _start(engine, cfg, running)
             _wait(lambda: _get(engine, import_id).status == "completed", what="completed")
+        _stop_after_archive(cfg, import_id, running)
         record = _get(engine, import_id)
         assert (ids, 40, 0) == (_sequence(engine), record.rows_created, record.attempts)
         assert [] == [e for e in logs if e["event"] == "import.progress"]
