@@ -176,7 +176,8 @@ def run(
             record = store_imports.get(conn, import_id)
     bound.info(
         Event.IMPORT_RESUMED if resumed else Event.IMPORT_STARTED,
-        attempt=record.attempts,
+        # This run's number: the failed attempts before it, plus one.
+        attempt=record.attempts + 1,
         row=record.next_row,
         bytes=record.bytes,
     )
