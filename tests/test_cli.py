@@ -722,7 +722,9 @@ def test_imports_retry_queues_a_failed_import_only(site: Site) -> None:
     source = site.write("poison.persons", "external_person_id\ne2\n")
     cfg = config_mod.load(site.config, env={})
     with engine_of(site) as engine:
-        failed_id = importer.create(engine, tenant="acme", path=source, source="cli")
+        failed_id = importer.create(
+            engine, tenant="acme", path=source, source="cli", claimed_by="cli:test"
+        )
         importer.fail(engine, cfg, failed_id, "RuntimeError('boom')")
     summary = json.loads(
         (site.outbox("acme") / f"poison.persons.{failed_id}.summary.json").read_text()
@@ -763,7 +765,9 @@ def test_imports_retry_then_the_import_completes(site: Site) -> None:
     source = site.write("later.persons", "external_person_id\ne1\ne2\n")
     cfg = config_mod.load(site.config, env={})
     with engine_of(site) as engine:
-        import_id = importer.create(engine, tenant="acme", path=source, source="cli")
+        import_id = importer.create(
+            engine, tenant="acme", path=source, source="cli", claimed_by="cli:test"
+        )
         importer.fail(engine, cfg, import_id, "OSError('disk')")
         site.cli("imports", "retry", str(import_id))
         outcome = importer.run(engine, cfg, import_id)

@@ -354,7 +354,7 @@ def test_an_import_cut_off_by_a_database_crash_completes_with_the_same_result(
             daemon.kill()
 
     assert cut_at < BIG_ROWS, "the database stopped after the import, not during it"
-    assert daemon.has_event("import.waiting_for_database", import_id=summary["import_id"])
+    assert daemon.has_event("import.waiting", import_id=summary["import_id"])
     assert [summary["import_id"]] == [record.id for record in imports]
     assert "completed" == summary["status"]
     assert comparable_summary(expected) == comparable_summary(summary)

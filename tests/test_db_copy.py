@@ -147,7 +147,9 @@ def test_a_non_empty_target_is_refused(source: Site, pg_url: str, tmp_path: Path
     result = source.cli("db", "copy", "--to", pg_url, expect=1)
     assert_clean_exit(result, 1)
     assert "not empty (tenants: 1 rows)" in result.stderr
-    assert "somebody\tkeys=0\tpassword=no\n" == other.cli("tenants", "list").stdout
+    assert (
+        "somebody\tkeys=0\tpassword=no\texpect=-\tnotify=-\n" == other.cli("tenants", "list").stdout
+    )
 
 
 def test_a_finished_copy_is_not_copied_again(source: Site, pg_url: str) -> None:

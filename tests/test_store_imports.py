@@ -57,7 +57,7 @@ def test_create_and_get(engine: Engine, tenant_ids: tuple[int, int]) -> None:
         next_offset=None, next_line=None, next_row=0, rows_total=0, rows_succeeded=0,
         rows_failed=0, rows_created=0, rows_updated=0, error_counts={}, errors_bytes=0,
         retry_bytes=0, retry_rows=0, file_error_class=None, file_error_message=None,
-        reports_published=False,
+        reports_published=False, not_before=None, waits=0,
     )  # fmt: skip
     assert expected == record
     assert Checkpoint() == record.checkpoint
@@ -94,6 +94,7 @@ def test_set_status_and_list(engine: Engine, tenant_ids: tuple[int, int]) -> Non
     with db.write_tx(engine) as conn:
         first = queue(conn, acme, "a.persons", 0)
         second = queue(conn, beta, "b.persons", 1)
+        imports.set_status(conn, first, "running")
         imports.set_status(
             conn, first, "rejected", finished_at=T0, file_error_class="C",
             file_error_message="M", reports_published=True, error_counts={"C": 1},
@@ -181,7 +182,7 @@ def test_claim_oldest_first_one_per_tenant(engine: Engine, tenant_ids: tuple[int
     assert [a_early, b_tie_a, None] == [r.id if r else None for r in got]
     first = got[0]
     assert first is not None
-    assert ("running", "i1", 1) == (first.status, first.claimed_by, first.attempts)
+    assert ("running", "i1", 0) == (first.status, first.claimed_by, first.attempts)
     assert ("i1", 1) == (first.lease_holder, first.lease_generation)
     assert first.started_at is not None
     with db.write_tx(engine) as conn:
@@ -229,7 +230,7 @@ def test_a_live_lease_is_never_taken_and_an_expired_one_is(
     taken = claim_lease(engine, "i2")
     assert taken is not None
     record = taken.record
-    assert (import_id, "i2", "i2", 2, 2) == (
+    assert (import_id, "i2", "i2", 2, 0) == (
         record.id, record.claimed_by, record.lease_holder, record.lease_generation, record.attempts
     )  # fmt: skip
     assert "i1" == taken.taken_from
@@ -262,7 +263,7 @@ def test_sqlite_single_daemon_resumes_abandoned_imports_whatever_the_lease(
     assert None is claim(engine, "host:2:bb", busy={acme}, single=True)
     again = claim(engine, "host:2:bb", single=True)
     assert again is not None
-    assert (import_id, 2) == (again.id, again.attempts)
+    assert (import_id, 0) == (again.id, again.attempts)  # no claim spends one
 
 
 def test_concurrent_claims_never_share_a_tenant(

@@ -18,7 +18,7 @@ from personsd.retry import RetryPolicy
 from personsd.store import db
 from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
-from personsd.workers import Workers, is_db_unreachable, sweep_archive
+from personsd.workers import Workers, sweep_archive
 
 GOOD = "external_person_id\nalice\nbob\n"
 
@@ -134,33 +134,6 @@ def test_archive_sweep_deletes_only_files_older_than_keep_days(site: config.Conf
     os.utime(old, (now - 31 * 86400, now - 31 * 86400))
     assert 1 == sweep_archive(site, now=now)
     assert (False, True) == (old.exists(), young.exists())
-
-
-def test_connection_errors_are_told_apart_from_bugs() -> None:
-    """A refused connection waits for the database; a programming error spends an attempt."""
-    from sqlalchemy.exc import OperationalError, ProgrammingError
-
-    refused = OperationalError("select 1", {}, Exception("connection refused"))
-    bug = ProgrammingError("select nope", {}, Exception("syntax error"))
-    assert (True, False, False) == (
-        is_db_unreachable(refused),
-        is_db_unreachable(bug),
-        is_db_unreachable(ValueError("x")),
-    )
-
-
-def test_disk_full_waits_instead_of_spending_attempts() -> None:
-    """Disk full (SPEC 5): the import pauses and retries; it is not the file's fault."""
-    import errno
-
-    from personsd.errors import TransientError
-
-    full = OSError(errno.ENOSPC, "No space left on device")
-    assert (True, True, False) == (
-        is_db_unreachable(full),
-        is_db_unreachable(TransientError("disk full")),
-        is_db_unreachable(OSError(errno.EACCES, "denied")),
-    )
 
 
 def test_a_cli_import_is_never_claimed_by_a_daemon(site: config.Config, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ accounting, quarantine and archive are the caller's.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import threading
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 from sqlalchemy import Connection, Engine, text
@@ -222,19 +224,17 @@ def run(
         with write_tx(engine) as conn:
             overlay.clear(conn, import_id)
     if record.status != "running":
-        # The daemon's claim already made it running and counted the attempt.
+        # The daemon's claim already made it running. No attempt is counted
+        # here: attempts are spent by internal failures (the caller's).
         with write_tx(engine) as conn:
             store_imports.set_status(
-                conn,
-                import_id,
-                "running",
-                attempts=record.attempts + 1,
-                started_at=record.started_at or now(),
+                conn, import_id, "running", started_at=record.started_at or now()
             )
             record = store_imports.get(conn, import_id)
     bound.info(
         Event.IMPORT_RESUMED if resumed else Event.IMPORT_STARTED,
-        attempt=record.attempts,
+        # This run's number: the failed attempts before it, plus one.
+        attempt=record.attempts + 1,
         row=record.next_row,
         bytes=record.bytes,
         mode=record.mode,
@@ -261,14 +261,7 @@ def run(
     except FileRejected as rejected:
         return _reject(engine, cfg, record, rejected, lease)
 
-    with write_tx(engine) as conn:
-        if lease is not None:
-            store_imports.fence(conn, lease)
-        store_imports.set_status(conn, import_id, "completed", finished_at=now())
-        webhooks.enqueue(conn, cfg, import_id)
-        overlay.clear(conn, import_id)
-    outcome = publish(engine, cfg, import_id, lease=lease)
-    metrics.import_ended(outcome.summary)
+    outcome = _finish(engine, cfg, import_id, "completed", lease=lease)
     rows = outcome.summary.rows
     bound.info(
         Event.IMPORT_COMPLETED,
@@ -330,21 +323,15 @@ def _reject(
     errors_path.parent.mkdir(parents=True, exist_ok=True)
     _check(engine, lease)
     reports.rejected_report(errors_path, rejected.error_class, rejected.message, rejected.line)
-    with write_tx(engine) as conn:
-        if lease is not None:
-            store_imports.fence(conn, lease)
-        store_imports.set_status(
-            conn,
-            record.id,
-            "rejected",
-            finished_at=now(),
-            file_error_class=rejected.error_class,
-            file_error_message=rejected.message,
-        )
-        webhooks.enqueue(conn, cfg, record.id)
-        overlay.clear(conn, record.id)
-    outcome = publish(engine, cfg, record.id, lease=lease)
-    metrics.import_ended(outcome.summary)
+    outcome = _finish(
+        engine,
+        cfg,
+        record.id,
+        "rejected",
+        lease=lease,
+        file_error_class=rejected.error_class,
+        file_error_message=rejected.message,
+    )
     log.warning(
         Event.IMPORT_REJECTED,
         tenant=outcome.summary.tenant,
@@ -740,8 +727,45 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
+def _finish(
+    engine: Engine,
+    cfg: Config,
+    import_id: int,
+    status: str,
+    *,
+    lease: Lease | None = None,
+    **changes: Any,
+) -> Outcome:
+    """Publish the reports as ``status``, then record the import as finished.
+
+    In this order so that a full disk or a crash while publishing leaves the
+    import running, to be resumed (from its last checkpoint: no chunk is
+    redone) and published again, same bytes but ``finished_at``: a finished
+    import never goes back to the queue (store.imports.TRANSITIONS). The
+    webhook's delivery row is written in the transaction that ends the import
+    (SPEC 10); with a ``lease``, both steps only while it holds (SPEC 12).
+    """
+    changes = {"finished_at": now(), **changes}
+    _check(engine, lease)
+    with engine.connect() as conn:
+        record = store_imports.get(conn, import_id)
+        tenant = _tenant_name(conn, record.tenant_id)
+    final = dataclasses.replace(record, status=status, **changes)
+    summary = _publish_files(cfg, final, tenant)
+    with write_tx(engine) as conn:
+        if lease is not None:
+            store_imports.fence(conn, lease)
+        store_imports.set_status(conn, import_id, status, reports_published=True, **changes)
+        webhooks.enqueue(conn, cfg, import_id)
+        if status != "failed":  # a failed validation keeps its overlay: `imports retry` resumes it
+            overlay.clear(conn, import_id)
+        record = store_imports.get(conn, import_id)
+    metrics.import_ended(summary)
+    return Outcome(record=record, summary=summary)
+
+
 def publish(engine: Engine, cfg: Config, import_id: int, *, lease: Lease | None = None) -> Outcome:
-    """Publish a finished import's reports to the outbox (idempotent; summary last).
+    """Publish a finished import's reports to the outbox again (idempotent; summary last).
 
     With a ``lease``, only while it holds (checked before and after writing).
     """
@@ -751,6 +775,18 @@ def publish(engine: Engine, cfg: Config, import_id: int, *, lease: Lease | None 
         tenant = _tenant_name(conn, record.tenant_id)
     if record.status not in ("completed", "rejected", "failed"):
         raise InternalError(f"import {import_id} is {record.status}, not finished")
+    summary = _publish_files(cfg, record, tenant)
+    with write_tx(engine) as conn:
+        if lease is not None:
+            store_imports.fence(conn, lease)
+        store_imports.set_status(conn, import_id, record.status, reports_published=True)
+        record = store_imports.get(conn, import_id)
+    return Outcome(record=record, summary=summary)
+
+
+def _publish_files(cfg: Config, record: ImportRecord, tenant: str) -> reports.Summary:
+    """Write ``record``'s reports into the outbox (summary last); its summary."""
+    import_id = record.id
     summary = summary_of(record, tenant)
     errors_path, retry_path = work_paths(cfg, import_id, record.lease_generation)
     if not errors_path.exists():
@@ -770,18 +806,22 @@ def publish(engine: Engine, cfg: Config, import_id: int, *, lease: Lease | None 
         summary,
         displaced=cfg.state_dir / "displaced" / tenant,
     )
-    with write_tx(engine) as conn:
-        if lease is not None:
-            store_imports.fence(conn, lease)
-        store_imports.set_status(conn, import_id, record.status, reports_published=True)
-        record = store_imports.get(conn, import_id)
-    return Outcome(record=record, summary=summary)
+    return summary
 
 
 def fail(
-    engine: Engine, cfg: Config, import_id: int, reason: str, *, lease: Lease | None = None
+    engine: Engine,
+    cfg: Config,
+    import_id: int,
+    reason: str,
+    *,
+    attempts: int | None = None,
+    lease: Lease | None = None,
 ) -> Outcome:
-    """Give up on an import after its last attempt: status failed, reports published."""
+    """Give up on an import after its last attempt: reports published, status failed.
+
+    ``attempts``: the count to record (the caller's, who spent the last one).
+    """
     with engine.connect() as conn:
         record = store_imports.get(conn, import_id)
     if record.sha256 == UNHASHED:
@@ -789,15 +829,10 @@ def fail(
             _hash(engine, record, None, lease)
         except OSError as exc:  # the summary says sha256 null
             log.warning("import.unhashed", import_id=import_id, error=repr(exc)[:300])
-    with write_tx(engine) as conn:
-        if lease is not None:
-            store_imports.fence(conn, lease)
-        store_imports.set_status(
-            conn, import_id, "failed", finished_at=now(), last_error=reason[:2000]
-        )
-        webhooks.enqueue(conn, cfg, import_id)
-    outcome = publish(engine, cfg, import_id, lease=lease)
-    metrics.import_ended(outcome.summary)
+    changes: dict[str, Any] = {"last_error": reason[:2000]}
+    if attempts is not None:
+        changes["attempts"] = attempts
+    outcome = _finish(engine, cfg, import_id, "failed", lease=lease, **changes)
     log.error(
         Event.IMPORT_FAILED,
         tenant=outcome.summary.tenant,

@@ -8,36 +8,39 @@ import is held under a lease that a heartbeat thread renews every third of
 lease's generation, so an instance that lost its lease (frozen, cut off)
 stops that import at its next write and leaves it to the new holder.
 
-Failure policy (SPEC 5):
+Failure policy (SPEC 5, ``store.faults`` tells the kinds apart by codes):
 - the partner's bad data never reaches here as an exception (rows go to the
   report, a bad file is ``rejected``);
-- the database being unreachable is nobody's fault: the import is put back
-  without spending an attempt, and the worker waits with backoff;
-- anything else is our fault: the import is retried from its checkpoint up to
-  ``import.max_attempts`` times, then ``failed`` and its file quarantined.
+- the environment (database unreachable or locked, disk full) is nobody's
+  fault: the import goes back to the queue with a pause (``not_before``) from
+  the retry policy, counting a wait, not an attempt (``import.waiting``);
+- anything else is our fault: an attempt is spent and the import is retried
+  from its checkpoint after a pause, up to ``import.max_attempts`` times, then
+  ``failed`` and its file quarantined. A stop or a restart spends nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import itertools
 import os
 import shutil
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from personsd import importer
 from personsd.config import Config
-from personsd.errors import LeaseLost, TransientError
+from personsd.errors import LeaseLost
 from personsd.fileformat import cut_name, name_bytes
 from personsd.instance import instance_name
 from personsd.logging import Event, get_logger
 from personsd.retry import RetryPolicy
+from personsd.store import faults
 from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
@@ -46,32 +49,6 @@ from personsd.store.imports import ImportRecord, Lease
 log = get_logger("personsd.workers")
 
 __all__ = ["Workers", "instance_name", "remove_work", "sweep_archive"]
-
-
-def is_db_unreachable(exc: BaseException) -> bool:
-    """True for connection-level database errors (worth waiting for, not our bug)."""
-    if isinstance(exc, TransientError):
-        return True  # e.g. disk full while publishing: wait, as for the database
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, OperationalError):
-        text = str(exc).lower()
-        return any(
-            word in text
-            for word in (
-                "connection",
-                "connect",
-                "server closed",
-                "terminating",
-                "database is locked",
-                "could not",
-                "timeout",
-                "shutting down",
-            )
-        )
-    return False
 
 
 class Workers:
@@ -192,10 +169,17 @@ class Workers:
             self.last_beat = time.monotonic()
             try:
                 claimed = self._claim()
-            except Exception as exc:  # noqa: BLE001 -- database down: wait and retry
+            except Exception as exc:  # noqa: BLE001 -- cannot claim: wait and retry
                 outages += 1
                 delay = self.policy.delay(outages)
-                log.warning("db.unavailable", error=repr(exc)[:300], retry_in=round(delay, 2))
+                kind = faults.classify(exc)
+                log.warning(
+                    "db.unavailable",
+                    kind=str(kind),
+                    reason=faults.reason(exc),
+                    error=repr(exc)[:300],
+                    retry_in=round(delay, 2),
+                )
                 self._wake.wait(delay)  # a queued file or a stop ends the wait early
                 self._wake.clear()
                 continue
@@ -252,66 +236,121 @@ class Workers:
         self.last_beat = time.monotonic()
 
     def _failed(self, record: ImportRecord, exc: BaseException, lease: Lease) -> None:
-        reason = repr(exc)
-        if is_db_unreachable(exc):
-            log.warning(
-                "import.waiting_for_database",
-                import_id=record.id,
-                file=record.file_name,
-                error=reason[:300],
-            )
-            self._requeue(record, lease, spend_attempt=False, reason=reason)
+        """Environment: wait, no attempt spent. Internal: spend one; the last fails it."""
+        if faults.classify(exc) is not faults.Kind.INTERNAL:
+            # Partner data never gets here as an exception (a bad file is
+            # rejected by the importer): anything else is the environment's.
+            self._requeue(self._current(record), exc, lease, spend_attempt=False)
             return
-        log.exception(
+        record = self._current(record)
+        attempts = record.attempts + 1
+        log.error(
             "import.attempt_failed",
+            tenant=self._tenant(record),
             import_id=record.id,
             file=record.file_name,
-            attempt=record.attempts,
+            attempt=attempts,
             max_attempts=self.cfg.imports.max_attempts,
             exc_info=exc,
         )
-        if record.attempts >= self.cfg.imports.max_attempts:
-            try:
-                importer.fail(self.engine, self.cfg, record.id, reason, lease=lease)
-            except LeaseLost:
-                self._lost(lease, "write")
-                return
-            except Exception as final:  # noqa: BLE001 -- cannot even record it: retry later
-                log.error("import.fail_unrecorded", import_id=record.id, error=repr(final))
-                self._requeue(record, lease, spend_attempt=False, reason=reason)
-                return
-            if record.source != "cli":
-                self._move(record, self.cfg.quarantine_dir)
+        if attempts < self.cfg.imports.max_attempts:
+            self._requeue(record, exc, lease, spend_attempt=True)
             return
-        self.stop.wait(self.policy.delay(record.attempts))
-        self._requeue(record, lease, spend_attempt=True, reason=reason)
+        try:
+            importer.fail(
+                self.engine, self.cfg, record.id, repr(exc), attempts=attempts, lease=lease
+            )
+        except LeaseLost:
+            self._lost(lease, "write")
+            return
+        except Exception as final:  # noqa: BLE001 -- cannot even record it: wait, then again
+            log.error("import.fail_unrecorded", import_id=record.id, error=repr(final)[:300])
+            self._requeue(record, final, lease, spend_attempt=False)
+            return
+        if record.source != "cli":
+            self._move(record, self.cfg.quarantine_dir)
+
+    def _tenant(self, record: ImportRecord) -> str:
+        """The tenant's name for the log (SPEC 9); its id while the database is away."""
+        try:
+            with self.engine.connect() as conn:
+                return store_tenants.tenant_name(conn, record.tenant_id) or str(record.tenant_id)
+        except Exception:  # noqa: BLE001 -- the log line matters more than the name
+            return str(record.tenant_id)
+
+    def _current(self, record: ImportRecord) -> ImportRecord:
+        try:
+            with self.engine.connect() as conn:
+                return store_imports.get(conn, record.id)
+        except Exception:  # noqa: BLE001 -- unreadable now: the claim's copy will do
+            return record
 
     def _requeue(
-        self, record: ImportRecord, lease: Lease, *, spend_attempt: bool, reason: str
+        self, record: ImportRecord, exc: BaseException, lease: Lease, *, spend_attempt: bool
     ) -> None:
-        outages = 0
-        while not self.stop.is_set():
+        """Back to the queue with a pause from the retry policy (SPEC 5: never without one).
+
+        An environment failure counts a wait, an internal one an attempt; the
+        pause grows with that count. While even this cannot be written (the
+        database is the trouble), it is retried with backoff, the import still
+        running and ours.
+        """
+        attempts = record.attempts + (1 if spend_attempt else 0)
+        waits = record.waits + (0 if spend_attempt else 1)
+        pause = self.policy.delay(attempts if spend_attempt else waits)
+        if not spend_attempt:
+            log.warning(
+                Event.IMPORT_WAITING,
+                tenant=self._tenant(record),
+                import_id=record.id,
+                file=record.file_name,
+                reason=faults.reason(exc),
+                retry_in=round(pause, 2),
+                waits=waits,
+                error=repr(exc)[:300],
+            )
+        # Tried once even when stopping, so a bug's attempt is not forgotten.
+        for outages in itertools.count(1):
             try:
                 with write_tx(self.engine) as conn:
                     # Only while it is ours: never send another instance's import back.
                     store_imports.fence(conn, lease)
                     current = store_imports.get(conn, record.id)
-                    attempts = current.attempts if spend_attempt else max(0, current.attempts - 1)
+                    if current.status != "running" or current.claimed_by != self.instance:
+                        return  # finished meanwhile, or another instance's now
                     store_imports.set_status(
                         conn,
                         record.id,
                         "queued",
                         attempts=attempts,
-                        last_error=reason[:2000],
+                        waits=waits,
+                        not_before=datetime.now(UTC) + timedelta(seconds=pause),
+                        last_error=repr(exc)[:2000],
                         claimed_by=None,
                     )
+                self.wake_at(pause)
                 return
             except LeaseLost:
                 self._lost(lease, "write")
                 return
-            except Exception:  # noqa: BLE001 -- still down
-                outages += 1
-                self.stop.wait(self.policy.delay(outages))
+            except Exception as again:  # noqa: BLE001 -- still down
+                if self.stop.is_set():
+                    return  # still running and ours: resumed after the restart
+                delay = self.policy.delay(outages)
+                log.warning(
+                    "db.unavailable",
+                    reason=faults.reason(again),
+                    error=repr(again)[:300],
+                    retry_in=round(delay, 2),
+                )
+                self.stop.wait(delay)
+                continue
+
+    def wake_at(self, delay: float) -> None:
+        """Wake a worker when a pause is over (the claim skips the import until then)."""
+        timer = threading.Timer(delay, self._wake.set)
+        timer.daemon = True
+        timer.start()
 
     def _move(self, record: ImportRecord, where: Path) -> None:
         """Archive or quarantine the claimed file (``<dir>/<tenant>/<id>.<name>``)."""

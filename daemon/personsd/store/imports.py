@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -22,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
-from personsd.errors import LeaseLost, OperatorError
+from personsd.errors import InternalError, LeaseLost, OperatorError
 from personsd.store.models import (
     IMPORT_MODES,
     IMPORT_SOURCES,
@@ -30,6 +31,44 @@ from personsd.store.models import (
     ImportRow,
     UtcDateTime,
 )
+
+
+class ImportStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+# The import life cycle, the one place it is written down (docs/design.md):
+# every status change goes through transition(). Finished imports never run
+# again on their own: only the operator's `imports retry` re-queues a failed
+# one. Staying in a status (a heartbeat, a report flag) is no transition.
+TRANSITIONS: frozenset[tuple[ImportStatus, ImportStatus]] = frozenset(
+    {
+        (ImportStatus.QUEUED, ImportStatus.RUNNING),  # claimed (or `personsd import`)
+        (ImportStatus.RUNNING, ImportStatus.QUEUED),  # waits, or retries after a bug
+        (ImportStatus.RUNNING, ImportStatus.COMPLETED),
+        (ImportStatus.RUNNING, ImportStatus.REJECTED),
+        (ImportStatus.RUNNING, ImportStatus.FAILED),  # its last attempt spent
+        (ImportStatus.FAILED, ImportStatus.QUEUED),  # `personsd imports retry`
+    }
+)
+FINISHED = frozenset({ImportStatus.COMPLETED, ImportStatus.REJECTED, ImportStatus.FAILED})
+
+
+class IllegalTransition(InternalError):
+    """A status change the life cycle does not allow: a bug, or another instance's work."""
+
+
+def transition(current: str, new: str) -> ImportStatus:
+    """``new`` as a status if ``current -> new`` is allowed; raises IllegalTransition."""
+    before, after = ImportStatus(current), ImportStatus(new)
+    if before != after and (before, after) not in TRANSITIONS:
+        raise IllegalTransition(f"import status {before} cannot become {after}")
+    return after
+
 
 # Arbitrary constant shared by every instance: serialises claims so that two
 # instances never start two imports of one tenant at once.
@@ -114,6 +153,8 @@ class ImportRecord:
     file_error_class: str | None
     file_error_message: str | None
     reports_published: bool
+    not_before: datetime | None
+    waits: int
     lease_holder: str | None = None
     lease_expires: datetime | None = None
     lease_generation: int = 0
@@ -187,6 +228,7 @@ def create(
             error_counts="{}",
             reports_published=False,
             mode=mode,
+            waits=0,
             **counters,
         )
         .returning(ImportRow.id)
@@ -231,12 +273,22 @@ def save_checkpoint(
 
 
 def set_status(conn: Connection, import_id: int, status: str, **changes: Any) -> None:
-    """Set the status and any other columns (``finished_at=…``, ``last_error=…``)."""
+    """Set the status and any other columns (``finished_at=…``, ``last_error=…``).
+
+    The change must be a legal transition (:func:`transition`); the current
+    status is read with the row locked, so a concurrent change cannot slip in.
+    """
     if status not in IMPORT_STATUSES:
         raise ValueError(f"unknown import status {status!r}")
     unknown = set(changes) - _SETTABLE
     if unknown:
         raise ValueError(f"not a settable import column: {', '.join(sorted(unknown))}")
+    current = conn.execute(
+        select(ImportRow.status).where(ImportRow.id == import_id).with_for_update()
+    ).scalar()
+    if current is None:
+        raise OperatorError(f"import {import_id} does not exist")
+    transition(current, status)
     if "error_counts" in changes:
         changes["error_counts"] = json.dumps(dict(changes["error_counts"]), sort_keys=True)
     _update(conn, import_id, {"status": status, **changes})
@@ -367,12 +419,14 @@ def claim_next(
     order, whichever instance runs them. It is either queued or running under
     a lease that has expired (its instance died or froze: taken over, resumed
     from its checkpoint). A tenant with an import running under a live lease,
-    or in ``tenants_busy`` (what this instance runs now), is skipped.
+    or in ``tenants_busy`` (what this instance runs now), is skipped, and so is
+    a tenant whose queued import waits out a pause (``not_before`` ahead).
     ``single_daemon`` (SQLite, where a lock file keeps out a second daemon):
     every daemon-run import not in ``tenants_busy`` is abandoned, whatever its
     lease says. Imports run by ``personsd import`` (source ``cli``) are never
-    taken. Claiming sets the lease (holder, expiry, generation + 1), makes the
-    import running and counts an attempt.
+    taken. Claiming sets the lease (holder, expiry, generation + 1) and makes
+    the import running; it spends no attempt: attempts are spent by internal
+    failures only, so a stop, a crash or a takeover costs none.
     """
     now = datetime.now(UTC)
     if conn.dialect.name == "postgresql":
@@ -412,12 +466,20 @@ def claim_next(
             ),
         ),
     )
+    paused = aliased(ImportRow)
+    waiting = exists().where(
+        paused.tenant_id == ImportRow.tenant_id,
+        paused.status == "queued",
+        paused.not_before > now,
+    )
     stmt = (
         select(ImportRow.id, ImportRow.status, ImportRow.lease_holder, ImportRow.claimed_by)
         .where(
             ImportRow.status.in_(("queued", "running")),
             ImportRow.source != "cli",
             ImportRow.tenant_id.not_in(tenants_busy),
+            # A pause (SPEC 5) holds the tenant's later files too: they keep their order.
+            ~waiting,
             ~live,
             ~before,
         )
@@ -440,7 +502,6 @@ def claim_next(
             lease_holder=instance,
             lease_expires=now + timedelta(seconds=lease_seconds),
             lease_generation=ImportRow.lease_generation + 1,
-            attempts=ImportRow.attempts + 1,
             started_at=func.coalesce(ImportRow.started_at, bindparam(None, now, UtcDateTime())),
         )
     )

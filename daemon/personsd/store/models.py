@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -208,6 +209,10 @@ class ImportRow(Base):
         CheckConstraint("mode IN ('import', 'validate')", name="ck_imports_mode"),
         server_default="import",
     )
+
+    # An environment failure's pause: not claimed before this moment (SPEC 5).
+    not_before: Mapped[datetime | None]
+    waits: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
 
 class ValidationPersonRow(Base):
