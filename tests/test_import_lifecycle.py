@@ -87,6 +87,8 @@ def _site(root: Path, db_url: str, max_attempts: int = 3) -> config.Config:
             "paths": {"root": str(root)},
             "database": {"url": db_url},
             "import": {"max_attempts": max_attempts, "carrier_lookup": "none", "workers": 1},
+            # One name across the Workers a test builds: a restarted instance.
+            "cluster": {"instance": "node-a"},
         },
         base=root,
         env={},
@@ -220,6 +222,7 @@ def test_a_clean_stop_and_restarts_spend_no_attempt(db_url: str, tmp_path: Path)
             "paths": {"root": str(cfg.root)},
             "database": {"url": db_url},
             "import": {"max_attempts": 3, "carrier_lookup": "none", "chunk_rows": 10},
+            "cluster": {"instance": "node-a"},  # restarts of one instance
         },
         base=tmp_path,
         env={},
@@ -228,10 +231,10 @@ def test_a_clean_stop_and_restarts_spend_no_attempt(db_url: str, tmp_path: Path)
     import_id = _queue(engine, cfg)
     for _ in range(3):  # three restarts: claimed again by the same instance
         workers = Workers(engine=engine, cfg=cfg, stop=threading.Event(), policy=FAST)
-        record = workers._claim()
-        assert record is not None and import_id == record.id
+        claimed = workers._claim()
+        assert claimed is not None and import_id == claimed[0].id
         workers.stop.set()  # SIGTERM: stopped at the first chunk boundary
-        workers._run(record)
+        workers._run(*claimed)
     record = _get(engine, import_id)
     assert ("running", 0) == (record.status, record.attempts)
     work = Path(record.work_path)
@@ -239,13 +242,13 @@ def test_a_clean_stop_and_restarts_spend_no_attempt(db_url: str, tmp_path: Path)
     workers = Workers(engine=engine, cfg=cfg, stop=threading.Event(), policy=FAST)
     claimed = workers._claim()
     assert claimed is not None
-    workers._run(claimed)
+    workers._run(*claimed)
     record = _get(engine, import_id)
     assert ("queued", 1) == (record.status, record.attempts)
     work.with_suffix(".away").rename(work)
     workers = Workers(engine=engine, cfg=cfg, stop=threading.Event(), policy=FAST)
     claimed = _wait(workers._claim, timeout=5, what="the pause to end")
-    workers._run(claimed)
+    workers._run(*claimed)
     record = _get(engine, import_id)
     engine.dispose()
     assert ("completed", 1, 40) == (record.status, record.attempts, record.rows_created)
@@ -259,14 +262,15 @@ def test_a_paused_import_holds_its_tenants_later_files(db_url: str, tmp_path: Pa
     _queue(engine, cfg, "b.persons")
     workers = Workers(engine=engine, cfg=cfg, stop=threading.Event(), policy=FAST)
     claimed = workers._claim()
-    assert claimed is not None and first == claimed.id
-    workers._requeue(claimed, OSError(28, "No space left on device"), spend_attempt=False)
+    assert claimed is not None and first == claimed[0].id
+    record, lease = claimed
+    workers._requeue(record, OSError(28, "No space left on device"), lease, spend_attempt=False)
     with workers._busy_lock:
         workers._busy.clear()
     assert None is workers._claim()
     again = _wait(workers._claim, timeout=5, what="the pause to end")
     engine.dispose()
-    assert first == again.id
+    assert first == again[0].id
 
 
 def test_a_failed_claim_commit_leaves_the_tenant_free_postgresql(
@@ -293,7 +297,7 @@ def test_a_failed_claim_commit_leaves_the_tenant_free_postgresql(
         conn.exec_driver_sql("DROP TRIGGER refuse ON imports")
     claimed = workers._claim()
     engine.dispose()
-    assert claimed is not None and import_id == claimed.id
+    assert claimed is not None and import_id == claimed[0].id
 
 
 def test_a_failed_claim_commit_leaves_the_tenant_free_sqlite(tmp_path: Path) -> None:
@@ -317,7 +321,7 @@ def test_a_failed_claim_commit_leaves_the_tenant_free_sqlite(tmp_path: Path) -> 
         claimed = workers._claim()
         engine.dispose()
         keeper.close()
-    assert claimed is not None and import_id == claimed.id
+    assert claimed is not None and import_id == claimed[0].id
 
 
 def test_disk_full_while_publishing_leaves_the_import_running_and_redoes_no_chunk(

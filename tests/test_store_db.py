@@ -88,8 +88,8 @@ def test_a_database_behind_head_is_upgraded_through_alembic(engine: Engine) -> N
     assert TABLES == set(inspect(engine).get_table_names())
 
 
-def test_imports_recorded_before_0006_are_imports(engine: Engine) -> None:
-    """Migration 0006 gives every import made before it the mode import."""
+def test_imports_recorded_before_0005_are_imports(engine: Engine) -> None:
+    """Migration 0005 gives every import made before it the mode import."""
     from alembic import command
 
     with db.write_tx(engine) as conn:
@@ -105,6 +105,22 @@ def test_imports_recorded_before_0006_are_imports(engine: Engine) -> None:
     db.upgrade(engine)
     with engine.connect() as conn:
         assert ["import"] == list(conn.exec_driver_sql("SELECT mode FROM imports").scalars())
+
+
+def test_sqlite_tables_keep_autoincrement_through_every_migration(sqlite_url: str) -> None:
+    """Ids are never reused on SQLite: no migration rebuilds a table without AUTOINCREMENT."""
+    engine = db.connect(sqlite_url)
+    try:
+        db.upgrade(engine)
+        with engine.connect() as conn:
+            sql = dict(conn.exec_driver_sql("SELECT name, sql FROM sqlite_master").all())
+    finally:
+        engine.dispose()
+    declared = {
+        table.name for table in metadata.sorted_tables if table.kwargs.get("sqlite_autoincrement")
+    }
+    assert {"imports", "persons", "tenants"} <= declared
+    assert set() == {name for name in declared if "AUTOINCREMENT" not in sql[name].upper()}
 
 
 def test_migration_matches_models(engine: Engine) -> None:

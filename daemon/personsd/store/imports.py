@@ -52,6 +52,9 @@ TRANSITIONS: frozenset[tuple[ImportStatus, ImportStatus]] = frozenset(
         (ImportStatus.RUNNING, ImportStatus.COMPLETED),
         (ImportStatus.RUNNING, ImportStatus.REJECTED),
         (ImportStatus.RUNNING, ImportStatus.FAILED),  # its last attempt spent
+        # Given up before it ran again: a paused import whose failure is final
+        # (importer.fail works on whatever is not finished).
+        (ImportStatus.QUEUED, ImportStatus.FAILED),
         (ImportStatus.FAILED, ImportStatus.QUEUED),  # `personsd imports retry`
     }
 )

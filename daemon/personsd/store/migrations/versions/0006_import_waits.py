@@ -22,11 +22,13 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("imports") as batch:
-        batch.add_column(sa.Column("not_before", sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(
-            sa.Column("waits", sa.Integer(), nullable=False, server_default=sa.text("0"))
-        )
+    # Plain ADD COLUMN, not a batch: the batch rebuilt SQLite's imports table
+    # (its CHECK on mode makes alembic copy it) and lost AUTOINCREMENT, so
+    # import ids restarted below ids already used in report names.
+    op.add_column("imports", sa.Column("not_before", sa.DateTime(timezone=True), nullable=True))
+    op.add_column(
+        "imports", sa.Column("waits", sa.Integer(), nullable=False, server_default=sa.text("0"))
+    )
 
 
 def downgrade() -> None:
