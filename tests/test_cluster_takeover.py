@@ -156,6 +156,13 @@ def test_kill_and_freeze_of_the_running_instance_end_like_an_uninterrupted_run(
         frozen.signal(signal.SIGSTOP)
         try:
             time.sleep(3 * LEASE)
+            # Under load the restarted instance may need longer to start: keep the
+            # holder frozen until the takeover happened (else its lease is still its own).
+            wait_for(
+                lambda: other.has_event("cluster.takeover", import_id=frozen_record.id),
+                timeout=30,
+                what="cluster.takeover while the holder is frozen",
+            )
         finally:
             frozen.signal(signal.SIGCONT)
         wait_for(
