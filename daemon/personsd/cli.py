@@ -23,7 +23,7 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from personsd import config as config_mod
-from personsd import importer, logging, reports, validation
+from personsd import importer, logging, pgp, reports, validation
 from personsd.config import Config, LogConfig
 from personsd.errors import OperatorError, PersonsdError
 from personsd.fieldtypes import Charset, CustomField, FieldType, format_value
@@ -339,6 +339,80 @@ def tenants_remove(ctx: click.Context, name: str) -> None:
             aside.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(tree), aside)
     click.echo(f"tenant {name} removed")
+
+
+@tenants.command("set")
+@click.argument("name")
+@click.option(
+    "--pgp-verify-key",
+    type=click.Path(path_type=Path),
+    help="The partner's OpenPGP public key: encrypted files must be signed by it.",
+)
+@click.option("--no-pgp-verify-key", is_flag=True, help="Stop requiring signed files.")
+@click.pass_context
+def tenants_set(
+    ctx: click.Context, name: str, pgp_verify_key: Path | None, no_pgp_verify_key: bool
+) -> None:
+    """Change settings of tenant NAME."""
+    state = _state(ctx)
+    if pgp_verify_key is not None and no_pgp_verify_key:
+        raise click.UsageError("--pgp-verify-key and --no-pgp-verify-key exclude each other")
+    if pgp_verify_key is None and not no_pgp_verify_key:
+        raise click.UsageError("nothing to set")
+    with errors_handled():
+        tenant = state.tenant(name)
+        armored = fingerprint = None
+        if pgp_verify_key is not None:
+            try:
+                data = pgp_verify_key.read_bytes()
+            except OSError as exc:
+                raise OperatorError(f"cannot read {pgp_verify_key}: {exc.strerror}") from None
+            fingerprint = pgp.key_fingerprint(data)
+            # Stored armoured whatever the file's form, so the key travels in the database.
+            armored = pgp.armor_key(data)
+        with db.write_tx(state.engine) as conn:
+            store_tenants.set_pgp_verify_key(conn, tenant.id, armored, fingerprint)
+    if fingerprint is None:
+        click.echo(f"tenant {name}: encrypted files need no signature")
+    else:
+        click.echo(f"tenant {name}: encrypted files must be signed by {fingerprint}")
+
+
+# -- pgp -------------------------------------------------------------------
+
+
+@main.group("pgp")
+def pgp_() -> None:
+    """personsd's own OpenPGP key pair, for partners who encrypt (SPEC 11)."""
+
+
+@pgp_.command("init")
+@click.option(
+    "--algorithm",
+    type=click.Choice(sorted(pgp.ALGORITHMS)),
+    default="ed25519",
+    show_default=True,
+    help="rsa4096 for partners whose tools lack elliptic curves.",
+)
+@click.option("--new", is_flag=True, help="Add a new key pair even if one exists (rotation).")
+@click.pass_context
+def pgp_init(ctx: click.Context, algorithm: str, new: bool) -> None:
+    """Create the key pair once (idempotent); print its fingerprint."""
+    state = _state(ctx)
+    with errors_handled():
+        key, created = pgp.init(state.config.pgp_home, algorithm=algorithm, new=new)
+    verb = "created" if created else "exists"
+    click.echo(f"{verb}: {key.fingerprint} in {state.config.pgp_home}")
+
+
+@pgp_.command("public-key")
+@click.pass_context
+def pgp_public_key(ctx: click.Context) -> None:
+    """Print the public key (ASCII armour) to hand to partners."""
+    state = _state(ctx)
+    with errors_handled():
+        text = pgp.public_key(state.config.pgp_home)
+    click.echo(text, nl=False)
 
 
 # -- fields ----------------------------------------------------------------

@@ -28,7 +28,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy import Connection, Engine, text
 
-from personsd import fileformat, reports, rules, validation
+from personsd import fileformat, layers, reports, rules, validation
 from personsd.config import Config
 from personsd.errors import ErrorKind, FileRejected, InternalError, OperatorError, RowError
 from personsd.fileformat import Layout
@@ -184,12 +184,14 @@ def run(
 
     try:
         fileformat.check_name(record.file_name)
-        with open(record.work_path, "rb", buffering=_READ_BUFFER) as fh:
+        source = plain_source(engine, cfg, record)
+        with source.open(max_row_bytes=cfg.imports.max_row_bytes) as fh:
             layout = fileformat.read_layout(fh, max_row_bytes=cfg.imports.max_row_bytes)
         _import_rows(
             engine,
             cfg,
             record,
+            source,
             layout,
             carrier or carrier_for(cfg),
             stop,
@@ -198,8 +200,10 @@ def run(
             validate_in,
         )
     except FileRejected as rejected:
+        layers.discard(cfg.work_dir / str(import_id))
         return _reject(engine, cfg, record, rejected)
 
+    layers.discard(cfg.work_dir / str(import_id))
     with write_tx(engine) as conn:
         store_imports.set_status(conn, import_id, "completed", finished_at=now())
     outcome = publish(engine, cfg, import_id)
@@ -213,6 +217,19 @@ def run(
         updated=rows.updated,
     )
     return outcome
+
+
+def plain_source(engine: Engine, cfg: Config, record: ImportRecord) -> layers.Source:
+    """The import's file with its encryption undone and compression checked (SPEC 11)."""
+    with engine.connect() as conn:
+        signer = store_tenants.pgp_verify_key(conn, record.tenant_id)
+    return layers.prepare(
+        Path(record.work_path),
+        record.file_name,
+        work=cfg.work_dir / str(record.id),
+        pgp_home=cfg.pgp_home,
+        signer=signer,
+    )
 
 
 def _tenant_name(conn: Connection, tenant_id: int) -> str:
@@ -252,6 +269,7 @@ def _import_rows(
     engine: Engine,
     cfg: Config,
     record: ImportRecord,
+    source: layers.Source,
     layout: Layout,
     carrier: CarrierCheck,
     stop: threading.Event | None,
@@ -265,7 +283,8 @@ def _import_rows(
         fields = tuple(store_fields.list_fields(conn, record.tenant_id))
     point = record.checkpoint
     job = validation.Job(
-        path=record.work_path,
+        path=str(source.path),
+        compression=source.compression,
         layout=layout,
         fields=fields,
         offset=point.next_offset,
@@ -280,13 +299,13 @@ def _import_rows(
     with (
         reports.ErrorsWriter(errors_path, layout.fields) as errors_out,
         reports.RetryWriter(retry_path, layout) as retry_out,
-        validation.open_chunks(job, validate_in, file_bytes=record.bytes) as chunks,
+        validation.open_chunks(job, validate_in, file_bytes=source.plain_bytes) as chunks,
     ):
         # Whatever a crashed run appended after its last checkpoint goes.
         errors_out.truncate(point.errors_bytes)
         retry_out.truncate(point.retry_bytes)
         progress = ProgressReporter(
-            record.bytes, start_rows=point.rows_total, start_bytes=point.next_offset or 0
+            source.plain_bytes, start_rows=point.rows_total, start_bytes=point.next_offset or 0
         )
         statistics = _Statistics(engine)
         for chunk in chunks:
@@ -509,6 +528,7 @@ def summary_of(record: ImportRecord, tenant: str) -> reports.Summary:
         file_error=file_error,
         reports=reports.Reports.of(record.file_name, record.id, retry=record.retry_rows > 0),
         duplicate_of=record.duplicate_of,
+        layers=layers.split_name(record.file_name)[1],
     )
 
 
@@ -552,6 +572,7 @@ def publish(engine: Engine, cfg: Config, import_id: int) -> Outcome:
 
 def fail(engine: Engine, cfg: Config, import_id: int, reason: str) -> Outcome:
     """Give up on an import after its last attempt: status failed, reports published."""
+    layers.discard(cfg.work_dir / str(import_id))
     with write_tx(engine) as conn:
         store_imports.set_status(
             conn, import_id, "failed", finished_at=now(), last_error=reason[:2000]

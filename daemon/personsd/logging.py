@@ -62,6 +62,8 @@ class Event:
     NOTIFY_DELIVERED: Final = "notify.delivered"
     NOTIFY_FAILED: Final = "notify.failed"
     CLUSTER_TAKEOVER: Final = "cluster.takeover"
+    # SPEC 11: a compressed or encrypted file expanding past layers.MAX_EXPANSION.
+    IMPORT_EXPANSION_CAPPED: Final = "import.expansion_capped"
 
     ALL: Final = (
         SFTP_LOGIN,
@@ -83,6 +85,7 @@ class Event:
         NOTIFY_DELIVERED,
         NOTIFY_FAILED,
         CLUSTER_TAKEOVER,
+        IMPORT_EXPANSION_CAPPED,
     )
 
 

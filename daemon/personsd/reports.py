@@ -332,8 +332,11 @@ class Summary:
     file_error: FileError | None = None
     reports: Reports | None = None  # None: the default names, without a retry file
     duplicate_of: int | None = None
+    layers: tuple[str, ...] = ()  # what was undone before reading, outermost first (SPEC 11)
 
     def __post_init__(self) -> None:
+        if not set(self.layers) <= {"pgp", "gzip", "zip"}:
+            raise ValueError(f"layers must be pgp, gzip or zip: {self.layers}")
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
         if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
@@ -382,6 +385,7 @@ class Summary:
             else {"class": self.file_error.error_class, "message": self.file_error.message},
             "reports": {"errors": self.reports.errors, "retry": self.reports.retry},
             "duplicate_of": self.duplicate_of,
+            "layers": list(self.layers),
         }
 
     def to_json(self) -> str:

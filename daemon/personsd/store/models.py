@@ -91,6 +91,9 @@ class TenantRow(Base):
     name: Mapped[str] = mapped_column(String(64))
     password_hash: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
+    # SPEC 11: the partner's public key (armoured) whose signature files must carry.
+    pgp_verify_key: Mapped[str | None] = mapped_column(Text)
+    pgp_verify_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
 
 class TenantKeyRow(Base):
