@@ -105,6 +105,8 @@ def make_keys() -> Iterator[Keys]:
         ours = _gpg(homes[0], "--armor", "--export", key.fingerprint)
         for home in homes[1:]:
             _gpg(home, "--import", data=ours)
+        # The partner can encrypt to the stranger too (a file sent to the wrong key).
+        _gpg(homes[1], "--import", data=_gpg(homes[2], "--armor", "--export", stranger))
         yield Keys(
             personsd_home=homes[0],
             personsd=key.fingerprint,
