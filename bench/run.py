@@ -19,12 +19,14 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import generate
 import latency
+import layered
 import report
 from common import (
     BENCH_DIR,
@@ -148,7 +150,7 @@ def run_alternative(db: str, path: Path, rows: int, work: Path) -> list[Result]:
     return results
 
 
-def write_site(home: Path, url: str) -> Path:
+def write_site(home: Path, url: str, gnupg: Path | None = None) -> Path:
     """A personsd installation using ``url``: config, the bench tenant and its fields."""
     home.mkdir(parents=True, exist_ok=True)
     config = home / "personsd.toml"
@@ -158,21 +160,26 @@ def write_site(home: Path, url: str) -> Path:
         '[sftp]\nhost_key = "var/host_key"\n'
         '[import]\ncarrier_lookup = "offline"\n'
         '[log]\nformat = "json"\nlevel = "info"\n'
+        + (f"[pgp]\nhome = {json.dumps(str(gnupg))}\n" if gnupg else "")
     )
-    personsd_cli(config, "tenants", "add", TENANT).check("personsd tenants add")
+    add_tenant(config, TENANT)
+    return config
+
+
+def add_tenant(config: Path, tenant: str) -> None:
+    personsd_cli(config, "tenants", "add", tenant).check("personsd tenants add")
     for name, type_, options in generate.CUSTOM_FIELDS:
         personsd_cli(
             config,
             "fields",
             "add",
             "--tenant",
-            TENANT,
+            tenant,
             name,
             "--type",
             type_,
             *(["--options", options] if options else []),
         ).check("personsd fields add")
-    return config
 
 
 def personsd_cli(config: Path, *args: str) -> Measured:
@@ -186,16 +193,27 @@ def run_personsd(db: str, size: int, path: Path, work: Path) -> list[Result]:
     empty = work / "empty.persons"
     empty.write_text(generate.HEADER + "\n")
     results = []
+    gnupg = layered.gnupg_home()
     with scratch_db(db, work) as url:
         home = work / f"site-{db}-{size}"
-        config = write_site(home, url)
+        config = write_site(home, url, gnupg)
         try:
-            for what, source, expected in (
-                ("personsd fixed cost", empty, None),
-                ("personsd initial", path, "created"),
-                ("personsd delta", path, "updated"),
-            ):
-                measured = personsd_cli(config, "import", str(source), "--tenant", TENANT)
+            personsd_cli(config, "pgp", "init").check("personsd pgp init")
+            public = personsd_cli(config, "pgp", "public-key").check("personsd pgp public-key")
+            wrapped = layered.files(path, work, public.stdout.encode())
+            for _, _, tenant in layered.LINES:
+                add_tenant(config, tenant)
+            # The compressed and encrypted files as initial loads of tenants of their own,
+            # beside the plain file's initial load.
+            runs = [
+                ("personsd fixed cost", empty, None, TENANT),
+                ("personsd initial", path, "created", TENANT),
+                ("personsd delta", path, "updated", TENANT),
+            ] + [
+                (what, wrapped[suffix], "created", tenant) for what, suffix, tenant in layered.LINES
+            ]
+            for what, source, expected, tenant in runs:
+                measured = personsd_cli(config, "import", str(source), "--tenant", tenant)
                 summary = measured.check(f"personsd import on {db}").json()
                 counts = summary["rows"]
                 if expected and (counts[expected] != counts["total"] or counts["failed"]):
@@ -216,6 +234,8 @@ def run_personsd(db: str, size: int, path: Path, work: Path) -> list[Result]:
                 )
         finally:
             shutil.rmtree(home, ignore_errors=True)
+            subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"], check=False)
+            shutil.rmtree(gnupg, ignore_errors=True)
     return results
 
 
