@@ -38,7 +38,7 @@ def test_upgrade_is_idempotent(engine: Engine) -> None:
     """Upgrading an up-to-date database changes nothing and does not fail."""
     db.upgrade(engine)
     db.upgrade(engine)
-    assert "0001" == db.current_revision(engine)
+    assert db.HEAD_REVISION == db.current_revision(engine)
     assert TABLES == set(inspect(engine).get_table_names())
 
 
