@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from cli_helpers import Site, write_config
 from engine_helpers import add_tenant, make_config, new_tenant_name, published, run_import
 from layer_helpers import gzip_bytes, zip_bytes
 from personsd import fileformat, layers
@@ -312,3 +313,22 @@ def test_a_zip_bomb_reads_in_bounded_memory(tmp_path: Path) -> None:
     outcome, size, rss = _probe(path, "zip")
     assert ("rows 1", 512 * MiB + 19) == (outcome, size)
     assert rss < MEMORY_BOUND, f"peak RSS {rss / MiB:.0f} MiB"
+
+
+def test_personsd_import_reads_a_gz_and_rejects_a_truncated_one(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """SPEC 7/11: `personsd import x.persons.gz` imports (exit 0); a truncated one exits 3."""
+    home = tmp_path / "site"
+    home.mkdir()
+    site = Site(home=home, config=write_config(home, sqlite_url), db_url=sqlite_url)
+    site.add_tenant("acme")
+    done = site.import_bytes("a.persons.gz", gzip_bytes(GOOD))
+    assert (0, ["gzip"], 2) == (
+        done.exit_code,
+        done.summary["layers"],
+        done.summary["rows"]["created"],
+    )
+    bad = site.import_bytes("b.persons.gz", gzip_bytes(GOOD)[:-5], expect=3)
+    fixed = ("", "", "PersonErrors::InvalidImportFileFormat", layers.CORRUPT, "", "")
+    assert [fixed] == bad.errors_at()

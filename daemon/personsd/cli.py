@@ -23,7 +23,7 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from personsd import config as config_mod
-from personsd import importer, logging, pgp, reports, validation
+from personsd import importer, layers, logging, pgp, reports, validation
 from personsd.config import Config, LogConfig
 from personsd.errors import OperatorError, PersonsdError
 from personsd.fieldtypes import Charset, CustomField, FieldType, format_value
@@ -177,7 +177,10 @@ def import_(ctx: click.Context, file: Path, tenant: str) -> None:
             source="cli",
             claimed_by=f"cli:{socket.gethostname()}:{os.getpid()}",
         )
-        outcome = _run_with_attempts(state, import_id, file.stat().st_size)
+        # Offsets are of the plain content: a compressed or encrypted file's size
+        # says nothing of it, so its bar shows progress without an end.
+        plain = not layers.split_name(file.name)[1]
+        outcome = _run_with_attempts(state, import_id, file.stat().st_size if plain else None)
         if outcome.summary.status != "failed":
             shutil.rmtree(cfg.work_dir / str(import_id), ignore_errors=True)
     click.echo(json.dumps(outcome.summary.as_dict(), ensure_ascii=False, indent=2))
@@ -187,7 +190,7 @@ def import_(ctx: click.Context, file: Path, tenant: str) -> None:
         sys.exit(EXIT_ERROR)
 
 
-def _run_with_attempts(state: State, import_id: int, size: int) -> importer.Outcome:
+def _run_with_attempts(state: State, import_id: int, size: int | None) -> importer.Outcome:
     """The engine, retried from its checkpoint on internal errors, then ``failed``."""
     cfg = state.config
     policy = RetryPolicy(base=0.5, cap=10.0)
@@ -206,7 +209,7 @@ def _run_with_attempts(state: State, import_id: int, size: int) -> importer.Outc
 
 
 @contextmanager
-def _progress(stream: TextIO, size: int, log: LogConfig) -> Iterator[Any]:
+def _progress(stream: TextIO, size: int | None, log: LogConfig) -> Iterator[Any]:
     """A progress bar by bytes on a terminal; nothing otherwise.
 
     While the bar shows, log lines go through its console, which prints each
