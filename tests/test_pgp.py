@@ -190,9 +190,9 @@ def test_the_decrypted_copy_is_private_reused_on_resume_and_removed(
     calls: list[Path] = []
     real = pgp.decrypt
 
-    def counted(home: Path, source: Path, target: Path, **kw: object) -> str:
+    def counted(home: Path, source: Path, target: Path, **kw: object) -> None:
         calls.append(source)
-        return real(home, source, target, **kw)  # type: ignore[arg-type]
+        real(home, source, target, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(pgp, "decrypt", counted)
     outcome = importer.run(env.engine, env.cfg, import_id)

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO
 
 from personsd.errors import FileRejected, InternalError, OperatorError
 
@@ -245,7 +245,7 @@ def decrypt(
     *,
     signer: str | None = None,
     limit: int | None = None,
-) -> Literal["decrypted"]:
+) -> None:
     """Decrypt ``source`` into ``target`` (mode 0600), verified; FileRejected when not.
 
     ``signer``: the fingerprint whose good signature is required. The
@@ -272,7 +272,6 @@ def decrypt(
     finally:
         if not done:
             target.unlink(missing_ok=True)
-    return "decrypted"
 
 
 def _stream(
