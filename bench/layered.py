@@ -15,10 +15,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-# The lines run_personsd adds: (what, suffix, tenant).
+# The lines run_layered adds: (what, suffix).
 LINES = (
-    ("personsd initial .gz", ".gz", "bench-gz"),
-    ("personsd initial .gz.pgp", ".gz.pgp", "bench-pgp"),
+    ("personsd initial .gz", ".gz"),
+    ("personsd initial .gz.pgp", ".gz.pgp"),
 )
 
 
