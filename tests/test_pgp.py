@@ -307,3 +307,27 @@ def test_tenants_set_refuses_a_file_of_two_keys(site: Site, pgp_keys: Keys, tmp_
     )
     result = site.cli("tenants", "set", "acme", "--pgp-verify-key", str(key_file), expect=1)
     assert "exactly one public key, found 2" in result.output
+
+
+FPR = "A" * 40
+VALID = f"[GNUPG:] VALIDSIG {'B' * 40} 2026-12-05 1 0 4 0 22 10 00 {FPR}"
+
+
+@pytest.mark.parametrize(
+    ("lines", "decrypted", "signed"),
+    [
+        (["[GNUPG:] DECRYPTION_OKAY", f"[GNUPG:] GOODSIG {FPR[-16:]} p", VALID], True, True),
+        (["[GNUPG:] DECRYPTION_OKAY", f"[GNUPG:] GOODSIG {FPR[-16:]} p"], True, False),
+        (["[GNUPG:] DECRYPTION_OKAY", f"[GNUPG:] EXPKEYSIG {FPR[-16:]} p", VALID], True, False),
+        (["[GNUPG:] DECRYPTION_OKAY", "[GNUPG:] ERRSIG X 22 10 00 1 9 " + FPR], True, False),
+        (["[GNUPG:] DECRYPTION_OKAY", "[GNUPG:] DECRYPTION_FAILED"], False, False),
+        ([f"[GNUPG:] GOODSIG {FPR[-16:]} p", VALID, "gpg: DECRYPTION_OKAY"], False, True),
+    ],
+    ids=["good", "no-validsig", "expired-key", "errsig", "failed", "sign-only"],
+)
+def test_status_lines_decide_decryption_and_signature(
+    lines: list[str], decrypted: bool, signed: bool
+) -> None:
+    """SPEC 11: verdicts come from gpg's status lines, a human line never counts."""
+    status = pgp.Status.parse("\n".join(lines))
+    assert (decrypted, signed) == (status.decrypted, status.signed_by(FPR.lower()))

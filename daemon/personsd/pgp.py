@@ -15,6 +15,7 @@ the home directory's permissions (0700), and the daemon runs unattended.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -88,6 +89,12 @@ class Key:
     uids: tuple[str, ...]
     secret: bool
 
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[0-9A-F]{40}|[0-9A-F]{64}", self.fingerprint):
+            raise ValueError(f"not a key fingerprint: {self.fingerprint!r}")
+        if self.created < 0:
+            raise ValueError("created must be >= 0")
+
 
 def _parse_keys(listing: str, *, secret: bool) -> list[Key]:
     keys: list[Key] = []
@@ -117,7 +124,7 @@ def _parse_keys(listing: str, *, secret: bool) -> list[Key]:
 
 
 def secret_keys(home: Path) -> list[Key]:
-    """personsd's key pairs in ``home``, oldest first."""
+    """personsd's key pairs in ``home``, oldest first (ties: in the keyring's order)."""
     if not home.is_dir():
         return []
     listing = _run(home, ["--with-colons", "--fixed-list-mode", "--list-secret-keys"])
@@ -140,7 +147,9 @@ def init(home: Path, *, algorithm: str = "ed25519", new: bool = False) -> tuple[
     uid = f"personsd <personsd@{socket.gethostname()}>"
     # A second key for the same user id must not be refused as a duplicate.
     _run(home, ["--quick-gen-key", "--yes", uid, primary, "sign", "never"])
-    made = secret_keys(home)[-1]
+    known = {key.fingerprint for key in existing}
+    # Two keys made within one second tie on their creation time.
+    made = next(key for key in secret_keys(home) if key.fingerprint not in known)
     _run(home, ["--quick-add-key", made.fingerprint, subkey, "encr", "never"])
     return made, True
 
@@ -153,13 +162,13 @@ def public_key(home: Path) -> str:
     return _run(home, ["--armor", "--export", keys[-1].fingerprint])
 
 
-def key_fingerprint(armored: bytes | str, *, home: Path | None = None) -> str:
+def key_fingerprint(armored: bytes | str) -> str:
     """The primary fingerprint of the one public key in ``armored``; OperatorError otherwise."""
     data = armored.encode() if isinstance(armored, str) else armored
+    # A scratch home: looking at a key must not add it anywhere.
     with tempfile.TemporaryDirectory(prefix="personsd-gpg-") as scratch:
-        where = Path(scratch) if home is None else home
         listing = _run(
-            where,
+            Path(scratch),
             ["--with-colons", "--import-options", "show-only", "--import"],
             data=data,
         )
