@@ -284,7 +284,7 @@ def _probe(path: Path, kind: str) -> tuple[str, int, int]:
 
 # The probe peaks at ~30 MiB (Python, personsd's modules, a 3 MiB look-back, a
 # 1 MiB row cap); reading the 1 GiB line or 512 MiB member whole would not fit.
-MEMORY_BOUND = 120 * MiB
+MEMORY_BOUND = 64 * MiB
 
 
 @pytest.mark.slow
