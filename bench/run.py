@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from pathlib import Path
 import generate
 import instances
 import latency
+import layered
 import report
 from common import (
     BENCH_DIR,
@@ -152,7 +154,7 @@ def run_alternative(db: str, path: Path, rows: int, work: Path) -> list[Result]:
     return results
 
 
-def write_site(home: Path, url: str) -> Path:
+def write_site(home: Path, url: str, gnupg: Path | None = None) -> Path:
     """A personsd installation using ``url``: config, the bench tenant and its fields."""
     home.mkdir(parents=True, exist_ok=True)
     config = home / "personsd.toml"
@@ -162,21 +164,26 @@ def write_site(home: Path, url: str) -> Path:
         '[sftp]\nhost_key = "var/host_key"\n'
         '[import]\ncarrier_lookup = "offline"\n'
         '[log]\nformat = "json"\nlevel = "info"\n'
+        + (f"[pgp]\nhome = {json.dumps(str(gnupg))}\n" if gnupg else "")
     )
-    personsd_cli(config, "tenants", "add", TENANT).check("personsd tenants add")
+    add_tenant(config, TENANT)
+    return config
+
+
+def add_tenant(config: Path, tenant: str) -> None:
+    personsd_cli(config, "tenants", "add", tenant).check("personsd tenants add")
     for name, type_, options in generate.CUSTOM_FIELDS:
         personsd_cli(
             config,
             "fields",
             "add",
             "--tenant",
-            TENANT,
+            tenant,
             name,
             "--type",
             type_,
             *(["--options", options] if options else []),
         ).check("personsd fields add")
-    return config
 
 
 def personsd_cli(config: Path, *args: str) -> Measured:
@@ -205,28 +212,71 @@ def run_personsd(db: str, size: int, path: Path, work: Path) -> list[Result]:
                 ("personsd validate delta", path, "updated", ("--validate",)),
                 ("personsd delta", path, "updated", ()),
             ):
-                measured = personsd_cli(config, "import", str(source), "--tenant", TENANT, *mode)
-                summary = measured.check(f"personsd import on {db}").json()
-                counts = summary["rows"]
-                if expected and (counts[expected] != counts["total"] or counts["failed"]):
-                    log(f"  warning: {what} on {db}: rows {counts}, errors {summary['errors']}")
-                results.append(
-                    record(
-                        Result(
-                            db=db,
-                            size=size,
-                            what=what,
-                            rows=int(counts["total"]),
-                            seconds=measured.seconds,
-                            peak_rss_mb=measured.peak_rss_mb,
-                            cpu_seconds=measured.cpu_seconds,
-                            failed=int(counts["failed"]),
-                        )
-                    )
-                )
+                results.append(import_result(config, db, size, what, source, expected, mode))
         finally:
             shutil.rmtree(home, ignore_errors=True)
     return results
+
+
+def run_layered(db: str, size: int, path: Path, work: Path) -> list[Result]:
+    """The file as .gz and as .gz.pgp, each an initial load into a fresh database.
+
+    A fresh database each, as for the plain file's initial load: a second
+    tenant's initial load beside a loaded one is another measurement.
+    """
+    results = []
+    gnupg = layered.gnupg_home()
+    wrapped: dict[str, Path] = {}
+    try:
+        for what, suffix in layered.LINES:
+            with scratch_db(db, work) as url:
+                home = work / f"site-{db}-{size}{suffix}"
+                config = write_site(home, url, gnupg)
+                try:
+                    if not wrapped:
+                        personsd_cli(config, "pgp", "init").check("personsd pgp init")
+                        public = personsd_cli(config, "pgp", "public-key").check("pgp public-key")
+                        wrapped = layered.files(path, work, public.stdout.encode())
+                    results.append(
+                        import_result(config, db, size, what, wrapped[suffix], "created")
+                    )
+                finally:
+                    shutil.rmtree(home, ignore_errors=True)
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"], check=False)
+        shutil.rmtree(gnupg, ignore_errors=True)
+        for made in wrapped.values():
+            made.unlink(missing_ok=True)
+    return results
+
+
+def import_result(
+    config: Path,
+    db: str,
+    size: int,
+    what: str,
+    source: Path,
+    expected: str | None,
+    options: tuple[str, ...] = (),
+) -> Result:
+    """``personsd import SOURCE [OPTIONS]`` for the bench tenant, measured."""
+    measured = personsd_cli(config, "import", str(source), "--tenant", TENANT, *options)
+    summary = measured.check(f"personsd import on {db}").json()
+    counts = summary["rows"]
+    if expected and (counts[expected] != counts["total"] or counts["failed"]):
+        log(f"  warning: {what} on {db}: rows {counts}, errors {summary['errors']}")
+    return record(
+        Result(
+            db=db,
+            size=size,
+            what=what,
+            rows=int(counts["total"]),
+            seconds=measured.seconds,
+            peak_rss_mb=measured.peak_rss_mb,
+            cpu_seconds=measured.cpu_seconds,
+            failed=int(counts["failed"]),
+        )
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -331,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(run_raw(db, size, path, work))
                     results.append(run_limit(db, size, path, work))
                 results += run_personsd(db, size, path, work)
+                results += run_layered(db, size, path, work)
         if not args.no_latency:
             log(f"daemon latency: {args.latency_repeats} uploads of 10 rows")
             lat = latency.measure_latency(work / "latency", repeats=args.latency_repeats)

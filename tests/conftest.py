@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -95,3 +96,12 @@ def db_url(request: pytest.FixtureRequest) -> str:
     """Each database test runs twice: on SQLite and on PostgreSQL."""
     name = "pg_url" if request.param == "postgresql" else "sqlite_url"
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture(scope="session")
+def pgp_keys() -> Iterator[Any]:
+    """personsd's, a partner's and a stranger's GnuPG key pairs (SPEC 11), once per worker."""
+    from layer_helpers import make_keys
+
+    with make_keys() as keys:
+        yield keys

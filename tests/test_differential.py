@@ -36,6 +36,7 @@ from engine_helpers import (
     restore_persons,
     run_import,
 )
+from layer_helpers import VARIANTS, Keys, with_pgp_home, wrap
 from personsd.config import Config
 from personsd.fieldtypes import CustomField
 from personsd.rules import Person
@@ -265,3 +266,48 @@ def check_file(bench: Bench, spec: FileSpec) -> None:
 def test_chunking_never_changes_the_outcome(bench: Bench, spec: FileSpec) -> None:
     """SPEC 5: exports, errors.csv and counts agree for chunk sizes 1, 3, 5000 and the model."""
     check_file(bench, spec)
+
+
+def check_layers(bench: Bench, spec: FileSpec, keys: Keys) -> None:
+    """Import ``spec`` plain and in every layered form (SPEC 11); the outcomes must agree."""
+    data = render(spec, bench.seeded)
+    cfg = with_pgp_home(bench.configs[LAYER_CHUNK_ROWS], keys)
+    seed_keys = [p.person_key for p in bench.seeded]
+    seen: dict[str, tuple[object, ...]] = {}
+    for suffix, expected_layers in VARIANTS.items():
+        restore_persons(bench.engine, bench.tenant_id, bench.seeded)
+        path = bench.root / f"{uuid.uuid4().hex}.persons{suffix}"
+        path.write_bytes(wrap(data, suffix, keys))
+        outcome = run_import(bench.engine, cfg, bench.tenant, path)
+        reports = published(cfg, bench.tenant, outcome)
+        assert expected_layers == reports.summary["layers"], suffix
+        summary = {
+            k: v
+            for k, v in reports.stable_summary().items()
+            if k not in ("file", "sha256", "bytes", "layers")
+        }
+        result = (
+            normalise_export(export(bench.engine, bench.tenant_id, bench.fields), seed_keys),
+            reports.errors,
+            reports.retry,
+            summary,
+        )
+        seen[suffix] = result
+        assert seen[""] == result, f"{suffix or 'plain'} differs from the plain file"
+        path.unlink()
+
+
+LAYER_CHUNK_ROWS = 3
+
+
+# Five imports an example (two through gpg): 40 examples take about 15 s.
+@pytest.mark.timeout(300)
+@settings(
+    max_examples=40,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    deadline=None,
+)
+@given(spec=file_specs())
+def test_layers_never_change_the_outcome(bench: Bench, pgp_keys: Keys, spec: FileSpec) -> None:
+    """SPEC 11: plain, .gz, .zip, .pgp and .gz.pgp give identical exports and reports."""
+    check_layers(bench, spec, pgp_keys)

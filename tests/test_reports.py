@@ -420,7 +420,7 @@ def test_summary_json_matches_spec_example() -> None:
         '"rows": {"total": 4, "succeeded": 3, "failed": 1, "created": 2, "updated": 1}, '
         '"errors": {"MobilePhoneErrors::InvalidMDNFormat": 1}, "file_error": null, '
         '"reports": {"errors": "customer_test.persons.17.errors.csv", "retry": null}, '
-        '"duplicate_of": null, "mode": "import"}'
+        '"duplicate_of": null, "mode": "import", "layers": []}'
     ) == completed_summary().to_json()
 
 

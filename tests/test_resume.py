@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +30,7 @@ from engine_helpers import (
     published,
     run_import,
 )
+from layer_helpers import VARIANTS, Keys, with_pgp_home, wrap
 from personsd import importer
 from personsd.config import Config
 from personsd.store import db
@@ -244,3 +245,60 @@ def test_failure_inside_a_chunk_then_resume(bench: Bench) -> None:
         run, events = interrupted_run(bench, k, how="rollback")
         assert_same(bench.baseline, run, k)
         assert "import.completed" in events, f"after chunk {k}"
+
+
+LAYERED = (".gz", ".zip", ".pgp", ".gz.pgp")
+
+
+def layered_bench(bench: Bench, keys: Keys, suffix: str) -> Bench:
+    """The same file under ``suffix`` (SPEC 11), with personsd's GnuPG home configured."""
+    path = bench.path.with_name(f"nightly.persons{suffix}")
+    path.write_bytes(wrap(bench.path.read_bytes(), suffix, keys))
+    return replace(bench, path=path, cfg=with_pgp_home(bench.cfg, keys))
+
+
+def assert_same_content(expected: Run, actual: Run, k: int) -> None:
+    """As :func:`assert_same`, the summary's file, size, hash and layers aside."""
+    assert expected.persons == actual.persons, f"after chunk {k}"
+    assert expected.reports.errors == actual.reports.errors, f"after chunk {k}"
+    assert expected.reports.retry == actual.reports.retry, f"after chunk {k}"
+    aside = ("file", "sha256", "bytes", "layers")
+    want = {k: v for k, v in expected.reports.stable_summary().items() if k not in aside}
+    got = {k: v for k, v in actual.reports.stable_summary().items() if k not in aside}
+    assert want == got, f"after chunk {k}"
+
+
+@pytest.mark.parametrize("suffix", LAYERED)
+def test_stop_or_crash_then_resume_through_each_layer(
+    bench: Bench, pgp_keys: Keys, suffix: str
+) -> None:
+    """SPEC 11: through gzip, zip and PGP, resume from the plain offset is exact."""
+    layered = layered_bench(bench, pgp_keys, suffix)
+    for k in (1, 2, CHUNKS // 2, CHUNKS - 1):
+        run, events = interrupted_run(layered, k)
+        assert_same_content(bench.baseline, run, k)
+        assert expected_layers(suffix) == run.reports.summary["layers"]
+        assert "import.resumed" in events, f"after chunk {k}"
+    run, _ = interrupted_run(layered, CHUNKS // 3, how="crash")
+    assert_same_content(bench.baseline, run, CHUNKS // 3)
+
+
+def expected_layers(suffix: str) -> list[str]:
+    return VARIANTS[suffix]
+
+
+@pytest.mark.parametrize("suffix", [".zip", ".gz.pgp"])
+def test_a_layered_file_validated_in_a_second_process(
+    bench: Bench, pgp_keys: Keys, suffix: str
+) -> None:
+    """SPEC 11: the validator process reads the plain stream through the same layers."""
+    layered = layered_bench(bench, pgp_keys, suffix)
+    tenant = new_tenant_name()
+    tenant_id, _ = add_tenant(bench.engine, tenant)
+    import_id = importer.create(bench.engine, tenant=tenant, path=layered.path, source="cli")
+    outcome = importer.run(bench.engine, layered.cfg, import_id, validate_in="process")
+    run = Run(
+        persons=normalise_export(export(bench.engine, tenant_id)),
+        reports=published(layered.cfg, tenant, outcome),
+    )
+    assert_same_content(bench.baseline, run, 0)

@@ -96,6 +96,7 @@ def test_seed_example_without_carrier_lookup_creates_four(tmp_path: Path, db_url
         "reports",
         "duplicate_of",
         "mode",
+        "layers",
     ] == list(summary)
     for moment in ("received_at", "started_at", "finished_at"):
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", summary[moment]), moment

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
 from personsd import config as config_mod
-from personsd import durations, importer, logging, reports, validation, webhooks
+from personsd import durations, importer, layers, logging, pgp, reports, validation, webhooks
 from personsd.config import Config, LogConfig
 from personsd.errors import OperatorError, PersonsdError
 from personsd.fieldtypes import Charset, CustomField, FieldType, format_value
@@ -184,7 +184,10 @@ def import_(ctx: click.Context, file: Path, tenant: str, validate: bool) -> None
             claimed_by=f"cli:{socket.gethostname()}:{os.getpid()}",
             mode="validate" if validate else "import",
         )
-        outcome = _run_with_attempts(state, import_id, file.stat().st_size)
+        # Offsets are of the plain content: a compressed or encrypted file's size
+        # says nothing of it, so its bar shows progress without an end.
+        plain = not layers.split_name(file.name)[1]
+        outcome = _run_with_attempts(state, import_id, file.stat().st_size if plain else None)
         if outcome.summary.status != "failed":
             shutil.rmtree(cfg.work_dir / str(import_id), ignore_errors=True)
     click.echo(json.dumps(outcome.summary.as_dict(), ensure_ascii=False, indent=2))
@@ -194,7 +197,7 @@ def import_(ctx: click.Context, file: Path, tenant: str, validate: bool) -> None
         sys.exit(EXIT_ERROR)
 
 
-def _run_with_attempts(state: State, import_id: int, size: int) -> importer.Outcome:
+def _run_with_attempts(state: State, import_id: int, size: int | None) -> importer.Outcome:
     """The engine, retried from its checkpoint on internal errors, then ``failed``."""
     cfg = state.config
     policy = RetryPolicy(base=0.5, cap=10.0)
@@ -213,7 +216,7 @@ def _run_with_attempts(state: State, import_id: int, size: int) -> importer.Outc
 
 
 @contextmanager
-def _progress(stream: TextIO, size: int, log: LogConfig) -> Iterator[Any]:
+def _progress(stream: TextIO, size: int | None, log: LogConfig) -> Iterator[Any]:
     """A progress bar by bytes on a terminal; nothing otherwise.
 
     While the bar shows, log lines go through its console, which prints each
@@ -357,6 +360,43 @@ def tenants_remove(ctx: click.Context, name: str) -> None:
             aside.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(tree), aside)
     click.echo(f"tenant {name} removed")
+
+
+# -- pgp -------------------------------------------------------------------
+
+
+@main.group("pgp")
+def pgp_() -> None:
+    """personsd's own OpenPGP key pair, for partners who encrypt (SPEC 11)."""
+
+
+@pgp_.command("init")
+@click.option(
+    "--algorithm",
+    type=click.Choice(sorted(pgp.ALGORITHMS)),
+    default="ed25519",
+    show_default=True,
+    help="rsa4096 for partners whose tools lack elliptic curves.",
+)
+@click.option("--new", is_flag=True, help="Add a new key pair even if one exists (rotation).")
+@click.pass_context
+def pgp_init(ctx: click.Context, algorithm: str, new: bool) -> None:
+    """Create the key pair once (idempotent); print its fingerprint."""
+    state = _state(ctx)
+    with errors_handled():
+        key, created = pgp.init(state.config.pgp_home, algorithm=algorithm, new=new)
+    verb = "created" if created else "exists"
+    click.echo(f"{verb}: {key.fingerprint} in {state.config.pgp_home}")
+
+
+@pgp_.command("public-key")
+@click.pass_context
+def pgp_public_key(ctx: click.Context) -> None:
+    """Print the public key (ASCII armour) to hand to partners."""
+    state = _state(ctx)
+    with errors_handled():
+        text = pgp.public_key(state.config.pgp_home)
+    click.echo(text, nl=False)
 
 
 # -- fields ----------------------------------------------------------------

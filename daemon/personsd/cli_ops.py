@@ -1,4 +1,4 @@
-"""Operations commands (SPEC 7 and 10): ``tenants set`` and ``status``.
+"""Operations commands (SPEC 7, 10 and 11): ``tenants set`` and ``status``.
 
 Registered on ``personsd.cli``'s groups at the end of that module.
 """
@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
 from sqlalchemy import make_url
 
-from personsd import durations, metrics, status
+from personsd import durations, metrics, pgp, status
 from personsd.cli import _state, errors_handled, fail
 from personsd.errors import OperatorError
 from personsd.store import db
@@ -28,6 +29,12 @@ from personsd.store import tenants as store_tenants
     "--expect-every", metavar="DURATION", help="Expected cadence, e.g. 24h, 90m, 7d (alerting)."
 )
 @click.option("--no-expect", is_flag=True, help="No expected cadence.")
+@click.option(
+    "--pgp-verify-key",
+    type=click.Path(path_type=Path),
+    help="The partner's OpenPGP public key: encrypted files must be signed by it.",
+)
+@click.option("--no-pgp-verify-key", is_flag=True, help="Stop requiring signed files.")
 @click.pass_context
 def tenants_set(
     ctx: click.Context,
@@ -36,8 +43,12 @@ def tenants_set(
     no_notify_url: bool,
     expect_every: str | None,
     no_expect: bool,
+    pgp_verify_key: Path | None,
+    no_pgp_verify_key: bool,
 ) -> None:
-    """Change tenant NAME's operations settings."""
+    """Change settings of tenant NAME (webhook, expected cadence, partner's PGP key)."""
+    if pgp_verify_key is not None and no_pgp_verify_key:
+        raise click.UsageError("--pgp-verify-key and --no-pgp-verify-key exclude each other")
     if notify_url is not None and no_notify_url:
         raise click.UsageError("--notify-url and --no-notify-url exclude each other")
     if expect_every is not None and no_expect:
@@ -50,15 +61,33 @@ def tenants_set(
             changes["expect_every_seconds"] = durations.parse(expect_every)
         elif no_expect:
             changes["expect_every_seconds"] = None
-        if not changes:
+        signer = pgp_verify_key is not None or no_pgp_verify_key
+        if not changes and not signer:
             raise click.UsageError("nothing to set")
+        armored = fingerprint = None
+        if pgp_verify_key is not None:
+            try:
+                data = pgp_verify_key.read_bytes()
+            except OSError as exc:
+                raise OperatorError(f"cannot read {pgp_verify_key}: {exc.strerror}") from None
+            fingerprint = pgp.key_fingerprint(data)
+            # Stored armoured whatever the file's form, so the key travels in the database.
+            armored = pgp.armor_key(data)
         state = _state(ctx)
         with db.write_tx(state.engine) as conn:
             tenant = store_tenants.get_tenant(conn, name)
             if tenant is None:
                 raise OperatorError(f"unknown tenant {name!r}")
-            store_tenants.set_operations(conn, tenant.id, **changes)
-    click.echo(f"tenant {name} updated")
+            if changes:
+                store_tenants.set_operations(conn, tenant.id, **changes)
+            if signer:
+                store_tenants.set_pgp_verify_key(conn, tenant.id, armored, fingerprint)
+    if changes:
+        click.echo(f"tenant {name} updated")
+    if signer and fingerprint is None:
+        click.echo(f"tenant {name}: encrypted files need no signature")
+    elif signer:
+        click.echo(f"tenant {name}: encrypted files must be signed by {fingerprint}")
 
 
 @click.command("status")

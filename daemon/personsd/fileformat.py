@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
 from personsd.errors import ErrorKind, FileRejected, InternalError, RowError, row_format_error
+from personsd.layers import split_name
 
 # SPEC 1.1; with `.ID.retry.persons` (34 bytes at most) every derived name fits in 255.
 MAX_NAME_BYTES = 200
@@ -99,7 +100,7 @@ def classify_name(name: str) -> Literal["import", "ignore", "reject"]:
     base = name.rsplit("/", 1)[-1]
     if base.startswith(".") or base.endswith(_IGNORED_SUFFIXES):
         return "ignore"
-    if base.endswith(".persons"):
+    if split_name(base)[0].endswith(".persons"):  # with its layer suffixes (SPEC 11)
         return "import"
     return "reject"
 
@@ -137,7 +138,7 @@ def check_name(name: str) -> None:
     """
     if name_bytes(name) > MAX_NAME_BYTES:
         raise FileRejected.format(f"File name is longer than {MAX_NAME_BYTES} bytes")
-    if not name.endswith(".persons"):
+    if not split_name(name)[0].endswith(".persons"):
         raise FileRejected.format("File name must end with .persons")
 
 

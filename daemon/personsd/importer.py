@@ -33,7 +33,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection, Engine, text
 
-from personsd import fileformat, metrics, reports, rules, validation, webhooks
+from personsd import fileformat, layers, metrics, reports, rules, validation, webhooks
 from personsd.config import Config
 from personsd.errors import ErrorKind, FileRejected, InternalError, OperatorError, RowError
 from personsd.fileformat import Layout
@@ -244,12 +244,14 @@ def run(
 
     try:
         fileformat.check_name(record.file_name)
-        with open(record.work_path, "rb", buffering=_READ_BUFFER) as fh:
+        source = plain_source(engine, cfg, record)
+        with source.open(max_row_bytes=cfg.imports.max_row_bytes) as fh:
             layout = fileformat.read_layout(fh, max_row_bytes=cfg.imports.max_row_bytes)
         _import_rows(
             engine,
             cfg,
             record,
+            source,
             layout,
             carrier or carrier_for(cfg),
             stop,
@@ -259,8 +261,10 @@ def run(
             lease,
         )
     except FileRejected as rejected:
+        layers.discard(cfg.work_dir / str(import_id))
         return _reject(engine, cfg, record, rejected, lease)
 
+    layers.discard(cfg.work_dir / str(import_id))
     outcome = _finish(engine, cfg, import_id, "completed", lease=lease)
     rows = outcome.summary.rows
     bound.info(
@@ -303,6 +307,19 @@ def _hash(
             conn, record.id, record.status, sha256=digest, bytes=size, duplicate_of=duplicate
         )
         return store_imports.get(conn, record.id)
+
+
+def plain_source(engine: Engine, cfg: Config, record: ImportRecord) -> layers.Source:
+    """The import's file with its encryption undone and compression checked (SPEC 11)."""
+    with engine.connect() as conn:
+        signer = store_tenants.pgp_verify_key(conn, record.tenant_id)
+    return layers.prepare(
+        Path(record.work_path),
+        record.file_name,
+        work=cfg.work_dir / str(record.id),
+        pgp_home=cfg.pgp_home,
+        signer=signer,
+    )
 
 
 def _tenant_name(conn: Connection, tenant_id: int) -> str:
@@ -348,6 +365,7 @@ def _import_rows(
     engine: Engine,
     cfg: Config,
     record: ImportRecord,
+    source: layers.Source,
     layout: Layout,
     carrier: CarrierCheck,
     stop: threading.Event | None,
@@ -364,7 +382,8 @@ def _import_rows(
     with engine.connect() as conn:
         fields = tuple(store_fields.list_fields(conn, record.tenant_id))
     job = validation.Job(
-        path=record.work_path,
+        path=str(source.path),
+        compression=source.compression,
         layout=layout,
         fields=fields,
         offset=point.next_offset,
@@ -379,7 +398,7 @@ def _import_rows(
     with (
         reports.ErrorsWriter(errors_path, layout.fields) as errors_out,
         reports.RetryWriter(retry_path, layout) as retry_out,
-        validation.open_chunks(job, validate_in, file_bytes=record.bytes) as chunks,
+        validation.open_chunks(job, validate_in, file_bytes=source.plain_bytes) as chunks,
     ):
         # Opened by name above: if the import was taken over meanwhile, these
         # may be the new holder's files, which must not be cut back.
@@ -388,7 +407,7 @@ def _import_rows(
         errors_out.truncate(point.errors_bytes)
         retry_out.truncate(point.retry_bytes)
         progress = ProgressReporter(
-            record.bytes, start_rows=point.rows_total, start_bytes=point.next_offset or 0
+            source.plain_bytes, start_rows=point.rows_total, start_bytes=point.next_offset or 0
         )
         statistics = _Statistics(engine, enabled=record.mode == "import")
         for chunk in chunks:
@@ -718,6 +737,7 @@ def summary_of(record: ImportRecord, tenant: str) -> reports.Summary:
         reports=reports.Reports.of(record.file_name, record.id, retry=record.retry_rows > 0),
         duplicate_of=record.duplicate_of,
         mode=record.mode,  # type: ignore[arg-type]
+        layers=layers.split_name(record.file_name)[1],
     )
 
 
@@ -824,6 +844,7 @@ def fail(
     """
     with engine.connect() as conn:
         record = store_imports.get(conn, import_id)
+    layers.discard(cfg.work_dir / str(import_id))
     if record.sha256 == UNHASHED:
         try:
             _hash(engine, record, None, lease)

@@ -73,6 +73,8 @@ class Event:
     # Not in SPEC 9's list (so not in ALL): an instance found another holding
     # its import's lease and stopped that import (SPEC 12).
     CLUSTER_LEASE_LOST: Final = "cluster.lease_lost"
+    # Not SPEC 9's (so not in ALL): a file expanding past layers.MAX_EXPANSION.
+    IMPORT_EXPANSION_CAPPED: Final = "import.expansion_capped"
 
     ALL: Final = (
         SFTP_LOGIN,

@@ -336,8 +336,11 @@ class Summary:
     reports: Reports | None = None  # None: the default names, without a retry file
     duplicate_of: int | None = None
     mode: Mode = "import"
+    layers: tuple[str, ...] = ()  # what was undone before reading, outermost first (SPEC 11)
 
     def __post_init__(self) -> None:
+        if not set(self.layers) <= {"pgp", "gzip", "zip"}:
+            raise ValueError(f"layers must be pgp, gzip or zip: {self.layers}")
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
         if self.mode not in MODES:
@@ -391,6 +394,7 @@ class Summary:
             "reports": {"errors": self.reports.errors, "retry": self.reports.retry},
             "duplicate_of": self.duplicate_of,
             "mode": self.mode,
+            "layers": list(self.layers),
         }
 
     def to_json(self) -> str:

@@ -98,6 +98,9 @@ class TenantRow(Base):
     # and the tenant's own webhook URL (None: notify.url).
     expect_every_seconds: Mapped[int | None] = mapped_column(Integer)
     notify_url: Mapped[str | None] = mapped_column(Text)
+    # SPEC 11: the partner's public key (armoured) whose signature files must carry.
+    pgp_verify_key: Mapped[str | None] = mapped_column(Text)
+    pgp_verify_fingerprint: Mapped[str | None] = mapped_column(String(64))
 
 
 class TenantKeyRow(Base):

@@ -183,3 +183,28 @@ def tenant_name(conn: Connection, tenant_id: int) -> str | None:
     """The name of the tenant with ``tenant_id``, or None."""
     name = conn.execute(select(TenantRow.name).where(TenantRow.id == tenant_id)).scalar()
     return None if name is None else str(name)
+
+
+def set_pgp_verify_key(
+    conn: Connection, tenant_id: int, armored: str | None, fingerprint: str | None
+) -> None:
+    """Require (or, with None, stop requiring) the tenant's files to be signed by this key."""
+    if (armored is None) != (fingerprint is None):
+        raise ValueError("a verify key comes with its fingerprint")
+    conn.execute(
+        update(TenantRow)
+        .where(TenantRow.id == tenant_id)
+        .values(pgp_verify_key=armored, pgp_verify_fingerprint=fingerprint)
+    )
+
+
+def pgp_verify_key(conn: Connection, tenant_id: int) -> tuple[str, str] | None:
+    """The tenant's verify key (armoured) and its fingerprint, or None."""
+    row = conn.execute(
+        select(TenantRow.pgp_verify_key, TenantRow.pgp_verify_fingerprint).where(
+            TenantRow.id == tenant_id
+        )
+    ).one_or_none()
+    if row is None or row.pgp_verify_key is None or row.pgp_verify_fingerprint is None:
+        return None
+    return row.pgp_verify_key, row.pgp_verify_fingerprint
