@@ -123,6 +123,29 @@ def test_sqlite_tables_keep_autoincrement_through_every_migration(sqlite_url: st
     assert set() == {name for name in declared if "AUTOINCREMENT" not in sql[name].upper()}
 
 
+def test_a_frozen_session_loses_its_transaction_after_the_lease(pg_url: str) -> None:
+    """SPEC 12: a daemon's PostgreSQL session idle in a transaction past its lease is ended,
+    so a frozen instance's locks (the claim lock) do not hold up the others."""
+    import time
+
+    from sqlalchemy.exc import DBAPIError
+
+    engine = db.connect(pg_url, idle_in_transaction_seconds=1)
+    other = db.connect(pg_url)
+    try:
+        with engine.connect() as conn:
+            assert "1s" == conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar()
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242)")
+            time.sleep(1.5)  # frozen, mid-transaction
+            with other.connect() as free:
+                assert free.exec_driver_sql("SELECT pg_try_advisory_xact_lock(4242)").scalar()
+            with pytest.raises(DBAPIError):
+                conn.exec_driver_sql("SELECT 1")
+    finally:
+        engine.dispose()
+        other.dispose()
+
+
 def test_migration_matches_models(engine: Engine) -> None:
     """The hand-written migration builds exactly the schema the models describe."""
     db.upgrade(engine)

@@ -142,7 +142,9 @@ class Daemon:
             self.lock = instance.hold_lock(cfg, self.instance)
         for path in (cfg.tenants_dir, cfg.work_dir, cfg.archive_dir, cfg.quarantine_dir):
             path.mkdir(parents=True, exist_ok=True)
-        self.engine = db.connect(cfg.database.url)
+        self.engine = db.connect(
+            cfg.database.url, idle_in_transaction_seconds=cfg.cluster.lease_seconds
+        )
         self.tenants = TenantCache(cfg.state_dir / "tenants.json")
         self.tenants.engine = self.engine
         self.workers = Workers(

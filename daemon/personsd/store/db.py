@@ -37,10 +37,15 @@ _MIGRATION_LOCK = 0x70657273_6F6E7364 & 0x7FFF_FFFF_FFFF_FFFF
 _WRITE_OPTION = "personsd_write"
 
 
-def connect(url: str, **pool: Any) -> Engine:
+def connect(url: str, *, idle_in_transaction_seconds: float | None = None, **pool: Any) -> Engine:
     """An engine for ``url`` (``sqlite:///…`` or ``postgresql+psycopg://…``).
 
     ``pool``: ``create_engine`` pool options (``pool_size``, ``pool_timeout``…).
+    ``idle_in_transaction_seconds`` (PostgreSQL; the daemon passes its lease):
+    a session that sits that long in a transaction without a word (its
+    process frozen: SIGSTOP, a paused VM) is ended by the server, so the
+    locks it holds (the claim lock, an import's row) do not stop the other
+    instances for longer than a lease.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -61,7 +66,17 @@ def connect(url: str, **pool: Any) -> Engine:
     # table was small (the first chunks of an initial load) would be kept for
     # the whole import, scanning the tenant instead of probing its indexes.
     connect_args["prepare_threshold"] = None
-    return create_engine(parsed, connect_args=connect_args, **{"pool_pre_ping": True, **pool})
+    engine = create_engine(parsed, connect_args=connect_args, **{"pool_pre_ping": True, **pool})
+    if idle_in_transaction_seconds is not None:
+        idle_ms = max(1000, int(idle_in_transaction_seconds * 1000))
+
+        def _bound_idle(dbapi_connection: Any, _record: object) -> None:
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute(f"SET idle_in_transaction_session_timeout = {idle_ms}")
+            dbapi_connection.commit()
+
+        event.listen(engine, "connect", _bound_idle)
+    return engine
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: object) -> None:
