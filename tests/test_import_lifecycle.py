@@ -360,3 +360,32 @@ def test_disk_full_while_publishing_leaves_the_import_running_and_redoes_no_chun
         assert (ids, 40, 0) == (_sequence(engine), record.rows_created, record.attempts)
         assert [] == [e for e in logs if e["event"] == "import.progress"]
         engine.dispose()
+
+
+def test_a_file_that_keeps_ending_the_process_is_failed_not_run_again(
+    db_url: str, tmp_path: Path
+) -> None:
+    """SPEC 5: a poison file never loops: after MAX_ABRUPT_ENDS abrupt ends it is failed and
+    quarantined without being run again; stops and waits never count."""
+    from personsd.workers import MAX_ABRUPT_ENDS
+
+    cfg = _site(tmp_path / "var", db_url)
+    engine = db.connect(db_url)
+    import_id = _queue(engine, cfg)
+    with db.write_tx(engine) as conn:
+        store_imports.set_status(conn, import_id, "queued", abrupt_ends=MAX_ABRUPT_ENDS - 1)
+    workers = Workers(engine=engine, cfg=cfg, stop=threading.Event(), policy=FAST)
+    claimed = workers._claim()
+    assert claimed is not None
+    # The process dies here (kill -9): nothing is released. The next process claims it.
+    restarted = Workers(engine=engine, cfg=cfg, stop=threading.Event(), policy=FAST)
+    again = restarted._claim()
+    assert again is not None and MAX_ABRUPT_ENDS == again[0].abrupt_ends
+    with capture_logs() as logs:
+        restarted._run(*again)
+    record = _get(engine, import_id)
+    engine.dispose()
+    assert ("failed", 0) == (record.status, record.attempts)
+    assert "ended abruptly" in (record.last_error or "")
+    assert [] == [e for e in logs if e["event"] == "import.started"]
+    assert (cfg.quarantine_dir / "acme").is_dir()

@@ -362,3 +362,26 @@ def test_renew_skips_a_row_its_own_chunk_holds_instead_of_waiting(
         with db.write_tx(engine) as beat:
             assert [] == imports.renew(beat, [held.lease])
         assert time.monotonic() - started < 5
+
+
+def test_an_abrupt_end_is_counted_and_a_clean_stop_is_not(
+    engine: Engine, tenant_ids: tuple[int, int]
+) -> None:
+    """SPEC 5: a run that ends abruptly counts one abrupt end (no attempt); a released one none."""
+    acme, _ = tenant_ids
+    with db.write_tx(engine) as conn:
+        import_id = queue(conn, acme, "a.persons", 0)
+    first = claim_lease(engine, "host:1:aa", single=True)
+    assert first is not None and 0 == first.record.abrupt_ends
+    # kill -9: the lease is left as it was; the next daemon finds it running.
+    crashed = claim_lease(engine, "host:2:bb", single=True)
+    assert crashed is not None
+    assert (import_id, 1, 0) == (
+        crashed.record.id, crashed.record.abrupt_ends, crashed.record.attempts
+    )  # fmt: skip
+    # SIGTERM: the lease is released; the next claim counts nothing more.
+    with db.write_tx(engine) as conn:
+        imports.release(conn, crashed.lease)
+    clean = claim(engine, "host:3:cc", single=True)
+    assert clean is not None
+    assert (1, 0) == (clean.abrupt_ends, clean.attempts)

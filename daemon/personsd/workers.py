@@ -48,6 +48,13 @@ from personsd.store.imports import ImportRecord, Lease
 
 log = get_logger("personsd.workers")
 
+# Runs of one import that may end abruptly (kill -9, a crash, a lost instance)
+# before it is failed and its file quarantined: a file that kills the process
+# is caught, while crashes of the machine around an import (a restart, a
+# deploy) do not fail a good file. Not attempts: those are for internal
+# failures only (SPEC 5), and a stop or a wait spends none.
+MAX_ABRUPT_ENDS = 20
+
 __all__ = ["Workers", "instance_name", "remove_work", "sweep_archive"]
 
 
@@ -199,6 +206,12 @@ class Workers:
 
     def _run(self, record: ImportRecord, lease: Lease) -> None:
         self.on_activity(f"importing {record.file_name} (#{record.id})")
+        if record.abrupt_ends >= MAX_ABRUPT_ENDS:
+            # A file whose import keeps ending the process (SPEC 5: a poison
+            # file never loops); a clean stop or a wait never counts here.
+            reason = f"its import ended abruptly {record.abrupt_ends} times (kill, crash)"
+            self._give_up(record, lease, reason, attempts=record.attempts)
+            return
         try:
             outcome = importer.run(
                 self.engine,
@@ -223,9 +236,11 @@ class Workers:
         remove_work(self.cfg, record.id)
 
     def _release(self, lease: Lease) -> None:
-        """A clean stop: let another instance take the import over at once."""
-        if self.single_daemon:
-            return
+        """A clean stop: let another instance take the import over at once.
+
+        Also on SQLite (one daemon): the released lease tells the next claim
+        that this run ended cleanly, so it counts no abrupt end.
+        """
         try:
             with write_tx(self.engine) as conn:
                 store_imports.release(conn, lease)
@@ -256,10 +271,12 @@ class Workers:
         if attempts < self.cfg.imports.max_attempts:
             self._requeue(record, exc, lease, spend_attempt=True)
             return
+        self._give_up(record, lease, repr(exc), attempts=attempts)
+
+    def _give_up(self, record: ImportRecord, lease: Lease, reason: str, *, attempts: int) -> None:
+        """Status failed, reports published, the file quarantined (SPEC 5)."""
         try:
-            importer.fail(
-                self.engine, self.cfg, record.id, repr(exc), attempts=attempts, lease=lease
-            )
+            importer.fail(self.engine, self.cfg, record.id, reason, attempts=attempts, lease=lease)
         except LeaseLost:
             self._lost(lease, "write")
             return

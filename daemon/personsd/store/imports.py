@@ -158,6 +158,7 @@ class ImportRecord:
     reports_published: bool
     not_before: datetime | None
     waits: int
+    abrupt_ends: int = 0
     lease_holder: str | None = None
     lease_expires: datetime | None = None
     lease_generation: int = 0
@@ -349,8 +350,12 @@ def renew(conn: Connection, leases: list[Lease]) -> list[Lease]:
 
 
 def release(conn: Connection, lease: Lease) -> None:
-    """Give the lease up (a clean stop): any instance may take the import over now."""
-    _fenced_update(conn, lease, {"lease_expires": datetime.now(UTC)})
+    """Give the lease up (a clean stop): any instance may take the import over now.
+
+    No expiry at all (rather than one in the past) tells the next claim that
+    the run ended cleanly: it counts no abrupt end.
+    """
+    _fenced_update(conn, lease, {"lease_expires": None})
 
 
 def _fenced_update(conn: Connection, lease: Lease, values: Mapping[str, Any]) -> None:
@@ -476,7 +481,13 @@ def claim_next(
         paused.not_before > now,
     )
     stmt = (
-        select(ImportRow.id, ImportRow.status, ImportRow.lease_holder, ImportRow.claimed_by)
+        select(
+            ImportRow.id,
+            ImportRow.status,
+            ImportRow.lease_holder,
+            ImportRow.claimed_by,
+            ImportRow.lease_expires,
+        )
         .where(
             ImportRow.status.in_(("queued", "running")),
             ImportRow.source != "cli",
@@ -493,7 +504,10 @@ def claim_next(
     found = conn.execute(stmt).one_or_none()
     if found is None:
         return None
-    import_id, status, holder, claimed_by = found
+    import_id, status, holder, claimed_by, expires = found
+    # Running with a lease nobody gave up: its last run ended abruptly (a
+    # clean stop releases the lease, see release()).
+    abrupt = status == "running" and expires is not None
     conn.execute(
         update(ImportRow)
         .where(ImportRow.id == import_id)
@@ -505,6 +519,7 @@ def claim_next(
             lease_holder=instance,
             lease_expires=now + timedelta(seconds=lease_seconds),
             lease_generation=ImportRow.lease_generation + 1,
+            abrupt_ends=ImportRow.abrupt_ends + (1 if abrupt else 0),
             started_at=func.coalesce(ImportRow.started_at, bindparam(None, now, UtcDateTime())),
         )
     )

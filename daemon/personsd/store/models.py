@@ -216,6 +216,8 @@ class ImportRow(Base):
     # An environment failure's pause: not claimed before this moment (SPEC 5).
     not_before: Mapped[datetime | None]
     waits: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Runs that ended without a clean stop (kill -9, a crash, a lost instance).
+    abrupt_ends: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
 
 class ValidationPersonRow(Base):
