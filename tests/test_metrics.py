@@ -14,8 +14,7 @@ from sqlalchemy import Engine, update
 
 from engine_helpers import add_tenant, make_config, new_tenant_name, run_import
 from personsd import importer, metrics, reports, status
-from personsd.sftp import SftpServer, load_or_create_host_key
-from personsd.sftpbudget import SftpLimits
+from personsd.sftp import SftpLimits, SftpServer, load_or_create_host_key
 from personsd.store import db
 from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants

@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 
 from personsd.passwords import hash_password
 from personsd.sftp import SftpLimits, SftpServer, TenantAuth, load_or_create_host_key
-from personsd.sftpbudget import LoginBans
+from personsd.sftp.bans import LoginBans
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -13,8 +13,9 @@ from structlog.testing import capture_logs
 
 from personsd.logging import Event
 from personsd.passwords import hash_password
-from personsd.sftp import SftpLimits, _Guard
-from personsd.sftpshared import SharedLoginBans
+from personsd.sftp import SftpLimits
+from personsd.sftp.guard import LoginGuard
+from personsd.sftp.shared import SharedLoginBans
 from personsd.store import bans as store_bans
 from personsd.store import db
 from test_sftp import connect, events, running_server, wait_for
@@ -85,7 +86,7 @@ def test_guesses_are_throttled_by_failures_of_other_instances(engine: Engine) ->
     """begin_guess on B sees A's failures (read once per connection): no fresh guesses."""
     clock = WallClock()
     a = instance(engine, clock)
-    guard_b = _Guard(LIMITS, bans=instance(engine, clock))
+    guard_b = LoginGuard(LIMITS, bans=instance(engine, clock))
     for _ in range(2):
         a.record_failure("h")
     assert False is guard_b.bans.refresh("h")

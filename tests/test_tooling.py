@@ -102,7 +102,7 @@ CHECKED = {
             Use(
                 target="paramiko.transport:Transport.__init__.auth_handler",
                 parameters=None,
-                why="sftp._authenticated reads transport.auth_handler.is_authenticated()",
+                why="sftp.server._authenticated reads transport.auth_handler.is_authenticated()",
             ),
             Use(
                 target="paramiko.auth_handler:AuthHandler.is_authenticated",

@@ -203,7 +203,7 @@ def test_openssh_sftp_put_into_validate(h: Harness, tmp_path: Path) -> None:
 
 def test_stale_upload_temp_files_in_validate_are_swept(h: Harness) -> None:
     """Temp files of uploads cut short are removed from /validate as from /inbox."""
-    from personsd.sftpfs import sweep_stale_uploads
+    from personsd.sftp.filesystem import sweep_stale_uploads
 
     box = h.root / "tenants" / "acme" / "validate"
     box.mkdir()

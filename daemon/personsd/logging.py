@@ -225,7 +225,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     root.addHandler(handler)
     root.setLevel(STDLIB_LEVEL)
     # paramiko logs a traceback at ERROR for every connection that never speaks
-    # SSH (health checks, port scans); sftp.py logs those as sftp.connection_error.
+    # SSH (health checks, port scans); sftp/server.py logs those as sftp.connection_error.
     transport = logging.getLogger("paramiko.transport")
     for old_filter in [f for f in transport.filters if isinstance(f, _DropErrors)]:
         transport.removeFilter(old_filter)
@@ -236,7 +236,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
 
 
 class _DropErrors(logging.Filter):
-    """paramiko's per-connection error tracebacks; sftp.py logs those events itself."""
+    """paramiko's per-connection error tracebacks; sftp/server.py logs those events itself."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.ERROR

@@ -34,7 +34,7 @@ from personsd.logging import Event, configure, get_logger
 from personsd.republish import Republisher
 from personsd.retry import RetryPolicy
 from personsd.sftp import SftpLimits, SftpServer, TenantAuth, load_or_create_host_key
-from personsd.sftpshared import SharedLoginBans
+from personsd.sftp.shared import SharedLoginBans
 from personsd.store import db
 from personsd.store import tenants as store_tenants
 from personsd.watcher import InboxWatcher

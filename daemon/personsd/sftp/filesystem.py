@@ -38,319 +38,53 @@ SPEC is silent:
   nothing; another size, an owner, symlink, readlink, mkdir and rmdir are
   refused.
 
-Caps (:mod:`personsd.sftpbudget`): handles per session and per tenant, the
-process's descriptors, the inbox quota (checked at open for files and at
-each write that extends an upload for bytes; holes count), holes per upload,
-file size, request size.
+Caps (:mod:`personsd.sftp.limits`): handles per session and per tenant, the
+process's descriptors (both in :mod:`personsd.sftp.subsystem`), the inbox
+quota (checked at open for files and at each write that extends an upload
+for bytes; holes count), holes per upload, file size, request size.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import secrets
 import stat
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import paramiko
-import structlog
-from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_OPEN, CMD_OPENDIR
 
 from personsd.fileformat import classify_name
-from personsd.logging import Event
-from personsd.sftpbudget import (
-    UPLOAD_TEMP,
-    FdBudget,
-    InboxQuota,
-    LimitLog,
-    SftpLimits,
-    TenantBudget,
+from personsd.logging import get_logger
+from personsd.sftp.handles import Download, Upload
+from personsd.sftp.paths import (
+    BOXES,
+    MAX_NAME_BYTES,
+    UPLOAD_BOXES,
+    canonical,
+    creatable_name,
+    resolve,
+    visible_name,
 )
-from personsd.sftpwire import FencedSftpServer, Refusal
+from personsd.sftp.quota import UPLOAD_TEMP
+from personsd.sftp.replies import (
+    SFTP_FAILURE,
+    SFTP_NO_SUCH_FILE,
+    SFTP_OK,
+    SFTP_OP_UNSUPPORTED,
+    SFTP_PERMISSION_DENIED,
+    attributes,
+    cosmetic,
+    errno_code,
+)
+from personsd.sftp.session import SessionSource
 
-__all__ = [
-    "BOXES",
-    "MAX_NAME_BYTES",
-    "UPLOAD_TEMP",
-    "Session",
-    "SftpLimits",
-    "TenantFs",
-    "TenantSftp",
-    "sweep_stale_uploads",
-]
-
-# paramiko is untyped: give its status codes a type once.
-SFTP_OK: int = paramiko.SFTP_OK
-SFTP_FAILURE: int = paramiko.SFTP_FAILURE
-SFTP_NO_SUCH_FILE: int = paramiko.SFTP_NO_SUCH_FILE
-SFTP_PERMISSION_DENIED: int = paramiko.SFTP_PERMISSION_DENIED
-SFTP_OP_UNSUPPORTED: int = paramiko.SFTP_OP_UNSUPPORTED
-
-UPLOAD_BOXES = ("inbox", "validate")
-BOXES = (*UPLOAD_BOXES, "outbox")
-MAX_NAME_BYTES = 200  # SPEC 1.1: every name derived from it (reports, archive) still fits
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 DELIVERED_MEMORY_SECONDS = 60.0
 
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Session:
-    """What the file tree needs to know about the logged-in connection and the server."""
-
-    tenant: str
-    ip: str
-    tenants_root: Path
-    limits: SftpLimits
-    on_upload: Callable[[str, Path], None]
-    touch: Callable[[], None]  # marks the connection active (idle timeout)
-    budget: TenantBudget
-    fds: FdBudget
-    quota: InboxQuota
-    limit_log: LimitLog
-
-    def limit(self, limit: str, message: str, code: int = SFTP_FAILURE, **extra: Any) -> Refusal:
-        """Log that ``limit`` was hit; the refusal the client gets."""
-        self.limit_log.hit(limit, tenant=self.tenant, ip=self.ip, **extra)
-        return Refusal(code, message)
-
-
-class SessionSource(Protocol):
-    """The connection's auth object, as the SFTP subsystem sees it."""
-
-    def sftp_session(self) -> Session: ...
-
-    def subsystem_started(self, handler: threading.Thread) -> None: ...
-
-
-def _log() -> Any:
-    return structlog.get_logger()
-
-
-def resolve(path: str) -> tuple[str, ...] | None:
-    """``()`` for the root, ``(box,)`` or ``(box, name)``; None when nothing is there."""
-    if "\x00" in path:
-        return None
-    parts: list[str] = []
-    for part in path.split("/"):
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if parts:
-                parts.pop()
-            continue
-        parts.append(part)
-    if not parts:
-        return ()
-    if parts[0] not in BOXES or len(parts) > 2:
-        return None
-    return tuple(parts)
-
-
-def canonical(path: str) -> str:
-    """The normalised virtual path (what REALPATH answers)."""
-    parts: list[str] = []
-    for part in path.replace("\x00", "").split("/"):
-        if part == "..":
-            if parts:
-                parts.pop()
-        elif part not in ("", "."):
-            parts.append(part)
-    return "/" + "/".join(parts)
-
-
-def _plain(name: str) -> bool:
-    return not any(ord(c) < 32 or ord(c) == 127 for c in name)
-
-
-def visible_name(box: str, name: str) -> bool:
-    """A name a client may see and reach in ``box``: ours (temp files) are not."""
-    if box in UPLOAD_BOXES:
-        return not UPLOAD_TEMP.match(name) and _plain(name)
-    return not name.startswith(".") and _plain(name)
-
-
-def name_bytes(name: str) -> int:
-    return len(name.encode("utf-8", "surrogateescape"))
-
-
-def creatable_name(name: str) -> bool:
-    """A name a client may give an inbox file (open for writing, rename target)."""
-    return visible_name("inbox", name) and name_bytes(name) <= MAX_NAME_BYTES
-
-
-def _errno_code(exc: OSError) -> int:
-    if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
-        return SFTP_NO_SUCH_FILE
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return SFTP_PERMISSION_DENIED
-    return SFTP_FAILURE
-
-
-def _attrs(st: os.stat_result, name: str) -> paramiko.SFTPAttributes:
-    attr = paramiko.SFTPAttributes.from_stat(st, name)
-    attr.st_uid = attr.st_gid = 0  # the server's accounts are none of the client's business
-    return attr
-
-
-def _cosmetic(attr: paramiko.SFTPAttributes, size: int) -> bool:
-    """Times, permissions, the size the file has (lftp): acknowledged, changing nothing."""
-    return attr.st_size in (None, size) and attr.st_uid is None and attr.st_gid is None
-
-
-class _Download(paramiko.SFTPHandle):  # type: ignore[misc]
-    """A read-only outbox file; every READ is served up to ``max_read_bytes``."""
-
-    def __init__(self, fd: int, limits: SftpLimits) -> None:
-        super().__init__(os.O_RDONLY)
-        self._fd: int | None = fd
-        self._limits = limits
-
-    def read(self, offset: int, length: int) -> bytes | int:
-        if self._fd is None:
-            return SFTP_FAILURE
-        # The client chooses length (up to 4 GiB): never allocate it.
-        try:
-            return os.pread(self._fd, min(length, self._limits.max_read_bytes), offset)
-        except (OSError, OverflowError):
-            return SFTP_FAILURE
-
-    def write(self, offset: int, data: bytes) -> int:
-        return SFTP_PERMISSION_DENIED
-
-    def stat(self) -> paramiko.SFTPAttributes | int:
-        if self._fd is None:
-            return SFTP_FAILURE
-        return _attrs(os.fstat(self._fd), "")
-
-    def chattr(self, attr: paramiko.SFTPAttributes) -> int:
-        if self._fd is None:
-            return SFTP_FAILURE
-        return SFTP_OK if _cosmetic(attr, os.fstat(self._fd).st_size) else SFTP_OP_UNSUPPORTED
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def finish(self) -> int:
-        self.close()
-        return SFTP_OK
-
-
-class _Upload(paramiko.SFTPHandle):  # type: ignore[misc]
-    """An inbox upload: written under a hidden temp name, renamed on the client's CLOSE."""
-
-    def __init__(self, fs: TenantFs, box: str, fd: int, temp: str, name: str) -> None:
-        super().__init__(os.O_WRONLY)
-        self._fs = fs
-        self._box = box
-        self._fd: int | None = fd
-        self._temp = temp
-        self._name = name
-        self._end = 0  # apparent size: the highest offset written
-        self._received = 0  # bytes the client sent; end - received bounds the holes
-        self._refused: Refusal | None = None  # a write failed: every later one and CLOSE too
-
-    def read(self, offset: int, length: int) -> int:
-        return SFTP_PERMISSION_DENIED
-
-    def _check(self, offset: int, size: int) -> Refusal | None:
-        session = self._fs.session
-        limits = session.limits
-        end = offset + size
-        if end > limits.max_file_bytes:
-            return session.limit("file_bytes", "File too large", file=self._name)
-        holes = max(end, self._end) - (self._received + size)
-        if holes > limits.max_write_gap_bytes:
-            return session.limit(
-                "write_gap_bytes", "Write far beyond the data written", file=self._name
-            )
-        if end > self._end and session.quota.grow(session.tenant, self, end) is not None:
-            return session.limit("inbox_bytes", "Inbox quota exceeded (bytes)", file=self._name)
-        return None
-
-    def write(self, offset: int, data: bytes) -> int:
-        if self._fd is None:
-            return SFTP_FAILURE
-        if self._refused is None:
-            self._refused = self._check(offset, len(data))
-        if self._refused is not None:
-            return self._refused
-        try:
-            os.pwrite(self._fd, data, offset)
-        except OSError as exc:
-            self._refused = Refusal(_errno_code(exc), exc.strerror or "Write failed")
-            return self._refused
-        self._end = max(self._end, offset + len(data))
-        self._received += len(data)
-        return SFTP_OK
-
-    def stat(self) -> paramiko.SFTPAttributes | int:
-        if self._fd is None:
-            return SFTP_FAILURE
-        return _attrs(os.fstat(self._fd), self._name)
-
-    def chattr(self, attr: paramiko.SFTPAttributes) -> int:
-        if self._fd is None:
-            return SFTP_FAILURE
-        return SFTP_OK if _cosmetic(attr, os.fstat(self._fd).st_size) else SFTP_OP_UNSUPPORTED
-
-    def close(self) -> None:
-        """Abandon the upload (paramiko calls this for handles left open at session end)."""
-        if self._fd is None:
-            return
-        os.close(self._fd)
-        self._fd = None
-        self._fs.unlink_quietly(self._box, self._temp)
-        self._fs.session.quota.end_upload(self._fs.session.tenant, self)
-
-    def finish(self) -> int:
-        """The client's CLOSE: make the upload visible under its name, if it is whole."""
-        if self._fd is None:
-            return SFTP_FAILURE
-        if self._refused is not None:  # a part is missing: never hand it to the daemon
-            self.close()
-            _log().info("sftp.upload_incomplete", tenant=self._fs.session.tenant, file=self._name)
-            return Refusal(SFTP_FAILURE, "Upload incomplete: a write failed")
-        fd, self._fd = self._fd, None
-        box = self._fs.box_fd(self._box)
-        session = self._fs.session
-        try:
-            try:
-                os.fsync(fd)  # the client takes a successful close as "delivered"
-                size = os.fstat(fd).st_size
-            finally:
-                os.close(fd)
-            os.rename(self._temp, self._name, src_dir_fd=box, dst_dir_fd=box)
-        except OSError as exc:
-            self._fs.unlink_quietly(self._box, self._temp)
-            _log().error(
-                "sftp.upload_failed", tenant=session.tenant, file=self._name, error=exc.strerror
-            )
-            return _errno_code(exc)
-        finally:
-            session.quota.end_upload(session.tenant, self)
-        with contextlib.suppress(OSError):
-            os.fsync(box)  # the rename itself survives a crash too
-            self._fs.remember(
-                (self._box, self._name), os.stat(self._name, dir_fd=box, follow_symlinks=False)
-            )
-        _log().info(
-            Event.SFTP_UPLOAD,
-            tenant=session.tenant,
-            file=self._name,
-            bytes=size,
-            ip=session.ip,
-            box=self._box,
-        )
-        self._fs.notify(self._box, self._name)
-        return SFTP_OK
+log = get_logger()
 
 
 class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
@@ -400,7 +134,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         try:
             self.session.on_upload(self.session.tenant, path)
         except Exception as exc:  # noqa: BLE001 -- the watcher's rescan still finds the file
-            _log().error(
+            log.error(
                 "sftp.on_upload_failed", tenant=self.session.tenant, file=name, error=repr(exc)
             )
 
@@ -415,7 +149,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         try:
             st = os.stat(name, dir_fd=self._fds[box], follow_symlinks=False)
         except OSError as exc:
-            return _errno_code(exc)
+            return errno_code(exc)
         if not stat.S_ISREG(st.st_mode):
             return SFTP_NO_SUCH_FILE
         return box, name
@@ -445,19 +179,19 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         if where is None:
             return SFTP_NO_SUCH_FILE
         if where == ():
-            return _attrs(os.fstat(self._fds["inbox"]), "/")
+            return attributes(os.fstat(self._fds["inbox"]), "/")
         if len(where) == 1:
-            return _attrs(os.fstat(self._fds[where[0]]), where[0])
+            return attributes(os.fstat(self._fds[where[0]]), where[0])
         found = self._file(path)
         if not isinstance(found, int):
             box, name = found
             try:
-                return _attrs(os.stat(name, dir_fd=self._fds[box], follow_symlinks=False), name)
+                return attributes(os.stat(name, dir_fd=self._fds[box], follow_symlinks=False), name)
             except FileNotFoundError:
                 found = SFTP_NO_SUCH_FILE  # claimed by the daemon in between
         delivered = self._recently_delivered(where) if found == SFTP_NO_SUCH_FILE else None
         if delivered is not None:
-            return _attrs(delivered, where[1])  # delivered, then claimed by the daemon
+            return attributes(delivered, where[1])  # delivered, then claimed by the daemon
         return found
 
     lstat = stat  # symlinks are invisible, so both are the same
@@ -468,7 +202,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
     def list_folder(self, path: str) -> list[paramiko.SFTPAttributes] | int:
         where = resolve(path)
         if where == ():
-            return [_attrs(os.fstat(self._fds[box]), box) for box in BOXES]
+            return [attributes(os.fstat(self._fds[box]), box) for box in BOXES]
         if where is None or len(where) != 1:
             return SFTP_NO_SUCH_FILE
         box = where[0]
@@ -487,7 +221,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
             except OSError:
                 continue
             if stat.S_ISREG(st.st_mode):
-                out.append(_attrs(st, name))
+                out.append(attributes(st, name))
         return out
 
     def chattr(self, path: str, attr: paramiko.SFTPAttributes) -> int:
@@ -500,7 +234,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         found = self.stat(path)  # also a file this session delivered and the daemon claimed
         if isinstance(found, int):
             return found
-        return SFTP_OK if _cosmetic(attr, found.st_size) else SFTP_OP_UNSUPPORTED
+        return SFTP_OK if cosmetic(attr, found.st_size) else SFTP_OP_UNSUPPORTED
 
     # -- files -------------------------------------------------------------------------
 
@@ -533,11 +267,11 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
                 dir_fd=self._fds["outbox"],
             )
         except OSError as exc:
-            return _errno_code(exc)
+            return errno_code(exc)
         if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device planted on disk
             os.close(fd)
             return SFTP_NO_SUCH_FILE
-        return _Download(fd, self.session.limits)
+        return Download(fd, self.session.limits)
 
     def _open_upload(self, box: str, name: str, flags: int) -> Any:
         if flags & (os.O_RDWR | os.O_WRONLY) != os.O_WRONLY:
@@ -559,8 +293,8 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
                 dir_fd=self._fds[box],
             )
         except OSError as exc:
-            return _errno_code(exc)
-        upload = _Upload(self, box, fd, temp, name)
+            return errno_code(exc)
+        upload = Upload(self, box, fd, temp, name)
         if self.session.quota.open_upload(self.session.tenant, upload, temp) is not None:
             os.close(fd)
             self.unlink_quietly(box, temp)
@@ -575,9 +309,9 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         try:
             os.unlink(name, dir_fd=self._fds[box])
         except OSError as exc:
-            return _errno_code(exc)
+            return errno_code(exc)
         self.session.quota.changed(self.session.tenant)
-        _log().info("sftp.remove", tenant=self.session.tenant, box=box, file=name)
+        log.info("sftp.remove", tenant=self.session.tenant, box=box, file=name)
         return SFTP_OK
 
     def rename(self, oldpath: str, newpath: str) -> int:
@@ -609,10 +343,10 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         except FileExistsError:
             return SFTP_FAILURE
         except OSError as exc:
-            return _errno_code(exc)
+            return errno_code(exc)
         with contextlib.suppress(OSError):
             self.remember((upload_box, new), os.stat(new, dir_fd=box, follow_symlinks=False))
-        _log().info(
+        log.info(
             "sftp.rename", tenant=self.session.tenant, box=upload_box, file=new, renamed_from=old
         )
         self.notify(upload_box, new)
@@ -631,76 +365,6 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
 
     def readlink(self, path: str) -> int:
         return SFTP_OP_UNSUPPORTED
-
-
-class TenantSftp(FencedSftpServer):
-    """paramiko's SFTP subsystem with the caps and the CLOSE semantics we need."""
-
-    server: TenantFs
-    file_table: dict[bytes, Any]
-    folder_table: dict[bytes, Any]
-
-    def __init__(
-        self, channel: paramiko.Channel, name: str, server: SessionSource, *args: Any, **kwargs: Any
-    ) -> None:
-        super().__init__(channel, name, server, *args, **kwargs)
-        self.max_request_bytes = self.server.session.limits.max_request_bytes
-        self._held = 0  # handle slots taken from the tenant's budget
-        server.subsystem_started(self)  # so the connection can join it on the way out
-
-    def _open_handles(self) -> int:
-        return len(self.file_table) + len(self.folder_table)
-
-    def _settle_handles(self) -> None:
-        """Give back the tenant's slots this session no longer uses."""
-        session = self.server.session
-        while self._held > self._open_handles():
-            self._held -= 1
-            session.budget.release_handle(session.tenant)
-
-    def finish_subsystem(self) -> None:
-        # paramiko ends the session (our directory fds) before closing the handles left
-        # open; abandoned uploads need the inbox fd to remove their temp files.
-        for handle in list(self.file_table.values()):
-            handle.close()
-        self.file_table = {}
-        super().finish_subsystem()
-        self._settle_handles()
-
-    def request_too_large(self, size: int) -> None:
-        session = self.server.session
-        session.limit_log.hit("request_bytes", tenant=session.tenant, ip=session.ip, bytes=size)
-
-    def _refuse_open(self) -> Refusal | None:
-        session = self.server.session
-        if self._open_handles() >= session.limits.max_handles:
-            return session.limit("handles_per_session", "Too many open handles")
-        if not session.fds.available():
-            return session.limit("descriptors", "Too many open files on the server")
-        if not session.budget.take_handle(session.tenant):
-            return session.limit("handles_per_tenant", "Too many open handles for this account")
-        self._held += 1
-        return None
-
-    def before_request(self, t: int, request_number: int, msg: paramiko.Message) -> bool:
-        self.server.session.touch()
-        if t in (CMD_OPEN, CMD_OPENDIR):
-            refusal = self._refuse_open()
-            if refusal is not None:
-                self.send_status(request_number, refusal)
-                return True
-        elif t == CMD_CLOSE:
-            item = self.file_table.pop(msg.get_binary(), None)
-            if isinstance(item, _Upload | _Download):
-                self.send_status(request_number, item.finish())
-                return True
-        elif t == CMD_EXTENDED and msg.get_text() != "posix-rename@openssh.com":
-            self.send_status(request_number, SFTP_OP_UNSUPPORTED)
-            return True
-        return False
-
-    def after_request(self, t: int) -> None:
-        self._settle_handles()
 
 
 def sweep_stale_uploads(tenants_root: Path, *, older_than: float = 0.0) -> int:
@@ -728,5 +392,5 @@ def sweep_stale_uploads(tenants_root: Path, *, older_than: float = 0.0) -> int:
                     except FileNotFoundError:
                         pass
     if removed:
-        _log().info("sftp.stale_uploads_removed", count=removed)
+        log.info("sftp.stale_uploads_removed", count=removed)
     return removed
