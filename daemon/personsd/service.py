@@ -26,7 +26,7 @@ from types import FrameType
 from sqlalchemy import Engine, make_url
 
 from personsd import config as config_mod
-from personsd import instance, metrics, notify, webhooks
+from personsd import instance, metrics, sdnotify, webhooks
 from personsd.config import Config
 from personsd.errors import ConfigError
 from personsd.intake import Intake
@@ -146,7 +146,7 @@ class Daemon:
         self.tenants = TenantCache(cfg.state_dir / "tenants.json")
         self.tenants.engine = self.engine
         self.workers = Workers(
-            engine=self.engine, cfg=cfg, stop=self.stop, on_activity=notify.status
+            engine=self.engine, cfg=cfg, stop=self.stop, on_activity=sdnotify.status
         )
         self.intake = Intake(engine=self.engine, cfg=cfg, on_queued=self.workers.wake)
         self.watcher = InboxWatcher(
@@ -194,7 +194,7 @@ class Daemon:
                 attempt += 1
                 delay = policy.delay(attempt)
                 log.warning("db.unavailable", error=repr(exc)[:300], retry_in=round(delay, 2))
-                notify.status(f"waiting for the database: {type(exc).__name__}")
+                sdnotify.status(f"waiting for the database: {type(exc).__name__}")
                 self.stop.wait(delay)
 
     def _ensure_tenant_dirs(self) -> None:
@@ -248,17 +248,17 @@ class Daemon:
             root=str(self.cfg.root),
             workers=self.cfg.imports.workers,
         )
-        notify.ready("accepting uploads")
+        sdnotify.ready("accepting uploads")
         self._prepare_database()
         if not self.stop.is_set():
             self.workers.start()
             self.sender.start()
-            notify.status("idle")
+            sdnotify.status("idle")
         self._main_loop()
         return self._shutdown()
 
     def _main_loop(self) -> None:
-        interval = notify.watchdog_interval()
+        interval = sdnotify.watchdog_interval()
         tick = min(1.0, interval / 3) if interval else 1.0
         housekeeping = time.monotonic()
         while not self.stop.is_set():
@@ -267,7 +267,7 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
-            notify.watchdog_ping()
+            sdnotify.watchdog_ping()
             if self.republisher.pending():
                 self.republisher.publish_due()
             if time.monotonic() - housekeeping >= self.cfg.imports.rescan_seconds:
@@ -287,7 +287,7 @@ class Daemon:
 
     def reload(self) -> None:
         """SIGHUP: configuration, log settings, tenants; a rescan of every inbox."""
-        notify.reloading()
+        sdnotify.reloading()
         try:
             if self.cfg.source is not None:
                 fresh = config_mod.load(self.cfg.source)
@@ -314,12 +314,12 @@ class Daemon:
         except (ConfigError, Exception) as exc:  # noqa: BLE001 -- keep running on the old one
             log.error("config.reload_failed", error=str(exc))
         self.watcher.rescan()
-        notify.ready("reloaded")
+        sdnotify.ready("reloaded")
 
     def _shutdown(self) -> int:
         deadline = time.monotonic() + STOP_TIMEOUT
         log.info(Event.DAEMON_STOPPING, busy=self.workers.busy())
-        notify.stopping()
+        sdnotify.stopping()
         if self.sftp is not None:
             self.sftp.stop()
         self.watcher.stop()
