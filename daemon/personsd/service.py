@@ -13,17 +13,14 @@ systemd: ``READY=1`` once listening, ``STATUS=`` with what it is doing,
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import signal
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 from types import FrameType
 
-from sqlalchemy import Engine, make_url
+from sqlalchemy import make_url
 
 from personsd import config as config_mod
 from personsd import instance, metrics, sdnotify, webhooks
@@ -33,98 +30,16 @@ from personsd.intake import Intake
 from personsd.logging import Event, configure, get_logger
 from personsd.republish import Republisher
 from personsd.retry import RetryPolicy
-from personsd.sftp import SftpLimits, SftpServer, TenantAuth, load_or_create_host_key
+from personsd.sftp import SftpLimits, SftpServer, load_or_create_host_key
 from personsd.sftp.shared import SharedLoginBans
 from personsd.store import db
-from personsd.store import tenants as store_tenants
+from personsd.tenantcache import TenantCache
 from personsd.watcher import InboxWatcher
 from personsd.workers import Workers, sweep_archive
 
 log = get_logger("personsd.service")
 
 STOP_TIMEOUT = 8.0  # SPEC 5: exit within 10 s of SIGTERM
-
-
-class TenantCache:
-    """Tenant logins for the SFTP server, kept in memory and in a snapshot file.
-
-    The snapshot lets partners log in and upload while the database is down
-    (SPEC 5: uploads keep being accepted), even across a restart.
-    """
-
-    def __init__(self, snapshot: Path) -> None:
-        self.snapshot = snapshot
-        self._tenants: dict[str, TenantAuth] = {}
-        self._lock = threading.Lock()
-        self._load_snapshot()
-
-    engine: Engine | None = None
-
-    def get(self, name: str) -> TenantAuth | None:
-        with self._lock:
-            found = self._tenants.get(name)
-        if found is None and self.engine is not None:
-            # A tenant added since the last refresh (or before the first one).
-            try:
-                with self.engine.connect() as conn:
-                    tenant = store_tenants.get_tenant(conn, name)
-            except Exception as exc:  # noqa: BLE001 -- database down: the snapshot is all we have
-                log.warning("tenant.lookup_failed", tenant=name[:100], error=repr(exc)[:200])
-                return None
-            if tenant is not None:
-                found = TenantAuth(
-                    name=tenant.name, public_keys=tenant.keys, password_hash=tenant.password_hash
-                )
-                with self._lock:
-                    self._tenants[name] = found
-        return found
-
-    def names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._tenants)
-
-    def refresh(self, engine: Engine) -> None:
-        with engine.connect() as conn:
-            found = store_tenants.list_tenants(conn)
-        tenants = {}
-        for tenant in found:
-            try:
-                tenants[tenant.name] = TenantAuth(
-                    name=tenant.name, public_keys=tenant.keys, password_hash=tenant.password_hash
-                )
-            except ValueError as exc:
-                log.error("tenant.invalid", tenant=tenant.name, error=str(exc))
-        with self._lock:
-            self._tenants = tenants
-        data = [
-            {
-                "name": t.name,
-                "public_keys": [list(k) for k in t.public_keys],
-                "password_hash": t.password_hash,
-            }
-            for t in tenants.values()
-        ]
-        # A name of its own: instances sharing the root write the snapshot too.
-        temp = self.snapshot.with_name(f".{self.snapshot.name}.{secrets.token_hex(8)}.tmp")
-        temp.write_text(json.dumps(data))
-        os.chmod(temp, 0o600)
-        os.replace(temp, self.snapshot)
-
-    def _load_snapshot(self) -> None:
-        try:
-            data = json.loads(self.snapshot.read_text())
-        except (FileNotFoundError, ValueError):
-            return
-        for item in data:
-            try:
-                auth = TenantAuth(
-                    name=item["name"],
-                    public_keys=tuple(tuple(k) for k in item["public_keys"]),
-                    password_hash=item["password_hash"],
-                )
-            except (KeyError, TypeError, ValueError):
-                continue
-            self._tenants[auth.name] = auth
 
 
 class Daemon:
@@ -143,8 +58,7 @@ class Daemon:
         for path in (cfg.tenants_dir, cfg.work_dir, cfg.archive_dir, cfg.quarantine_dir):
             path.mkdir(parents=True, exist_ok=True)
         self.engine = db.connect(cfg.database.url)
-        self.tenants = TenantCache(cfg.state_dir / "tenants.json")
-        self.tenants.engine = self.engine
+        self.tenants = TenantCache(snapshot=cfg.state_dir / "tenants.json", engine=self.engine)
         self.workers = Workers(
             engine=self.engine, cfg=cfg, stop=self.stop, on_activity=sdnotify.status
         )
@@ -185,7 +99,7 @@ class Daemon:
         while not self.stop.is_set():
             try:
                 db.upgrade(self.engine)
-                self.tenants.refresh(self.engine)
+                self.tenants.refresh()
                 self._ensure_tenant_dirs()
                 self.intake.recover()
                 self._publish_unpublished()
@@ -276,7 +190,7 @@ class Daemon:
 
     def _housekeeping(self) -> None:
         try:
-            self.tenants.refresh(self.engine)
+            self.tenants.refresh()
             self._ensure_tenant_dirs()
             self.intake.recover()
         except Exception as exc:  # noqa: BLE001 -- database down: the next round retries
@@ -308,7 +222,7 @@ class Daemon:
                 self.workers.cfg = fresh
                 self.sender.cfg = fresh
                 self.intake.cfg = fresh
-            self.tenants.refresh(self.engine)
+            self.tenants.refresh()
             self._ensure_tenant_dirs()
             log.info("config.reloaded", source=str(self.cfg.source))
         except (ConfigError, Exception) as exc:  # noqa: BLE001 -- keep running on the old one
