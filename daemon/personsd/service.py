@@ -107,7 +107,7 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 -- database down at start: keep trying
                 attempt += 1
                 delay = policy.delay(attempt)
-                log.warning("db.unavailable", error=repr(exc)[:300], retry_in=round(delay, 2))
+                log.warning(Event.DB_UNAVAILABLE, error=repr(exc)[:300], retry_in=round(delay, 2))
                 sdnotify.status(f"waiting for the database: {type(exc).__name__}")
                 self.stop.wait(delay)
 
@@ -194,10 +194,10 @@ class Daemon:
             self._ensure_tenant_dirs()
             self.intake.recover()
         except Exception as exc:  # noqa: BLE001 -- database down: the next round retries
-            log.warning("db.unavailable", error=repr(exc)[:300])
+            log.warning(Event.DB_UNAVAILABLE, error=repr(exc)[:300])
         removed = sweep_archive(self.cfg)
         if removed:
-            log.info("archive.swept", removed=removed, keep_days=self.cfg.archive.keep_days)
+            log.info(Event.ARCHIVE_SWEPT, removed=removed, keep_days=self.cfg.archive.keep_days)
 
     def reload(self) -> None:
         """SIGHUP: configuration, log settings, tenants; a rescan of every inbox."""
@@ -211,7 +211,7 @@ class Daemon:
                     self.cfg.sftp,
                 ):
                     log.warning(
-                        "config.restart_needed",
+                        Event.CONFIG_RESTART_NEEDED,
                         reason="paths, database and sftp changes apply at restart",
                     )
                     fresh = replace(
@@ -224,9 +224,9 @@ class Daemon:
                 self.intake.cfg = fresh
             self.tenants.refresh()
             self._ensure_tenant_dirs()
-            log.info("config.reloaded", source=str(self.cfg.source))
+            log.info(Event.CONFIG_RELOADED, source=str(self.cfg.source))
         except (ConfigError, Exception) as exc:  # noqa: BLE001 -- keep running on the old one
-            log.error("config.reload_failed", error=str(exc))
+            log.error(Event.CONFIG_RELOAD_FAILED, error=str(exc))
         self.watcher.rescan()
         sdnotify.ready("reloaded")
 
@@ -240,12 +240,12 @@ class Daemon:
         self.intake.stop(timeout=1.0)
         if not self.workers.join(deadline):
             # Its transaction never commits: that chunk is redone after restart.
-            log.warning("daemon.abandoned_chunk", timeout=STOP_TIMEOUT)
+            log.warning(Event.DAEMON_ABANDONED_CHUNK, timeout=STOP_TIMEOUT)
         self.sender.join(deadline)
         if self.metrics is not None:
             self.metrics.stop()
         self.engine.dispose()
-        log.info("daemon.stopped")
+        log.info(Event.DAEMON_STOPPED)
         if self.lock is not None:
             self.lock.release()
         return 0

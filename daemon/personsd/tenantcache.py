@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from personsd.logging import get_logger
+from personsd.logging import Event, get_logger
 from personsd.sftp import TenantAuth
 from personsd.store import tenants as store_tenants
 
@@ -40,7 +40,7 @@ class TenantCache:
                 with self._engine.connect() as conn:
                     tenant = store_tenants.get_tenant(conn, name)
             except Exception as exc:  # noqa: BLE001 -- database down: the snapshot is all we have
-                log.warning("tenant.lookup_failed", tenant=name[:100], error=repr(exc)[:200])
+                log.warning(Event.TENANT_LOOKUP_FAILED, tenant=name[:100], error=repr(exc)[:200])
                 return None
             if tenant is not None:
                 found = TenantAuth(
@@ -65,7 +65,7 @@ class TenantCache:
                     name=tenant.name, public_keys=tenant.keys, password_hash=tenant.password_hash
                 )
             except ValueError as exc:
-                log.error("tenant.invalid", tenant=tenant.name, error=str(exc))
+                log.error(Event.TENANT_INVALID, tenant=tenant.name, error=str(exc))
         with self._lock:
             self._tenants = tenants
         data = [

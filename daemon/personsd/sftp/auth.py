@@ -126,7 +126,7 @@ class Connection(paramiko.ServerInterface):  # type: ignore[misc]
             try:
                 self._tenants[username] = self._server.lookup(username)
             except Exception as exc:  # noqa: BLE001 -- a database hiccup must not kill the transport
-                log.error("sftp.lookup_failed", user=username[:100], error=repr(exc))
+                log.error(Event.SFTP_LOOKUP_FAILED, user=username[:100], error=repr(exc))
                 self.lookup_error = True  # nobody is banned for our outage
                 return None
         return self._tenants[username]

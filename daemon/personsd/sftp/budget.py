@@ -15,7 +15,7 @@ import resource
 import threading
 from collections.abc import Callable
 
-from personsd.logging import get_logger
+from personsd.logging import Event, get_logger
 from personsd.sftp.limits import SftpLimits
 
 log = get_logger()
@@ -29,7 +29,7 @@ def raise_fd_limit() -> tuple[int, int]:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
         except (OSError, ValueError) as exc:  # e.g. a seccomp filter forbids setrlimit
-            log.info("sftp.fd_limit_kept", soft=soft, hard=hard, error=str(exc))
+            log.info(Event.SFTP_FD_LIMIT_KEPT, soft=soft, hard=hard, error=str(exc))
     return soft, hard
 
 

@@ -57,7 +57,7 @@ from typing import Any
 import paramiko
 
 from personsd.fileformat import classify_name
-from personsd.logging import get_logger
+from personsd.logging import Event, get_logger
 from personsd.sftp.handles import Download, Upload
 from personsd.sftp.paths import (
     BOXES,
@@ -135,7 +135,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
             self.session.on_upload(self.session.tenant, path)
         except Exception as exc:  # noqa: BLE001 -- the watcher's rescan still finds the file
             log.error(
-                "sftp.on_upload_failed", tenant=self.session.tenant, file=name, error=repr(exc)
+                Event.SFTP_ON_UPLOAD_FAILED, tenant=self.session.tenant, file=name, error=repr(exc)
             )
 
     # -- lookups -----------------------------------------------------------------------
@@ -311,7 +311,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         except OSError as exc:
             return errno_code(exc)
         self.session.quota.changed(self.session.tenant)
-        log.info("sftp.remove", tenant=self.session.tenant, box=box, file=name)
+        log.info(Event.SFTP_REMOVE, tenant=self.session.tenant, box=box, file=name)
         return SFTP_OK
 
     def rename(self, oldpath: str, newpath: str) -> int:
@@ -347,7 +347,11 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         with contextlib.suppress(OSError):
             self.remember((upload_box, new), os.stat(new, dir_fd=box, follow_symlinks=False))
         log.info(
-            "sftp.rename", tenant=self.session.tenant, box=upload_box, file=new, renamed_from=old
+            Event.SFTP_RENAME,
+            tenant=self.session.tenant,
+            box=upload_box,
+            file=new,
+            renamed_from=old,
         )
         self.notify(upload_box, new)
         return SFTP_OK
@@ -392,5 +396,5 @@ def sweep_stale_uploads(tenants_root: Path, *, older_than: float = 0.0) -> int:
                     except FileNotFoundError:
                         pass
     if removed:
-        log.info("sftp.stale_uploads_removed", count=removed)
+        log.info(Event.SFTP_STALE_UPLOADS_REMOVED, count=removed)
     return removed

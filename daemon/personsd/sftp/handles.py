@@ -147,7 +147,7 @@ class Upload(paramiko.SFTPHandle):  # type: ignore[misc]
             return SFTP_FAILURE
         if self._refused is not None:  # a part is missing: never hand it to the daemon
             self.close()
-            log.info("sftp.upload_incomplete", tenant=self._fs.session.tenant, file=self._name)
+            log.info(Event.SFTP_UPLOAD_INCOMPLETE, tenant=self._fs.session.tenant, file=self._name)
             return Refusal(SFTP_FAILURE, "Upload incomplete: a write failed")
         fd, self._fd = self._fd, None
         box = self._fs.box_fd(self._box)
@@ -162,7 +162,7 @@ class Upload(paramiko.SFTPHandle):  # type: ignore[misc]
         except OSError as exc:
             self._fs.unlink_quietly(self._box, self._temp)
             log.error(
-                "sftp.upload_failed", tenant=session.tenant, file=self._name, error=exc.strerror
+                Event.SFTP_UPLOAD_FAILED, tenant=session.tenant, file=self._name, error=exc.strerror
             )
             return errno_code(exc)
         finally:

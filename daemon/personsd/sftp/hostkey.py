@@ -10,7 +10,7 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from personsd.logging import get_logger
+from personsd.logging import Event, get_logger
 
 log = get_logger()
 
@@ -33,7 +33,7 @@ def load_or_create_host_key(path: Path) -> paramiko.Ed25519Key:
             os.close(fd)
         try:
             os.link(temp, path)  # never replaces a key another process made meanwhile
-            log.info("sftp.host_key_created", path=str(path))
+            log.info(Event.SFTP_HOST_KEY_CREATED, path=str(path))
         except FileExistsError:
             pass
         finally:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from personsd.logging import get_logger
+from personsd.logging import Event, get_logger
 from personsd.sftp.limits import STALE_UPLOAD_SECONDS
 
 QUOTA_SCAN_SECONDS = 2.0  # how stale the inbox scan behind the quota may be
@@ -95,7 +95,9 @@ class LocalInboxQuota:
                         found = entry.stat(follow_symlinks=False)
                         if temp and found.st_mtime < time.time() - self._stale:
                             os.unlink(entry.path)
-                            log.info("sftp.stale_upload_removed", tenant=tenant, file=entry.name)
+                            log.info(
+                                Event.SFTP_STALE_UPLOAD_REMOVED, tenant=tenant, file=entry.name
+                            )
                             continue
                     except FileNotFoundError:
                         continue  # claimed, finished or removed meanwhile

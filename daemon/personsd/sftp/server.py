@@ -134,7 +134,7 @@ class SftpServer:
         self._acceptor = threading.Thread(target=self._accept_loop, name="sftp-accept", daemon=True)
         self._acceptor.start()
         log.info(
-            "sftp.listening",
+            Event.SFTP_LISTENING,
             host=self.host,
             port=self.port,
             fd_limit=soft,
@@ -156,7 +156,7 @@ class SftpServer:
         for thread, _ in live:
             thread.join(timeout=10)
         self.guard.bans.close()
-        log.info("sftp.stopped")
+        log.info(Event.SFTP_STOPPED)
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
@@ -232,7 +232,7 @@ class SftpServer:
             if conn.admitted:
                 self._await_end(transport, conn)
         except Exception as exc:  # noqa: BLE001 -- a broken client must not take the server down
-            log.info("sftp.connection_error", ip=ip, error=repr(exc))
+            log.info(Event.SFTP_CONNECTION_ERROR, ip=ip, error=repr(exc))
         finally:
             if transport is not None:
                 transport.close()
@@ -263,5 +263,5 @@ class SftpServer:
     def _await_end(self, transport: paramiko.Transport, conn: Connection) -> None:
         while transport.is_active() and not self._stopping.wait(0.5):
             if time.monotonic() - conn.last_activity > self.limits.idle_timeout_seconds:
-                log.info("sftp.idle_timeout", ip=conn.ip)
+                log.info(Event.SFTP_IDLE_TIMEOUT, ip=conn.ip)
                 return
