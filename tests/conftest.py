@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from sqlalchemy import Engine
+
+from personsd.store import db
 
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -95,3 +98,12 @@ def db_url(request: pytest.FixtureRequest) -> str:
     """Each database test runs twice: on SQLite and on PostgreSQL."""
     name = "pg_url" if request.param == "postgresql" else "sqlite_url"
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """An engine on a fresh database at the schema's head (SQLite and PostgreSQL)."""
+    eng = db.connect(db_url)
+    db.upgrade(eng)
+    yield eng
+    eng.dispose()

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, update
 
@@ -37,14 +35,6 @@ SPEC_METRICS = {
     "personsd_disk_free_bytes",
     "personsd_notifications_pending",
 }
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = db.connect(db_url)
-    db.upgrade(eng)
-    yield eng
-    eng.dispose()
 
 
 def scrape(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from personsd.sftp.guard import LoginGuard
 from personsd.sftp.shared import SharedLoginBans
 from personsd.store import bans as store_bans
 from personsd.store import db
-from test_sftp import connect, events, running_server, wait_for
+from polling import wait_for
+from test_sftp import connect, events, running_server
 
 LIMITS = SftpLimits(max_failed_logins=3, failed_window_seconds=60, ban_seconds=300)
 
@@ -39,14 +39,6 @@ class WallClock:
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
         self.mono += seconds
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = db.connect(db_url)
-    db.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def instance(engine: Engine, clock: WallClock, limits: SftpLimits = LIMITS) -> SharedLoginBans:

@@ -19,10 +19,10 @@ from structlog.testing import capture_logs
 
 from engine_helpers import add_tenant, make_config, new_tenant_name
 from personsd.intake import Intake
-from personsd.store import db
 from personsd.store import imports as store_imports
 from personsd.watcher import ReadyFile
-from test_sftp import Harness, openssh_sftp, running_server, sftp_client, wait_for
+from polling import wait_for
+from test_sftp import Harness, openssh_sftp, running_server, sftp_client
 from test_watcher import FAST, Make, inbox, make, root, write  # noqa: F401 -- fixtures
 
 __all__ = ["make", "root"]
@@ -80,14 +80,6 @@ def test_notify_complete_accepts_validate_and_refuses_outbox(root: Path, make: M
 
 
 # -- intake ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = db.connect(db_url)
-    db.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def ready_file(path: Path, tenant: str, completed_at: float) -> ReadyFile:
