@@ -4,10 +4,11 @@
 policy), :mod:`.guard` (connections per address, password guesses, bans),
 :mod:`.bans` and :mod:`.shared` (failed logins in memory or in the database),
 :mod:`.filesystem` (the tenant's tree), :mod:`.paths` (its names),
-:mod:`.handles` (uploads, downloads), :mod:`.subsystem` (paramiko's SFTP
-subsystem with our caps), :mod:`.limits`, :mod:`.budget` and :mod:`.quota`
-(caps and shared counters), :mod:`.hostkey`, and :mod:`.wire`: every reach
-into paramiko's internals, fenced in one module.
+:mod:`.handles` (uploads, downloads), :mod:`.session` (what a session knows),
+:mod:`.replies` (status codes, attributes), :mod:`.subsystem` (paramiko's
+SFTP subsystem with our caps), :mod:`.limits`, :mod:`.budget` and
+:mod:`.quota` (caps and shared counters), :mod:`.hostkey`, and :mod:`.wire`:
+every reach into paramiko's internals, fenced in one module.
 """
 
 from personsd.sftp.auth import TenantAuth
