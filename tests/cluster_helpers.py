@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from daemon_helpers import Daemon, free_port, wait_for
+from daemon_helpers import Daemon, free_port
 from personsd.fieldtypes import CustomField, FieldType
 from personsd.store import db
 from personsd.store import fields as store_fields
@@ -18,6 +18,7 @@ from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
 from personsd.store.imports import ImportRecord
 from personsd.store.tenants import KeySpec
+from polling import wait_for
 
 FIELDS = (
     CustomField(name="first_name", type=FieldType.STRING),

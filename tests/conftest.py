@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from sqlalchemy import Engine
+
+from personsd.store import db
 
 settings.register_profile(
     "ci", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -105,3 +108,12 @@ def pgp_keys() -> Iterator[Any]:
 
     with make_keys() as keys:
         yield keys
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """An engine on a fresh database at the schema's head (SQLite and PostgreSQL)."""
+    eng = db.connect(db_url)
+    db.upgrade(eng)
+    yield eng
+    eng.dispose()

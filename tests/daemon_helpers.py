@@ -8,12 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from polling import wait_for
 
 SEED_FIELDS = (
     ("first_name", "string", None),
@@ -33,22 +33,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for(
-    predicate: Callable[[], Any],
-    timeout: float = 20.0,
-    interval: float = 0.05,
-    what: str = "condition",
-) -> Any:
-    """Poll until ``predicate()`` is truthy; fail the test with ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass

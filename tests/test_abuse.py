@@ -28,11 +28,14 @@ from paramiko.common import cMSG_CHANNEL_DATA
 from paramiko.sftp import CMD_CLOSE, CMD_WRITE, int64
 from structlog.testing import capture_logs
 
-from daemon_helpers import Daemon, free_port, ssh_key, wait_for
+from daemon_helpers import Daemon, free_port, ssh_key
 from personsd.passwords import hash_password
 from personsd.sftp import SftpLimits
+from polling import wait_for
 from test_daemon_e2e import add_tenants, start
 from test_sftp import Harness, connect, events, openssh_sftp, running_server, sftp_client
+
+pytestmark = pytest.mark.slow
 
 MiB = 1024 * 1024
 # What an attack may add to the daemon's resident memory: far below what it streams.
@@ -159,7 +162,6 @@ def h(tmp_path: Path) -> Iterator[Harness]:
 # -- 2: memory and time before login --------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_a_huge_packet_before_login_costs_no_memory(site: tuple[Daemon, Path]) -> None:
     """A banner, then one declared 2 GiB packet streamed into: cut at max_packet_bytes."""
     daemon, _ = site
@@ -180,7 +182,6 @@ def test_a_huge_packet_before_login_costs_no_memory(site: tuple[Daemon, Path]) -
     assert "127.0.0.1" == limit_events(daemon, "packet_bytes", mark)[0]["ip"]
 
 
-@pytest.mark.slow
 def test_an_endless_line_before_the_banner_costs_no_memory(site: tuple[Daemon, Path]) -> None:
     """Bytes with no line end before the version string: cut at max_banner_bytes."""
     daemon, _ = site
@@ -217,7 +218,6 @@ def test_login_must_complete_within_the_grace_time(tmp_path: Path) -> None:
 # -- 3: memory after login ------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_channel_data_beyond_the_window_ends_the_connection(site: tuple[Daemon, Path]) -> None:
     """A session channel with no subsystem flooded past its window: cut, memory bounded."""
     daemon, key = site
@@ -335,7 +335,6 @@ def release(held: list[Any]) -> None:
         item.close()
 
 
-@pytest.mark.slow
 def test_handles_and_connections_per_tenant_leave_others_room(site: tuple[Daemon, Path]) -> None:
     """10 connections x 4 sessions x 64 handles: capped per tenant; alice still uploads."""
     daemon, key = site
@@ -367,7 +366,6 @@ def test_handles_and_connections_per_tenant_leave_others_room(site: tuple[Daemon
         release(held)
 
 
-@pytest.mark.slow
 def test_the_daemon_keeps_descriptors_for_itself(tmp_path: Path) -> None:
     """Near its RLIMIT_NOFILE the daemon refuses SFTP handles but still imports and logs."""
     daemon = Daemon(
@@ -453,7 +451,6 @@ def upload(sftp: paramiko.SFTPClient, name: str, size: int, errors: list[str]) -
         errors.append(str(exc))
 
 
-@pytest.mark.slow
 def test_inbox_quota_holds_across_connections(site: tuple[Daemon, Path]) -> None:
     """[limits] inbox_bytes: parallel uploads of one tenant fail at write once over; holes count."""
     daemon, key = site
@@ -490,7 +487,6 @@ def test_inbox_quota_holds_across_connections(site: tuple[Daemon, Path]) -> None
     assert found and {"quota"} == {e["tenant"] for e in found}
 
 
-@pytest.mark.slow
 def test_inbox_files_quota_fails_at_open(site: tuple[Daemon, Path]) -> None:
     """[limits] inbox_files: a new file past the count fails at open; removing one makes room."""
     daemon, key = site
@@ -623,7 +619,6 @@ def test_group_exchange_is_not_offered(h: Harness, tmp_path: Path) -> None:
     assert 0 != only.returncode  # nothing in common: refused
 
 
-@pytest.mark.slow
 def test_ssh_audit_finds_no_failure(h: Harness) -> None:
     """ssh-audit (Debian package) against the server: no failure-level finding."""
     if shutil.which("ssh-audit") is None:

@@ -22,6 +22,8 @@ from personsd.store import db
 from personsd.store import persons as store_persons
 from personsd.store import tenants as store_tenants
 
+pytestmark = pytest.mark.slow
+
 ROWS = 20
 ROUND_GAP = 1.0
 
@@ -35,7 +37,6 @@ def small_file(tenant: str, index: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize(
     ("instances", "files", "tenant_count"),
@@ -101,7 +102,6 @@ def test_daemons_sharing_a_root_import_each_file_once_in_tenant_order(
         assert len(found[tenant]) == len(list(outbox.glob("*.summary.json")))
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_second_daemon_on_a_sqlite_root_refuses_to_start(tmp_path: Path) -> None:
     """SPEC 5: with SQLite a second daemon exits 1 naming the running one (pid, instance)."""
@@ -125,13 +125,13 @@ def test_a_second_daemon_on_a_sqlite_root_refuses_to_start(tmp_path: Path) -> No
         assert f"instance {first.instance!r}" in second.stderr
         assert None is first.proc.poll()
     finally:
-        assert 0 == first.stop()
+        exit_code = first.stop()
+    assert 0 == exit_code
     # The lock goes with its process: the next daemon starts.
     first.start()
     assert 0 == first.stop()
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_a_second_root_on_the_same_sqlite_database_is_refused_too(tmp_path: Path) -> None:
     """SPEC 5: the lock sits next to the SQLite database as well as in the root."""
@@ -151,4 +151,5 @@ def test_a_second_root_on_the_same_sqlite_database_is_refused_too(tmp_path: Path
         assert 1 == second.returncode
         assert "persons.db.daemon.lock" in second.stderr
     finally:
-        assert 0 == first.stop()
+        exit_code = first.stop()
+    assert 0 == exit_code

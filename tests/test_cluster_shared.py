@@ -8,8 +8,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from daemon_helpers import Daemon, free_port, ssh_key, wait_for
+from daemon_helpers import Daemon, free_port, ssh_key
 from personsd.logging import Event
+from polling import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -22,9 +22,10 @@ import pytest
 from sqlalchemy import Engine
 
 from cluster_helpers import all_imports, cluster, runs_per_import
-from daemon_helpers import Daemon, wait_for
+from daemon_helpers import Daemon
 from personsd.store import db
 from personsd.store.imports import ImportRecord
+from polling import wait_for
 from test_daemon_crash import (
     CHUNK_ROWS,
     FILE,
@@ -34,6 +35,8 @@ from test_daemon_crash import (
     comparable_summary,
     normalised_export,
 )
+
+pytestmark = pytest.mark.slow
 
 LEASE = 3.0
 # Takeover latency beyond the lease: an idle worker looks for work every second.
@@ -110,7 +113,6 @@ def event_time(daemon: Daemon, name: str, **fields: object) -> float | None:
     return None
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_kill_and_freeze_of_the_running_instance_end_like_an_uninterrupted_run(
     pg_url: str, tmp_path: Path, reference: SharedReference

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
-from daemon_helpers import Daemon, free_port, wait_for
+from daemon_helpers import Daemon, free_port
 from personsd import config
 from personsd.fieldtypes import CustomField, FieldType
 from personsd.intake import Intake
@@ -44,6 +44,9 @@ from personsd.store.db import write_tx
 from personsd.store.imports import ImportRecord
 from personsd.store.tenants import KeySpec
 from personsd.watcher import ReadyFile
+from polling import wait_for
+
+pytestmark = pytest.mark.slow
 
 ROWS = 200_000
 CHUNK_ROWS = 5000
@@ -340,7 +343,6 @@ def kill_at_rows(daemon: Daemon, watch: Watch, at_least: int, *, into_chunk: flo
 # -- the test ------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_kill_and_sigterm_mid_import_end_like_an_uninterrupted_run(
     db_url: str, tmp_path: Path, uninterrupted: SharedReference

@@ -21,12 +21,15 @@ import paramiko
 import pytest
 
 from conftest import database_url
-from daemon_helpers import SEED_FIELDS, SEED_FILE, Daemon, free_port, sftp_batch, ssh_key, wait_for
+from daemon_helpers import SEED_FIELDS, SEED_FILE, Daemon, free_port, sftp_batch, ssh_key
 from personsd.fieldtypes import CustomField
 from personsd.passwords import hash_password
 from personsd.store import db
 from personsd.store import fields as store_fields
 from personsd.store import tenants as store_tenants
+from polling import wait_for
+
+pytestmark = pytest.mark.slow
 
 # The seed file plus one row with a malformed MDN: 5 rows, 4 created, 1 failed.
 SEED = SEED_FILE + "12345,Bad,Mdn,golf\n"

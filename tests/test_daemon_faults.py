@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 
-from daemon_helpers import Daemon, free_port, wait_for
+from daemon_helpers import Daemon, free_port
 from fault_helpers import fill, tmpfs
 from personsd.store import db
+from polling import wait_for
+
+pytestmark = pytest.mark.slow
 
 TENANT = "acme"
 FIELDS = (("first_name", "string", None),)
@@ -99,7 +102,6 @@ def daemon(tmp_path: Path) -> Iterator[Daemon]:
             d.kill()
 
 
-@pytest.mark.slow
 def test_disk_full_waits_near_idle_then_completes(daemon: Any, pg_url: str, tmp_path: Path) -> None:
     """ENOSPC in the daemon's root (a real tmpfs) on PostgreSQL: a handful of growing
     pauses, < 2 CPU-seconds in 20 s, no attempt, no id burnt, nothing partial in the outbox."""
@@ -140,7 +142,6 @@ def test_disk_full_waits_near_idle_then_completes(daemon: Any, pg_url: str, tmp_
     assert [] == events(d, "import.attempt_failed")
 
 
-@pytest.mark.slow
 def test_sqlite_database_full_waits_and_spends_no_attempt(daemon: Any, tmp_path: Path) -> None:
     """SQLite's "database or disk is full" (its file on a full tmpfs) is the environment's:
     the import waits near idle, no attempt spent, and completes once there is room."""
@@ -177,7 +178,6 @@ def _next_row(db_path: Path, import_id: int = 1) -> int:
     return int(row[0]) if row else 0
 
 
-@pytest.mark.slow
 def test_ten_kills_spend_no_attempt_and_change_nothing(daemon: Any, tmp_path: Path) -> None:
     """kill -9 ten times mid-import: attempts stay 0, the import completes, and the persons
     and reports equal those of one uninterrupted `personsd import` of the same file."""

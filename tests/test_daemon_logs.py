@@ -23,10 +23,13 @@ import paramiko
 import pytest
 from structlog.testing import capture_logs
 
-from daemon_helpers import Daemon, free_port, ssh_key, wait_for
+from daemon_helpers import Daemon, free_port, ssh_key
 from engine_helpers import add_tenant, make_config, run_import
 from personsd.store import db
+from polling import wait_for
 from test_daemon_e2e import SEED, SEED_ROWS, add_tenants, module_db_url, start
+
+pytestmark = pytest.mark.slow
 
 PASSWORD = "pw-" + uuid.uuid4().hex  # unique: any occurrence in the log is a leak
 WRONG_PASSWORD = "wrong-" + uuid.uuid4().hex

@@ -22,7 +22,8 @@ import paramiko
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon_helpers import Daemon, free_port, ssh_key, wait_for
+from daemon_helpers import Daemon, free_port, ssh_key
+from polling import wait_for
 from test_daemon_outage import Cluster, cluster, down_guard  # noqa: F401 -- fixtures
 from test_metrics import SPEC_METRICS
 from webhook_helpers import receiver

@@ -9,11 +9,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from daemon_helpers import Daemon, free_port, ssh_key, wait_for
+import pytest
+
+from daemon_helpers import Daemon, free_port, ssh_key
 from engine_helpers import export
 from personsd.store import db
 from personsd.store import tenants as store_tenants
+from polling import wait_for
 from test_daemon_e2e import add_tenants
+
+pytestmark = pytest.mark.slow
 
 FIELDS = (("color", "string", None),)
 

@@ -26,8 +26,9 @@ import psycopg
 import pytest
 
 from conftest import REQUIRE_PG
-from daemon_helpers import Daemon, free_port, ssh_key, wait_for
+from daemon_helpers import Daemon, free_port, ssh_key
 from personsd.store import db
+from polling import wait_for
 from test_daemon_crash import (
     TENANT,
     Watch,
@@ -37,6 +38,8 @@ from test_daemon_crash import (
     start,
     write_persons_file,
 )
+
+pytestmark = pytest.mark.slow
 
 OUTAGE = 4.0  # seconds the database stays down while files arrive
 BIG_ROWS = 30_000
@@ -249,7 +252,6 @@ def fresh_watch(url: str) -> Watch:
 # -- the tests ---------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_files_arriving_while_the_database_is_down_are_all_imported_once(
     down_guard: Cluster, tmp_path: Path
@@ -313,7 +315,6 @@ def test_files_arriving_while_the_database_is_down_are_all_imported_once(
     assert {f"f{1000 * i + r}" for i in range(1, 5) for r in range(1, 10)} == exported
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_an_import_cut_off_by_a_database_crash_completes_with_the_same_result(
     down_guard: Cluster, tmp_path: Path
@@ -362,7 +363,6 @@ def test_an_import_cut_off_by_a_database_crash_completes_with_the_same_result(
     assert expected_export == export
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_person_lookups_keep_using_the_unique_indexes_as_the_table_grows(
     down_guard: Cluster, tmp_path: Path

@@ -6,7 +6,12 @@ import json
 import signal
 from pathlib import Path
 
-from daemon_helpers import Daemon, free_port, wait_for
+import pytest
+
+from daemon_helpers import Daemon, free_port
+from polling import wait_for
+
+pytestmark = pytest.mark.slow
 
 
 def _tenants_snapshot(daemon: Daemon) -> list[str]:
@@ -32,7 +37,8 @@ def test_sighup_reloads_tenants_and_config(tmp_path: Path, db_url: str) -> None:
         assert ["acme", "beta"] == _tenants_snapshot(daemon)
         assert daemon.proc is not None and daemon.proc.poll() is None
     finally:
-        assert 0 == daemon.stop()
+        exit_code = daemon.stop()
+    assert 0 == exit_code
 
 
 def test_sighup_with_a_broken_config_keeps_the_old_one(tmp_path: Path, db_url: str) -> None:
@@ -50,4 +56,5 @@ def test_sighup_with_a_broken_config_keeps_the_old_one(tmp_path: Path, db_url: s
         assert "workerz" in failed["error"]
         assert daemon.proc is not None and daemon.proc.poll() is None
     finally:
-        assert 0 == daemon.stop()
+        exit_code = daemon.stop()
+    assert 0 == exit_code

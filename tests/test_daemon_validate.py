@@ -19,7 +19,8 @@ import paramiko
 import pytest
 
 from conftest import database_url
-from daemon_helpers import SEED_FILE, Daemon, free_port, sftp_batch, ssh_key, wait_for
+from daemon_helpers import SEED_FILE, Daemon, free_port, sftp_batch, ssh_key
+from polling import wait_for
 from test_daemon_e2e import add_tenants, start
 
 pytestmark = pytest.mark.slow

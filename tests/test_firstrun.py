@@ -11,8 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from daemon_helpers import free_port, ssh_key, wait_for
+import pytest
+
+from daemon_helpers import free_port, ssh_key
 from personsd import firstrun
+from polling import wait_for
+
+pytestmark = pytest.mark.slow
 
 
 def _start(cwd: Path, home: Path, port: int) -> tuple[subprocess.Popen[str], Path]:
@@ -101,7 +106,8 @@ def test_printed_sftp_command_uploads_and_gets_reports(tmp_path: Path) -> None:
         assert key.with_suffix(".pub").exists()
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert 0 == proc.wait(15)
+        exit_code = proc.wait(15)
+    assert 0 == exit_code
 
 
 def test_without_keys_a_password_is_generated_and_shown_once(tmp_path: Path) -> None:
@@ -119,4 +125,5 @@ def test_without_keys_a_password_is_generated_and_shown_once(tmp_path: Path) -> 
         assert re.search(r"password: \S+ +<- shown once", text)
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert 0 == proc.wait(15)
+        exit_code = proc.wait(15)
+    assert 0 == exit_code

@@ -20,14 +20,18 @@ import paramiko
 import pytest
 
 from cluster_helpers import cluster, wait_all_finished
-from daemon_helpers import free_port, ssh_key, wait_for
+from daemon_helpers import free_port, ssh_key
 from personsd.store import db
+from polling import wait_for
 
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 DEPLOYED = Path(__file__).resolve().parents[1] / "deploy" / "haproxy" / "haproxy.cfg"
 FILE_TEXT = "external_person_id,mdn,first_name,sport_interests\n{ext},,x,golf\n"
 
-pytestmark = pytest.mark.skipif(not Path(HAPROXY).exists(), reason="haproxy is not installed")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(HAPROXY).exists(), reason="haproxy is not installed"),
+]
 
 
 def render(listen: int, servers: list[int]) -> str:
@@ -66,7 +70,6 @@ def test_the_shipped_config_is_valid() -> None:
         assert needed in text
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_uploads_through_haproxy_are_imported_once_and_survive_a_dead_instance(
     pg_url: str, tmp_path: Path

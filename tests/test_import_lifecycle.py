@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given
@@ -32,6 +31,7 @@ from personsd.store.imports import (
     transition,
 )
 from personsd.workers import Workers, instance_name
+from polling import wait_for
 
 ROWS = "external_person_id\n" + "".join(f"p{n}\n" for n in range(40))
 FAST = RetryPolicy(base=0.05, cap=0.4)
@@ -125,16 +125,6 @@ def _sequence(engine: Engine) -> int:
         return int(value.scalar() or 0)
 
 
-def _wait(predicate: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture
 def running() -> Iterator[list[Workers]]:
     """Workers started by a test, stopped at its end whatever happens."""
@@ -155,7 +145,7 @@ def _start(engine: Engine, cfg: config.Config, running: list[Workers]) -> Worker
 def _stop_after_archive(cfg: config.Config, import_id: int, running: list[Workers]) -> None:
     """Let the worker archive the file, then stop it (before its tmpfs goes away)."""
     archived = cfg.archive_dir / "acme" / f"{import_id}.a.persons"
-    _wait(archived.exists, what="the file archived")
+    wait_for(archived.exists, what="the file archived")
     for workers in running:
         workers.stop.set()
         workers.join(time.monotonic() + 10)
@@ -174,13 +164,13 @@ def test_disk_full_waits_with_growing_pauses_and_spends_nothing(
         before = _sequence(engine)
         with capture_logs() as logs:
             _start(engine, cfg, running)
-            _wait(lambda: _get(engine, import_id).waits >= 4, what="four waits")
+            wait_for(lambda: _get(engine, import_id).waits >= 4, what="four waits")
             waiting = [e for e in logs if e["event"] == Event.IMPORT_WAITING]
             record = _get(engine, import_id)
             assert (0, before) == (record.attempts, _sequence(engine))
             assert record.not_before is not None
             filler.unlink()
-            _wait(lambda: _get(engine, import_id).status == "completed", what="completed")
+            wait_for(lambda: _get(engine, import_id).status == "completed", what="completed")
         _stop_after_archive(cfg, import_id, running)
         engine.dispose()
     assert [("acme", import_id, "a.persons", "errno ENOSPC")] * 3 == [
@@ -203,7 +193,7 @@ def test_an_internal_failure_spends_one_attempt_and_waits_before_the_next(
     work.mkdir()  # opening it fails with IsADirectoryError every time
     with capture_logs() as logs:
         _start(engine, cfg, running)
-        _wait(lambda: _get(engine, import_id).status == "failed", what="failed")
+        wait_for(lambda: _get(engine, import_id).status == "failed", what="failed")
         time.sleep(0.5)  # a looping worker would log more attempts meanwhile
     record = _get(engine, import_id)
     engine.dispose()
@@ -247,7 +237,7 @@ def test_a_clean_stop_and_restarts_spend_no_attempt(db_url: str, tmp_path: Path)
     assert ("queued", 1) == (record.status, record.attempts)
     work.with_suffix(".away").rename(work)
     workers = Workers(engine=engine, cfg=cfg, stop=threading.Event(), policy=FAST)
-    claimed = _wait(workers._claim, timeout=5, what="the pause to end")
+    claimed = wait_for(workers._claim, timeout=5, what="the pause to end")
     workers._run(*claimed)
     record = _get(engine, import_id)
     engine.dispose()
@@ -268,7 +258,7 @@ def test_a_paused_import_holds_its_tenants_later_files(db_url: str, tmp_path: Pa
     with workers._busy_lock:
         workers._busy.clear()
     assert None is workers._claim()
-    again = _wait(workers._claim, timeout=5, what="the pause to end")
+    again = wait_for(workers._claim, timeout=5, what="the pause to end")
     engine.dispose()
     assert first == again[0].id
 
@@ -354,7 +344,7 @@ def test_disk_full_while_publishing_leaves_the_import_running_and_redoes_no_chun
             store_imports.set_status(conn, import_id, "running", claimed_by=instance_name(cfg))
         with capture_logs() as logs:
             _start(engine, cfg, running)
-            _wait(lambda: _get(engine, import_id).status == "completed", what="completed")
+            wait_for(lambda: _get(engine, import_id).status == "completed", what="completed")
         _stop_after_archive(cfg, import_id, running)
         record = _get(engine, import_id)
         assert (ids, 40, 0) == (_sequence(engine), record.rows_created, record.attempts)

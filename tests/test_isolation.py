@@ -23,7 +23,6 @@ import pytest
 from sqlalchemy import Engine
 from structlog.testing import capture_logs
 
-from daemon_helpers import wait_for
 from engine_helpers import add_tenant, persons_of, run_import
 from personsd import config, importer
 from personsd.errors import TransientError
@@ -37,6 +36,7 @@ from personsd.store import db
 from personsd.store import imports as store_imports
 from personsd.watcher import ReadyFile
 from personsd.workers import NAME_MAX, kept_name
+from polling import wait_for
 
 FAST = RetryPolicy(base=0.05, cap=0.2)
 

@@ -17,12 +17,13 @@ import paramiko
 import pytest
 from sqlalchemy import text
 
-from daemon_helpers import Daemon, free_port, ssh_key, wait_for
+from daemon_helpers import Daemon, free_port, ssh_key
 from personsd.fileformat import cut_name, name_bytes
 from personsd.logging import Event
 from personsd.store import db
 from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
+from polling import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,14 +49,12 @@ def cfg(tmp_path: Path, db_url: str) -> config.Config:
 
 
 @pytest.fixture
-def engine(cfg: config.Config) -> Iterator[Engine]:
-    engine = db.connect(cfg.database.url)
-    db.upgrade(engine)
+def engine(engine: Engine, cfg: config.Config) -> Engine:
+    """conftest's engine (the database ``cfg`` names) with tenant acme and its outbox."""
     with db.write_tx(engine) as conn:
         store_tenants.add_tenant(conn, "acme")
     cfg.outbox("acme").mkdir(parents=True)
-    yield engine
-    engine.dispose()
+    return engine
 
 
 def queued(engine: Engine, cfg: config.Config, name: str = "a.persons") -> int:

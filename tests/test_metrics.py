@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, update
 
 from engine_helpers import add_tenant, make_config, new_tenant_name, run_import
 from personsd import importer, metrics, reports, status
-from personsd.sftp import SftpServer, load_or_create_host_key
-from personsd.sftpbudget import SftpLimits
+from personsd.sftp import SftpLimits, SftpServer, load_or_create_host_key
 from personsd.store import db
 from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
@@ -38,14 +35,6 @@ SPEC_METRICS = {
     "personsd_disk_free_bytes",
     "personsd_notifications_pending",
 }
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = db.connect(db_url)
-    db.upgrade(eng)
-    yield eng
-    eng.dispose()
 
 
 def scrape(

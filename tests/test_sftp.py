@@ -9,8 +9,7 @@ import stat
 import struct
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,8 @@ from structlog.testing import capture_logs
 
 from personsd.passwords import hash_password
 from personsd.sftp import SftpLimits, SftpServer, TenantAuth, load_or_create_host_key
-from personsd.sftpbudget import LoginBans
+from personsd.sftp.bans import LoginBans
+from polling import wait_for
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -182,15 +182,6 @@ def openssh_sftp(
         timeout=30,
         env={**os.environ, "SSH_AUTH_SOCK": ""},
     )
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> None:
-    """Poll until ``condition()`` is truthy (server threads log asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 def events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:

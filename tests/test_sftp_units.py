@@ -16,9 +16,12 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from personsd.passwords import hash_password, verify_password
-from personsd.sftp import SftpLimits, TenantAuth, _Guard, load_or_create_host_key
-from personsd.sftpbudget import FdBudget, LimitLog, LocalInboxQuota, TenantBudget
-from personsd.sftpfs import canonical, creatable_name, resolve, visible_name
+from personsd.sftp import SftpLimits, TenantAuth, load_or_create_host_key
+from personsd.sftp.budget import FdBudget, TenantBudget
+from personsd.sftp.guard import LoginGuard
+from personsd.sftp.limits import LimitLog
+from personsd.sftp.paths import canonical, creatable_name, resolve, visible_name
+from personsd.sftp.quota import LocalInboxQuota
 
 # -- virtual paths --------------------------------------------------------------------------
 
@@ -133,7 +136,7 @@ class Clock:
 def test_failures_within_the_window_ban_then_the_ban_expires() -> None:
     """max_failed_logins failures in the window ban the address for ban_seconds."""
     clock = Clock()
-    guard = _Guard(
+    guard = LoginGuard(
         SftpLimits(max_failed_logins=3, failed_window_seconds=60, ban_seconds=300), clock
     )
     assert [False, False, True] == [guard.record_failure("10.0.0.1") for _ in range(3)]
@@ -146,7 +149,7 @@ def test_failures_within_the_window_ban_then_the_ban_expires() -> None:
 def test_failures_outside_the_window_do_not_add_up() -> None:
     """Failures spread wider than the window never ban."""
     clock = Clock()
-    guard = _Guard(SftpLimits(max_failed_logins=2, failed_window_seconds=10), clock)
+    guard = LoginGuard(SftpLimits(max_failed_logins=2, failed_window_seconds=10), clock)
     results = []
     for _ in range(5):
         results.append(guard.record_failure("10.0.0.1"))
@@ -157,7 +160,7 @@ def test_failures_outside_the_window_do_not_add_up() -> None:
 
 def test_connection_slots_per_address() -> None:
     """At most connections_per_address at once; a released slot can be taken again."""
-    guard = _Guard(SftpLimits(connections_per_address=2))
+    guard = LoginGuard(SftpLimits(connections_per_address=2))
     assert [None, None, "connections_per_address"] == [guard.admit("h") for _ in range(3)]
     guard.release("h")
     assert None is guard.admit("h")
@@ -166,7 +169,7 @@ def test_connection_slots_per_address() -> None:
 def test_password_guesses_are_booked_before_they_are_verified() -> None:
     """Failures plus guesses in flight never pass max_failed_logins: parallel guesses wait."""
     clock = Clock()
-    guard = _Guard(SftpLimits(max_failed_logins=3, failed_window_seconds=60), clock)
+    guard = LoginGuard(SftpLimits(max_failed_logins=3, failed_window_seconds=60), clock)
     assert [None, None, None, "throttled"] == [guard.begin_guess("h") for _ in range(4)]
     assert False is guard.end_guess("h", failed=False)  # a right password frees its booking
     assert None is guard.begin_guess("h")

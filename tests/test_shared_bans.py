@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,11 +12,13 @@ from structlog.testing import capture_logs
 
 from personsd.logging import Event
 from personsd.passwords import hash_password
-from personsd.sftp import SftpLimits, _Guard
-from personsd.sftpshared import SharedLoginBans
+from personsd.sftp import SftpLimits
+from personsd.sftp.guard import LoginGuard
+from personsd.sftp.shared import SharedLoginBans
 from personsd.store import bans as store_bans
 from personsd.store import db
-from test_sftp import connect, events, running_server, wait_for
+from polling import wait_for
+from test_sftp import connect, events, running_server
 
 LIMITS = SftpLimits(max_failed_logins=3, failed_window_seconds=60, ban_seconds=300)
 
@@ -38,14 +39,6 @@ class WallClock:
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
         self.mono += seconds
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = db.connect(db_url)
-    db.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def instance(engine: Engine, clock: WallClock, limits: SftpLimits = LIMITS) -> SharedLoginBans:
@@ -85,7 +78,7 @@ def test_guesses_are_throttled_by_failures_of_other_instances(engine: Engine) ->
     """begin_guess on B sees A's failures (read once per connection): no fresh guesses."""
     clock = WallClock()
     a = instance(engine, clock)
-    guard_b = _Guard(LIMITS, bans=instance(engine, clock))
+    guard_b = LoginGuard(LIMITS, bans=instance(engine, clock))
     for _ in range(2):
         a.record_failure("h")
     assert False is guard_b.bans.refresh("h")

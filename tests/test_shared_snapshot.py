@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from personsd.service import TenantCache
 from personsd.store import db
 from personsd.store import tenants as store_tenants
+from personsd.tenantcache import TenantCache
 
 
 def test_instances_refreshing_one_snapshot_at_once_never_fail(db_url: str, tmp_path: Path) -> None:
@@ -22,10 +22,10 @@ def test_instances_refreshing_one_snapshot_at_once_never_fail(db_url: str, tmp_p
     failures: list[BaseException] = []
 
     def instance() -> None:
-        cache = TenantCache(snapshot)
+        cache = TenantCache(snapshot=snapshot, engine=engine)
         try:
             for _ in range(100):
-                cache.refresh(engine)
+                cache.refresh()
         except Exception as exc:  # noqa: BLE001 -- collected and asserted below
             failures.append(exc)
 
@@ -36,5 +36,5 @@ def test_instances_refreshing_one_snapshot_at_once_never_fail(db_url: str, tmp_p
         thread.join(timeout=60)
     engine.dispose()
     assert [] == failures
-    assert ["acme"] == TenantCache(snapshot).names()
+    assert ["acme"] == TenantCache(snapshot=snapshot, engine=engine).names()
     assert ["tenants.json"] == sorted(p.name for p in state.iterdir())

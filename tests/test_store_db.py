@@ -32,6 +32,7 @@ TABLES = {
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
+    """Unlike conftest's ``engine``, a database not migrated yet: these tests migrate it."""
     engine = db.connect(db_url)
     yield engine
     engine.dispose()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,14 +14,6 @@ from personsd.store import db, imports, tenants
 from personsd.store.imports import Checkpoint, ImportRecord
 
 T0 = datetime(2026, 11, 23, 2, 15, tzinfo=UTC)
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = db.connect(db_url)
-    db.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

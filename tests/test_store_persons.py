@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -16,14 +15,6 @@ from personsd.errors import InternalError
 from personsd.fieldtypes import StoredValue
 from personsd.rules import Person
 from personsd.store import db, persons, tenants
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = db.connect(db_url)
-    db.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -15,14 +14,6 @@ from personsd.store import db, fields, imports, persons, tenants
 from personsd.store.tenants import Tenant
 
 KEY = ("ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIGx1Y2t5", "ops@example")
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = db.connect(db_url)
-    db.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_add_get_list_tenants(engine: Engine) -> None:

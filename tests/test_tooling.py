@@ -1,9 +1,10 @@
 """The repository's own rules: pinned private APIs, a lock that matches pyproject, links that stay.
 
-personsd overrides private methods of paramiko and reaches into structlog's
-private module; those are pinned to the minor versions they were read
-against, and the tests here fail loudly, naming what to re-read, as soon as
-another version is installed or the pin is widened.
+personsd overrides private methods of paramiko; it is pinned to the minor
+version they were read against, and the tests here fail loudly, naming what
+to re-read, as soon as another version is installed or the pin is widened.
+(structlog is used through its public API only; see
+test_logging.py::test_no_private_structlog_import.)
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Checked:
         )
 
 
-# Re-read on every bump of paramiko or structlog: the overrides copy parts of
+# Re-read on every bump of paramiko: the overrides copy parts of
 # these methods or depend on when paramiko calls them.
 CHECKED = {
     "paramiko": Checked(
@@ -102,31 +103,12 @@ CHECKED = {
             Use(
                 target="paramiko.transport:Transport.__init__.auth_handler",
                 parameters=None,
-                why="sftp._authenticated reads transport.auth_handler.is_authenticated()",
+                why="sftp.server._authenticated reads transport.auth_handler.is_authenticated()",
             ),
             Use(
                 target="paramiko.auth_handler:AuthHandler.is_authenticated",
                 parameters=("self",),
                 why="called through transport.auth_handler",
-            ),
-        ),
-    ),
-    "structlog": Checked(
-        minor="26.1",
-        uses=(
-            Use(
-                target="structlog._config:BoundLoggerLazyProxy.__init__",
-                parameters=(
-                    "self",
-                    "logger",
-                    "wrapper_class",
-                    "processors",
-                    "context_class",
-                    "cache_logger_on_first_use",
-                    "initial_values",
-                    "logger_factory_args",
-                ),
-                why="personsd.logging.get_logger builds the lazy proxy itself (initial_values)",
             ),
         ),
     ),

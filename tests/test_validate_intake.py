@@ -19,10 +19,10 @@ from structlog.testing import capture_logs
 
 from engine_helpers import add_tenant, make_config, new_tenant_name
 from personsd.intake import Intake
-from personsd.store import db
 from personsd.store import imports as store_imports
 from personsd.watcher import ReadyFile
-from test_sftp import Harness, openssh_sftp, running_server, sftp_client, wait_for
+from polling import wait_for
+from test_sftp import Harness, openssh_sftp, running_server, sftp_client
 from test_watcher import FAST, Make, inbox, make, root, write  # noqa: F401 -- fixtures
 
 __all__ = ["make", "root"]
@@ -80,14 +80,6 @@ def test_notify_complete_accepts_validate_and_refuses_outbox(root: Path, make: M
 
 
 # -- intake ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = db.connect(db_url)
-    db.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 def ready_file(path: Path, tenant: str, completed_at: float) -> ReadyFile:
@@ -203,7 +195,7 @@ def test_openssh_sftp_put_into_validate(h: Harness, tmp_path: Path) -> None:
 
 def test_stale_upload_temp_files_in_validate_are_swept(h: Harness) -> None:
     """Temp files of uploads cut short are removed from /validate as from /inbox."""
-    from personsd.sftpfs import sweep_stale_uploads
+    from personsd.sftp.filesystem import sweep_stale_uploads
 
     box = h.root / "tenants" / "acme" / "validate"
     box.mkdir()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,6 @@ from engine_helpers import add_tenant, make_config, new_tenant_name, published, 
 from personsd import config, importer, webhooks
 from personsd.logging import Event
 from personsd.retry import RetryPolicy
-from personsd.store import db
 from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
@@ -26,14 +24,6 @@ from personsd.store.models import DeliveryRow
 from webhook_helpers import receiver
 
 GOOD = "external_person_id,nick\np1,ann\np2,bob\n"
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = db.connect(db_url)
-    db.upgrade(eng)
-    yield eng
-    eng.dispose()
 
 
 def notify_config(tmp_path: Path, engine: Engine, url: str = "", **notify: object) -> config.Config:
@@ -331,7 +321,8 @@ def test_the_receiver_example_in_the_docs_accepts_a_signed_delivery_and_refuses_
     import subprocess
     import sys
 
-    from daemon_helpers import free_port, wait_for
+    from daemon_helpers import free_port
+    from polling import wait_for
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
     code = re.search(r"```python\n(.*?HTTPServer.*?)```", doc, re.S)

@@ -19,6 +19,7 @@ from personsd.store import db
 from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
 from personsd.workers import Workers, sweep_archive
+from polling import wait_for
 
 GOOD = "external_person_id\nalice\nbob\n"
 
@@ -52,15 +53,6 @@ def _status(cfg: config.Config, import_id: int) -> str:
         engine.dispose()
 
 
-def _wait(predicate: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
 def test_poison_import_fails_after_max_attempts_and_retry_completes_it(
     site: config.Config, tmp_path: Path
 ) -> None:
@@ -80,7 +72,7 @@ def test_poison_import_fails_after_max_attempts_and_retry_completes_it(
     workers = Workers(engine=engine, cfg=cfg, stop=stop, policy=RetryPolicy(base=0.01, cap=0.05))
     workers.start()
     try:
-        _wait(lambda: _status(cfg, import_id) == "failed")
+        wait_for(lambda: _status(cfg, import_id) == "failed")
     finally:
         stop.set()
         workers.join(time.monotonic() + 10)
@@ -111,7 +103,7 @@ def test_poison_import_fails_after_max_attempts_and_retry_completes_it(
     workers = Workers(engine=engine, cfg=cfg, stop=stop)
     workers.start()
     try:
-        _wait(lambda: _status(cfg, import_id) == "completed")
+        wait_for(lambda: _status(cfg, import_id) == "completed")
     finally:
         stop.set()
         workers.join(time.monotonic() + 10)

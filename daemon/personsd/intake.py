@@ -106,7 +106,7 @@ class Intake:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             # The same cluster.instance on two live processes: a misconfiguration.
-            log.error("intake.instance_in_use", folder=str(self.claimed_dir))
+            log.error(Event.INTAKE_INSTANCE_IN_USE, folder=str(self.claimed_dir))
         self._alive = fh
 
     def offer(self, ready: ReadyFile) -> None:
@@ -210,7 +210,7 @@ class Intake:
             )
         except OperatorError:
             # The tenant was removed after the upload: keep the file aside, say so.
-            log.error("intake.unknown_tenant", tenant=tenant, file=name, path=str(claimed))
+            log.error(Event.INTAKE_UNKNOWN_TENANT, tenant=tenant, file=name, path=str(claimed))
             return None
         log.info(
             Event.IMPORT_QUEUED,

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Final, TextIO, cast
 
 import structlog
-from structlog._config import BoundLoggerLazyProxy
 from structlog.typing import EventDict, ExcInfo, FilteringBoundLogger, Processor, WrappedLogger
 
 FORMATS = ("json", "console", "auto")
@@ -75,6 +74,48 @@ class Event:
     CLUSTER_LEASE_LOST: Final = "cluster.lease_lost"
     # Not SPEC 9's (so not in ALL): a file expanding past layers.MAX_EXPANSION.
     IMPORT_EXPANSION_CAPPED: Final = "import.expansion_capped"
+    # Not in SPEC 9's list (so not in ALL): the daemon's own diagnostics, by area.
+    ARCHIVE_SWEPT: Final = "archive.swept"
+    CLUSTER_HEARTBEAT_FAILED: Final = "cluster.heartbeat_failed"
+    CLUSTER_RELEASE_FAILED: Final = "cluster.release_failed"
+    CONFIG_RELOAD_FAILED: Final = "config.reload_failed"
+    CONFIG_RELOADED: Final = "config.reloaded"
+    CONFIG_RESTART_NEEDED: Final = "config.restart_needed"
+    DAEMON_ABANDONED_CHUNK: Final = "daemon.abandoned_chunk"
+    DAEMON_STOPPED: Final = "daemon.stopped"
+    DB_UNAVAILABLE: Final = "db.unavailable"
+    IMPORT_ATTEMPT_FAILED: Final = "import.attempt_failed"
+    IMPORT_FAIL_UNRECORDED: Final = "import.fail_unrecorded"
+    IMPORT_UNHASHED: Final = "import.unhashed"
+    IMPORT_VALIDATOR_UNAVAILABLE: Final = "import.validator_unavailable"
+    INTAKE_INSTANCE_IN_USE: Final = "intake.instance_in_use"
+    INTAKE_UNKNOWN_TENANT: Final = "intake.unknown_tenant"
+    METRICS_DATABASE_UNAVAILABLE: Final = "metrics.database_unavailable"
+    METRICS_LISTENING: Final = "metrics.listening"
+    NOTIFY_PRUNE_FAILED: Final = "notify.prune_failed"
+    NOTIFY_PRUNED: Final = "notify.pruned"
+    NOTIFY_UNRECORDED: Final = "notify.unrecorded"
+    OUTBOX_DISPLACED: Final = "outbox.displaced"
+    SFTP_CONNECTION_ERROR: Final = "sftp.connection_error"
+    SFTP_FD_LIMIT_KEPT: Final = "sftp.fd_limit_kept"
+    SFTP_HOST_KEY_CREATED: Final = "sftp.host_key_created"
+    SFTP_IDLE_TIMEOUT: Final = "sftp.idle_timeout"
+    SFTP_LISTENING: Final = "sftp.listening"
+    SFTP_LOOKUP_FAILED: Final = "sftp.lookup_failed"
+    SFTP_ON_UPLOAD_FAILED: Final = "sftp.on_upload_failed"
+    SFTP_REMOVE: Final = "sftp.remove"
+    SFTP_RENAME: Final = "sftp.rename"
+    SFTP_STALE_UPLOAD_REMOVED: Final = "sftp.stale_upload_removed"
+    SFTP_STALE_UPLOADS_REMOVED: Final = "sftp.stale_uploads_removed"
+    SFTP_STOPPED: Final = "sftp.stopped"
+    SFTP_UPLOAD_FAILED: Final = "sftp.upload_failed"
+    SFTP_UPLOAD_INCOMPLETE: Final = "sftp.upload_incomplete"
+    TENANT_INVALID: Final = "tenant.invalid"
+    TENANT_LOOKUP_FAILED: Final = "tenant.lookup_failed"
+    WATCHER_EVENTS_UNAVAILABLE: Final = "watcher.events_unavailable"
+    WATCHER_ON_READY_FAILED: Final = "watcher.on_ready_failed"
+    WATCHER_SCAN_FAILED: Final = "watcher.scan_failed"
+    WATCHER_STAT_FAILED: Final = "watcher.stat_failed"
 
     ALL: Final = (
         SFTP_LOGIN,
@@ -227,7 +268,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     root.addHandler(handler)
     root.setLevel(STDLIB_LEVEL)
     # paramiko logs a traceback at ERROR for every connection that never speaks
-    # SSH (health checks, port scans); sftp.py logs those as sftp.connection_error.
+    # SSH (health checks, port scans); sftp/server.py logs those as sftp.connection_error.
     transport = logging.getLogger("paramiko.transport")
     for old_filter in [f for f in transport.filters if isinstance(f, _DropErrors)]:
         transport.removeFilter(old_filter)
@@ -238,20 +279,39 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
 
 
 class _DropErrors(logging.Filter):
-    """paramiko's per-connection error tracebacks; sftp.py logs those events itself."""
+    """paramiko's per-connection error tracebacks; sftp/server.py logs those events itself."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno < logging.ERROR
 
 
+class _LazyLogger:
+    """A logger with a context that builds structlog's bound logger at each use.
+
+    So it follows a later configure() (SIGHUP) as structlog's own lazy proxy
+    does; written out because ``structlog.get_logger()`` cannot take a
+    ``logger`` key (its own parameter) and the proxy's class is private.
+    """
+
+    __slots__ = ("_context",)
+
+    def __init__(self, context: dict[str, Any]) -> None:
+        self._context = context
+
+    def bind(self, **new_values: Any) -> FilteringBoundLogger:
+        """A bound logger for the configuration in force now (as the lazy proxy's ``bind``)."""
+        bound = structlog.get_logger().bind(**self._context, **new_values)
+        return cast(FilteringBoundLogger, bound)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.bind(), name)
+
+
 def get_logger(name: str | None = None, **context: Any) -> FilteringBoundLogger:
-    """A structlog logger, bound to ``logger=name`` when a name is given."""
+    """The one way personsd gets a logger; bound to ``logger=name`` when a name is given."""
     if name is not None:
         context = {"logger": name, **context}
-    # Lazy, so it follows a later configure(); built directly because
-    # structlog.get_logger() cannot take a `logger` key (its own parameter).
-    proxy = BoundLoggerLazyProxy(None, initial_values=context)
-    return cast(FilteringBoundLogger, proxy)
+    return cast(FilteringBoundLogger, _LazyLogger(context))
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
 from personsd import status
-from personsd.logging import get_logger
+from personsd.logging import Event, get_logger
 
 if TYPE_CHECKING:
     from personsd.config import Config
@@ -190,7 +190,7 @@ class StateCollector(Collector):
             with self.engine.connect() as conn:
                 snap = status.counts(conn)
         except Exception as exc:  # noqa: BLE001 -- a scrape reports the outage, it does not fail
-            log.debug("metrics.database_unavailable", error=repr(exc)[:200])
+            log.debug(Event.METRICS_DATABASE_UNAVAILABLE, error=repr(exc)[:200])
         up.add_metric([], 0.0 if snap is None else 1.0)
         if snap is not None:
             now = snap.taken_at
@@ -321,5 +321,5 @@ def start(
         host=cfg.metrics.host, port=cfg.metrics.port, engine=engine, root=cfg.root
     )
     server.start()
-    log.info("metrics.listening", host=cfg.metrics.host, port=server.port)
+    log.info(Event.METRICS_LISTENING, host=cfg.metrics.host, port=server.port)
     return server

@@ -13,118 +13,33 @@ systemd: ``READY=1`` once listening, ``STATUS=`` with what it is doing,
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import signal
 import threading
 import time
 from dataclasses import replace
-from pathlib import Path
 from types import FrameType
 
-from sqlalchemy import Engine, make_url
+from sqlalchemy import make_url
 
 from personsd import config as config_mod
-from personsd import instance, metrics, notify, webhooks
+from personsd import instance, metrics, sdnotify, webhooks
 from personsd.config import Config
 from personsd.errors import ConfigError
 from personsd.intake import Intake
 from personsd.logging import Event, configure, get_logger
 from personsd.republish import Republisher
 from personsd.retry import RetryPolicy
-from personsd.sftp import SftpLimits, SftpServer, TenantAuth, load_or_create_host_key
-from personsd.sftpshared import SharedLoginBans
+from personsd.sftp import SftpLimits, SftpServer, load_or_create_host_key
+from personsd.sftp.shared import SharedLoginBans
 from personsd.store import db
-from personsd.store import tenants as store_tenants
+from personsd.tenantcache import TenantCache
 from personsd.watcher import InboxWatcher
 from personsd.workers import Workers, sweep_archive
 
 log = get_logger("personsd.service")
 
 STOP_TIMEOUT = 8.0  # SPEC 5: exit within 10 s of SIGTERM
-
-
-class TenantCache:
-    """Tenant logins for the SFTP server, kept in memory and in a snapshot file.
-
-    The snapshot lets partners log in and upload while the database is down
-    (SPEC 5: uploads keep being accepted), even across a restart.
-    """
-
-    def __init__(self, snapshot: Path) -> None:
-        self.snapshot = snapshot
-        self._tenants: dict[str, TenantAuth] = {}
-        self._lock = threading.Lock()
-        self._load_snapshot()
-
-    engine: Engine | None = None
-
-    def get(self, name: str) -> TenantAuth | None:
-        with self._lock:
-            found = self._tenants.get(name)
-        if found is None and self.engine is not None:
-            # A tenant added since the last refresh (or before the first one).
-            try:
-                with self.engine.connect() as conn:
-                    tenant = store_tenants.get_tenant(conn, name)
-            except Exception as exc:  # noqa: BLE001 -- database down: the snapshot is all we have
-                log.warning("tenant.lookup_failed", tenant=name[:100], error=repr(exc)[:200])
-                return None
-            if tenant is not None:
-                found = TenantAuth(
-                    name=tenant.name, public_keys=tenant.keys, password_hash=tenant.password_hash
-                )
-                with self._lock:
-                    self._tenants[name] = found
-        return found
-
-    def names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._tenants)
-
-    def refresh(self, engine: Engine) -> None:
-        with engine.connect() as conn:
-            found = store_tenants.list_tenants(conn)
-        tenants = {}
-        for tenant in found:
-            try:
-                tenants[tenant.name] = TenantAuth(
-                    name=tenant.name, public_keys=tenant.keys, password_hash=tenant.password_hash
-                )
-            except ValueError as exc:
-                log.error("tenant.invalid", tenant=tenant.name, error=str(exc))
-        with self._lock:
-            self._tenants = tenants
-        data = [
-            {
-                "name": t.name,
-                "public_keys": [list(k) for k in t.public_keys],
-                "password_hash": t.password_hash,
-            }
-            for t in tenants.values()
-        ]
-        # A name of its own: instances sharing the root write the snapshot too.
-        temp = self.snapshot.with_name(f".{self.snapshot.name}.{secrets.token_hex(8)}.tmp")
-        temp.write_text(json.dumps(data))
-        os.chmod(temp, 0o600)
-        os.replace(temp, self.snapshot)
-
-    def _load_snapshot(self) -> None:
-        try:
-            data = json.loads(self.snapshot.read_text())
-        except (FileNotFoundError, ValueError):
-            return
-        for item in data:
-            try:
-                auth = TenantAuth(
-                    name=item["name"],
-                    public_keys=tuple(tuple(k) for k in item["public_keys"]),
-                    password_hash=item["password_hash"],
-                )
-            except (KeyError, TypeError, ValueError):
-                continue
-            self._tenants[auth.name] = auth
 
 
 class Daemon:
@@ -145,10 +60,9 @@ class Daemon:
         self.engine = db.connect(
             cfg.database.url, idle_in_transaction_seconds=cfg.cluster.lease_seconds
         )
-        self.tenants = TenantCache(cfg.state_dir / "tenants.json")
-        self.tenants.engine = self.engine
+        self.tenants = TenantCache(snapshot=cfg.state_dir / "tenants.json", engine=self.engine)
         self.workers = Workers(
-            engine=self.engine, cfg=cfg, stop=self.stop, on_activity=notify.status
+            engine=self.engine, cfg=cfg, stop=self.stop, on_activity=sdnotify.status
         )
         self.intake = Intake(engine=self.engine, cfg=cfg, on_queued=self.workers.wake)
         self.watcher = InboxWatcher(
@@ -187,7 +101,7 @@ class Daemon:
         while not self.stop.is_set():
             try:
                 db.upgrade(self.engine)
-                self.tenants.refresh(self.engine)
+                self.tenants.refresh()
                 self._ensure_tenant_dirs()
                 self.intake.recover()
                 self._publish_unpublished()
@@ -195,8 +109,8 @@ class Daemon:
             except Exception as exc:  # noqa: BLE001 -- database down at start: keep trying
                 attempt += 1
                 delay = policy.delay(attempt)
-                log.warning("db.unavailable", error=repr(exc)[:300], retry_in=round(delay, 2))
-                notify.status(f"waiting for the database: {type(exc).__name__}")
+                log.warning(Event.DB_UNAVAILABLE, error=repr(exc)[:300], retry_in=round(delay, 2))
+                sdnotify.status(f"waiting for the database: {type(exc).__name__}")
                 self.stop.wait(delay)
 
     def _ensure_tenant_dirs(self) -> None:
@@ -250,17 +164,17 @@ class Daemon:
             root=str(self.cfg.root),
             workers=self.cfg.imports.workers,
         )
-        notify.ready("accepting uploads")
+        sdnotify.ready("accepting uploads")
         self._prepare_database()
         if not self.stop.is_set():
             self.workers.start()
             self.sender.start()
-            notify.status("idle")
+            sdnotify.status("idle")
         self._main_loop()
         return self._shutdown()
 
     def _main_loop(self) -> None:
-        interval = notify.watchdog_interval()
+        interval = sdnotify.watchdog_interval()
         tick = min(1.0, interval / 3) if interval else 1.0
         housekeeping = time.monotonic()
         while not self.stop.is_set():
@@ -269,7 +183,7 @@ class Daemon:
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
-            notify.watchdog_ping()
+            sdnotify.watchdog_ping()
             if self.republisher.pending():
                 self.republisher.publish_due()
             if time.monotonic() - housekeeping >= self.cfg.imports.rescan_seconds:
@@ -278,18 +192,18 @@ class Daemon:
 
     def _housekeeping(self) -> None:
         try:
-            self.tenants.refresh(self.engine)
+            self.tenants.refresh()
             self._ensure_tenant_dirs()
             self.intake.recover()
         except Exception as exc:  # noqa: BLE001 -- database down: the next round retries
-            log.warning("db.unavailable", error=repr(exc)[:300])
+            log.warning(Event.DB_UNAVAILABLE, error=repr(exc)[:300])
         removed = sweep_archive(self.cfg)
         if removed:
-            log.info("archive.swept", removed=removed, keep_days=self.cfg.archive.keep_days)
+            log.info(Event.ARCHIVE_SWEPT, removed=removed, keep_days=self.cfg.archive.keep_days)
 
     def reload(self) -> None:
         """SIGHUP: configuration, log settings, tenants; a rescan of every inbox."""
-        notify.reloading()
+        sdnotify.reloading()
         try:
             if self.cfg.source is not None:
                 fresh = config_mod.load(self.cfg.source)
@@ -299,7 +213,7 @@ class Daemon:
                     self.cfg.sftp,
                 ):
                     log.warning(
-                        "config.restart_needed",
+                        Event.CONFIG_RESTART_NEEDED,
                         reason="paths, database and sftp changes apply at restart",
                     )
                     fresh = replace(
@@ -310,30 +224,30 @@ class Daemon:
                 self.workers.cfg = fresh
                 self.sender.cfg = fresh
                 self.intake.cfg = fresh
-            self.tenants.refresh(self.engine)
+            self.tenants.refresh()
             self._ensure_tenant_dirs()
-            log.info("config.reloaded", source=str(self.cfg.source))
+            log.info(Event.CONFIG_RELOADED, source=str(self.cfg.source))
         except (ConfigError, Exception) as exc:  # noqa: BLE001 -- keep running on the old one
-            log.error("config.reload_failed", error=str(exc))
+            log.error(Event.CONFIG_RELOAD_FAILED, error=str(exc))
         self.watcher.rescan()
-        notify.ready("reloaded")
+        sdnotify.ready("reloaded")
 
     def _shutdown(self) -> int:
         deadline = time.monotonic() + STOP_TIMEOUT
         log.info(Event.DAEMON_STOPPING, busy=self.workers.busy())
-        notify.stopping()
+        sdnotify.stopping()
         if self.sftp is not None:
             self.sftp.stop()
         self.watcher.stop()
         self.intake.stop(timeout=1.0)
         if not self.workers.join(deadline):
             # Its transaction never commits: that chunk is redone after restart.
-            log.warning("daemon.abandoned_chunk", timeout=STOP_TIMEOUT)
+            log.warning(Event.DAEMON_ABANDONED_CHUNK, timeout=STOP_TIMEOUT)
         self.sender.join(deadline)
         if self.metrics is not None:
             self.metrics.stop()
         self.engine.dispose()
-        log.info("daemon.stopped")
+        log.info(Event.DAEMON_STOPPED)
         if self.lock is not None:
             self.lock.release()
         return 0

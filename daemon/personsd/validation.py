@@ -323,10 +323,10 @@ class Chunks:
                 # Only an optimisation: a machine out of processes or memory
                 # still imports, inline. (Logging is imported here: the
                 # validator process itself must start light.)
-                from personsd.logging import get_logger
+                from personsd.logging import Event, get_logger
 
                 get_logger("personsd.validation").warning(
-                    "import.validator_unavailable", file=job.path, error=repr(exc)[:300]
+                    Event.IMPORT_VALIDATOR_UNAVAILABLE, file=job.path, error=repr(exc)[:300]
                 )
                 self.mode = mode = "inline"
         if mode == "inline":

@@ -64,7 +64,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
 from watchdog.events import (
     DirCreatedEvent,
     DirMovedEvent,
@@ -80,8 +79,9 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver
 
 from personsd.fileformat import classify_name
+from personsd.logging import Event, get_logger
 
-log = structlog.get_logger("personsd.watcher")
+log = get_logger()
 
 INBOX = "inbox"
 VALIDATE = "validate"
@@ -423,7 +423,7 @@ class InboxWatcher:
             )
             observer.start()
         except OSError as exc:  # e.g. out of inotify watches: the rescans still find everything
-            log.warning("watcher.events_unavailable", root=str(self._root), error=str(exc))
+            log.warning(Event.WATCHER_EVENTS_UNAVAILABLE, root=str(self._root), error=str(exc))
             observer.stop()
             return None
         return observer
@@ -469,7 +469,7 @@ class InboxWatcher:
             self._tracker.forget(path)
             return
         except OSError as exc:
-            log.warning("watcher.stat_failed", file=str(path), error=str(exc))
+            log.warning(Event.WATCHER_STAT_FAILED, file=str(path), error=str(exc))
             return
         if not stat.S_ISREG(st.st_mode):
             self._tracker.forget(path)
@@ -491,7 +491,7 @@ class InboxWatcher:
                     if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)
                 ]
         except OSError as exc:
-            log.warning("watcher.scan_failed", dir=str(self._root), error=str(exc))
+            log.warning(Event.WATCHER_SCAN_FAILED, dir=str(self._root), error=str(exc))
             return []
         return sorted(
             Path(t, box)
@@ -537,7 +537,7 @@ class InboxWatcher:
         except (FileNotFoundError, NotADirectoryError):
             pass
         except OSError as exc:
-            log.warning("watcher.scan_failed", dir=str(inbox), error=str(exc))
+            log.warning(Event.WATCHER_SCAN_FAILED, dir=str(inbox), error=str(exc))
             # Unreadable for now: keep what we knew rather than forget it.
             found.extend(k for k in self._tracker.tracked() if k.parent == inbox)
         return found
@@ -552,7 +552,7 @@ class InboxWatcher:
                 mtime_ns=settled.stamp.mtime_ns,
             )
             log.info(
-                "file.detected",
+                Event.FILE_DETECTED,
                 tenant=ready.tenant,
                 file=ready.path.name,
                 size=ready.size,
@@ -561,5 +561,7 @@ class InboxWatcher:
             try:
                 self._on_ready(ready)
             except Exception:  # the consumer's bug must not kill the watcher
-                log.exception("watcher.on_ready_failed", tenant=ready.tenant, file=ready.path.name)
+                log.exception(
+                    Event.WATCHER_ON_READY_FAILED, tenant=ready.tenant, file=ready.path.name
+                )
                 self._tracker.forget(settled.key)  # the next scan offers it again

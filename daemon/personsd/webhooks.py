@@ -357,7 +357,9 @@ class Sender:
                 except Exception as exc:  # noqa: BLE001 -- database down: wait and retry
                     outages += 1
                     delay = self.policy.delay(outages)
-                    log.warning("db.unavailable", error=repr(exc)[:300], retry_in=round(delay, 2))
+                    log.warning(
+                        Event.DB_UNAVAILABLE, error=repr(exc)[:300], retry_in=round(delay, 2)
+                    )
                     self.stop.wait(delay)
                     continue
                 outages = 0
@@ -383,10 +385,10 @@ class Sender:
             with write_tx(self.engine) as conn:
                 removed = prune(conn, self.clock())
         except Exception as exc:  # noqa: BLE001 -- the next round tries again
-            log.warning("notify.prune_failed", error=repr(exc)[:300])
+            log.warning(Event.NOTIFY_PRUNE_FAILED, error=repr(exc)[:300])
             return
         if removed:
-            log.info("notify.pruned", removed=removed, keep_days=KEEP_FINISHED.days)
+            log.info(Event.NOTIFY_PRUNED, removed=removed, keep_days=KEEP_FINISHED.days)
 
     def _serve(self) -> None:
         while True:
@@ -396,7 +398,9 @@ class Sender:
             try:
                 self.deliver(delivery)
             except Exception as exc:  # noqa: BLE001 -- the lease makes it due again
-                log.error("notify.unrecorded", delivery_id=delivery.delivery_id, error=repr(exc))
+                log.error(
+                    Event.NOTIFY_UNRECORDED, delivery_id=delivery.delivery_id, error=repr(exc)
+                )
             finally:
                 with self._lock:
                     self._busy.discard(delivery.tenant_id)

@@ -152,7 +152,7 @@ class Workers:
                 with write_tx(self.engine) as conn:
                     lost = store_imports.renew(conn, leases)
             except Exception as exc:  # noqa: BLE001 -- database down: fencing keeps writes safe
-                log.warning("cluster.heartbeat_failed", error=repr(exc)[:300])
+                log.warning(Event.CLUSTER_HEARTBEAT_FAILED, error=repr(exc)[:300])
                 continue
             for lease in lost:
                 self._lost(lease, "heartbeat")
@@ -181,7 +181,7 @@ class Workers:
                 delay = self.policy.delay(outages)
                 kind = faults.classify(exc)
                 log.warning(
-                    "db.unavailable",
+                    Event.DB_UNAVAILABLE,
                     kind=str(kind),
                     reason=faults.reason(exc),
                     error=repr(exc)[:300],
@@ -245,7 +245,9 @@ class Workers:
             with write_tx(self.engine) as conn:
                 store_imports.release(conn, lease)
         except Exception as exc:  # noqa: BLE001 -- it then expires by itself
-            log.warning("cluster.release_failed", import_id=lease.import_id, error=repr(exc)[:300])
+            log.warning(
+                Event.CLUSTER_RELEASE_FAILED, import_id=lease.import_id, error=repr(exc)[:300]
+            )
 
     def _beat(self) -> None:
         self.last_beat = time.monotonic()
@@ -260,7 +262,7 @@ class Workers:
         record = self._current(record)
         attempts = record.attempts + 1
         log.error(
-            "import.attempt_failed",
+            Event.IMPORT_ATTEMPT_FAILED,
             tenant=self._tenant(record),
             import_id=record.id,
             file=record.file_name,
@@ -281,7 +283,7 @@ class Workers:
             self._lost(lease, "write")
             return
         except Exception as final:  # noqa: BLE001 -- cannot even record it: wait, then again
-            log.error("import.fail_unrecorded", import_id=record.id, error=repr(final)[:300])
+            log.error(Event.IMPORT_FAIL_UNRECORDED, import_id=record.id, error=repr(final)[:300])
             self._requeue(record, final, lease, spend_attempt=False)
             return
         if record.source != "cli":
@@ -355,7 +357,7 @@ class Workers:
                     return  # still running and ours: resumed after the restart
                 delay = self.policy.delay(outages)
                 log.warning(
-                    "db.unavailable",
+                    Event.DB_UNAVAILABLE,
                     reason=faults.reason(again),
                     error=repr(again)[:300],
                     retry_in=round(delay, 2),

@@ -20,13 +20,13 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import structlog
 from sqlalchemy import Engine
 
-from personsd.logging import Event
-from personsd.sftpbudget import LocalLoginBans, SftpLimits
+from personsd.logging import Event, get_logger
+from personsd.sftp.bans import LocalLoginBans
+from personsd.sftp.limits import SftpLimits
 from personsd.store import bans as store_bans
 from personsd.store import db
 
@@ -40,9 +40,7 @@ POOL = {"pool_size": 2, "max_overflow": 6, "pool_timeout": 5, "pool_pre_ping": F
 
 T = TypeVar("T")
 
-
-def _log() -> Any:
-    return structlog.get_logger()
+log = get_logger()
 
 
 def _utcnow() -> datetime:
@@ -101,7 +99,7 @@ class SharedLoginBans:
                 self._retry_at = self._clock() + self._retry_seconds
                 was_down, self._down = self._down, True
             if not was_down:
-                _log().warning(
+                log.warning(
                     Event.SFTP_BANS_LOCAL,
                     error=repr(exc)[:300],
                     retry_in=self._retry_seconds,
@@ -111,7 +109,7 @@ class SharedLoginBans:
             self._probing = False
             was_down, self._down = self._down, False
         if was_down:
-            _log().info(Event.SFTP_BANS_SHARED)
+            log.info(Event.SFTP_BANS_SHARED)
         return result
 
     def _remember(self, state: store_bans.BanState) -> None:

@@ -1,4 +1,4 @@
-"""personsd.notify against real AF_UNIX datagram sockets standing in for systemd."""
+"""personsd.sdnotify against real AF_UNIX datagram sockets standing in for systemd."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from personsd import notify
+from personsd import sdnotify
 
 
 class Listener:
@@ -81,28 +81,28 @@ def abstract_listener(monkeypatch: pytest.MonkeyPatch) -> Iterator[Listener]:
 
 def test_ready_sends_ready_1(path_listener: Listener) -> None:
     """ready() sends exactly READY=1 to a path socket."""
-    assert notify.ready()
+    assert sdnotify.ready()
     assert ["READY=1"] == path_listener.receive()
 
 
 def test_ready_with_status_sends_one_datagram(path_listener: Listener) -> None:
     """ready(status) carries READY=1 and STATUS= in a single datagram."""
-    assert notify.ready("listening on 127.0.0.1:2222")
+    assert sdnotify.ready("listening on 127.0.0.1:2222")
     assert ["READY=1", "STATUS=listening on 127.0.0.1:2222"] == path_listener.receive()
     assert not path_listener.pending()
 
 
 def test_abstract_socket(abstract_listener: Listener) -> None:
     """A NOTIFY_SOCKET starting with '@' is an abstract socket name."""
-    assert notify.ready()
+    assert sdnotify.ready()
     assert ["READY=1"] == abstract_listener.receive()
 
 
 def test_status_stopping_watchdog(abstract_listener: Listener) -> None:
     """status(), stopping() and watchdog_ping() send their assignments in call order."""
-    assert notify.status("importing acme/x.persons: 40%")
-    assert notify.watchdog_ping()
-    assert notify.stopping()
+    assert sdnotify.status("importing acme/x.persons: 40%")
+    assert sdnotify.watchdog_ping()
+    assert sdnotify.stopping()
     assert ["STATUS=importing acme/x.persons: 40%"] == abstract_listener.receive()
     assert ["WATCHDOG=1"] == abstract_listener.receive()
     assert ["STOPPING=1"] == abstract_listener.receive()
@@ -110,7 +110,7 @@ def test_status_stopping_watchdog(abstract_listener: Listener) -> None:
 
 def test_status_is_utf8_and_one_line(path_listener: Listener) -> None:
     """Status text is sent as UTF-8 with line breaks flattened, so it stays one assignment."""
-    assert notify.status("café\nline two\r\nthree")
+    assert sdnotify.status("café\nline two\r\nthree")
     assert ["STATUS=café line two three"] == path_listener.receive()
 
 
@@ -122,7 +122,7 @@ def test_status_never_adds_assignments(text: str) -> None:
         sock.bind("\0" + name)
         sock.settimeout(2)
         with patch.dict(os.environ, {"NOTIFY_SOCKET": "@" + name}):
-            assert notify.status(text)
+            assert sdnotify.status(text)
         lines = sock.recv(65536).decode("utf-8").split("\n")
     assert 1 == len(lines)
     assert lines[0].startswith("STATUS=")
@@ -131,7 +131,7 @@ def test_status_never_adds_assignments(text: str) -> None:
 def test_reloading_carries_monotonic_usec(path_listener: Listener) -> None:
     """reloading() sends RELOADING=1 with the current CLOCK_MONOTONIC in microseconds."""
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-    assert notify.reloading()
+    assert sdnotify.reloading()
     after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     first, second = path_listener.receive()
     assert "RELOADING=1" == first
@@ -142,14 +142,14 @@ def test_reloading_carries_monotonic_usec(path_listener: Listener) -> None:
 
 def test_sent_by_the_calling_process(path_listener: Listener) -> None:
     """The datagram comes from the main process itself, as NotifyAccess=main requires."""
-    assert notify.ready()
+    assert sdnotify.ready()
     lines, pid = path_listener.receive_with_sender()
     assert (["READY=1"], os.getpid()) == (lines, pid)
 
 
 def test_works_from_a_real_daemon_process(path_listener: Listener) -> None:
     """A separate process started with NOTIFY_SOCKET in its environment reaches the listener."""
-    code = "from personsd import notify; import sys; sys.exit(0 if notify.ready() else 1)"
+    code = "from personsd import sdnotify; import sys; sys.exit(0 if sdnotify.ready() else 1)"
     with subprocess.Popen([sys.executable, "-c", code]) as proc:
         returncode = proc.wait(timeout=30)
     lines, pid = path_listener.receive_with_sender()
@@ -162,11 +162,11 @@ def test_noop_without_notify_socket(
     """Without NOTIFY_SOCKET every call returns False and sends nothing."""
     monkeypatch.delenv("NOTIFY_SOCKET")
     results = [
-        notify.ready(),
-        notify.status("x"),
-        notify.stopping(),
-        notify.reloading(),
-        notify.watchdog_ping(),
+        sdnotify.ready(),
+        sdnotify.status("x"),
+        sdnotify.stopping(),
+        sdnotify.reloading(),
+        sdnotify.watchdog_ping(),
     ]
     assert [False] * 5 == results
     assert not path_listener.pending()
@@ -175,12 +175,12 @@ def test_noop_without_notify_socket(
 @pytest.mark.parametrize("value", ["", "relative/socket", "vsock:2:1234"])
 def test_unsupported_addresses_are_noops(value: str) -> None:
     """Empty, relative and non-AF_UNIX addresses are ignored rather than guessed at."""
-    assert not notify.notify("READY=1", env={"NOTIFY_SOCKET": value})
+    assert not sdnotify.notify("READY=1", env={"NOTIFY_SOCKET": value})
 
 
 def test_unreachable_socket_returns_false(tmp_path: Path) -> None:
     """A socket path nobody listens on reports failure instead of raising."""
-    assert not notify.notify("READY=1", env={"NOTIFY_SOCKET": str(tmp_path / "gone")})
+    assert not sdnotify.notify("READY=1", env={"NOTIFY_SOCKET": str(tmp_path / "gone")})
 
 
 @pytest.mark.parametrize(
@@ -199,11 +199,11 @@ def test_unreachable_socket_returns_false(tmp_path: Path) -> None:
 def test_watchdog_interval(env: dict[str, str], expected: float | None) -> None:
     """WATCHDOG_USEC in seconds, only when WATCHDOG_PID is absent or names this process."""
     env = {k: v.format(pid=os.getpid()) for k, v in env.items()}
-    assert expected == notify.watchdog_interval(env)
+    assert expected == sdnotify.watchdog_interval(env)
 
 
 def test_watchdog_interval_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without an explicit mapping the process environment is read."""
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    assert 30.0 == notify.watchdog_interval()
+    assert 30.0 == sdnotify.watchdog_interval()
