@@ -149,7 +149,18 @@ class Daemon:
         self.sftp.start()
 
     def run(self) -> int:
+        """``personsd run``: signals, start, serve until stopped, shut down."""
         self.install_signals()
+        self.start()
+        self.serve()
+        return self.shutdown()
+
+    def start(self) -> None:
+        """Start every part; returns once the workers run (or a stop came first).
+
+        Apart from :meth:`serve` and :meth:`shutdown` so that reload and
+        shutdown can be driven in-process (tests/test_service.py).
+        """
         # Intake first: the SFTP server and watcher work without the database.
         self._start_sftp()
         self.metrics = metrics.start(self.cfg, self.engine, lambda: self.sftp)
@@ -170,10 +181,9 @@ class Daemon:
             self.workers.start()
             self.sender.start()
             sdnotify.status("idle")
-        self._main_loop()
-        return self._shutdown()
 
-    def _main_loop(self) -> None:
+    def serve(self) -> None:
+        """The main loop: reloads, watchdog pings, housekeeping; until ``stop`` is set."""
         interval = sdnotify.watchdog_interval()
         tick = min(1.0, interval / 3) if interval else 1.0
         housekeeping = time.monotonic()
@@ -232,7 +242,8 @@ class Daemon:
         self.watcher.rescan()
         sdnotify.ready("reloaded")
 
-    def _shutdown(self) -> int:
+    def shutdown(self) -> int:
+        """Stop intake, drain the workers within STOP_TIMEOUT, close; the exit code."""
         deadline = time.monotonic() + STOP_TIMEOUT
         log.info(Event.DAEMON_STOPPING, busy=self.workers.busy())
         sdnotify.stopping()
