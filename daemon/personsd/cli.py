@@ -8,11 +8,7 @@ progress bar go to stderr.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,13 +18,22 @@ import click
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
+from personsd import (
+    admin,
+    durations,
+    fileformat,
+    logging,
+    pgp,
+    reports,
+    tenancy,
+    validation,
+    webhooks,
+)
 from personsd import config as config_mod
-from personsd import durations, importer, layers, logging, pgp, reports, validation, webhooks
 from personsd.config import Config, LogConfig
 from personsd.errors import OperatorError, PersonsdError
 from personsd.fieldtypes import Charset, CustomField, FieldType, format_value
 from personsd.phones import normalize_mdn
-from personsd.retry import RetryPolicy
 from personsd.rules import Person
 from personsd.store import db
 from personsd.store import fields as store_fields
@@ -38,7 +43,8 @@ from personsd.store import tenants as store_tenants
 
 EXIT_ERROR = 1
 EXIT_REJECTED = 3
-BUILTIN_COLUMNS = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id")
+# The columns every export starts with: the identifiers of the file format.
+BUILTIN_COLUMNS = fileformat.IDENTIFIERS
 
 
 class State:
@@ -91,17 +97,6 @@ def errors_handled() -> Iterator[None]:
         fail(f"database unreachable or failing: {exc.orig}")
 
 
-def init_paths(cfg: Config) -> None:
-    for path in (cfg.tenants_dir, cfg.work_dir, cfg.archive_dir, cfg.quarantine_dir):
-        path.mkdir(parents=True, exist_ok=True)
-
-
-def tenant_dirs(cfg: Config, name: str) -> None:
-    cfg.inbox(name).mkdir(parents=True, exist_ok=True)
-    cfg.validate_box(name).mkdir(parents=True, exist_ok=True)
-    cfg.outbox(name).mkdir(parents=True, exist_ok=True)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
@@ -146,14 +141,14 @@ def init(ctx: click.Context) -> None:
     state = _state(ctx)
     with errors_handled():
         cfg = state.config
-        init_paths(cfg)
+        tenancy.init_paths(cfg)
         state.engine  # noqa: B018 -- connecting migrates the schema
         from personsd.sftp import load_or_create_host_key
 
         load_or_create_host_key(cfg.sftp.host_key)
         with state.engine.connect() as conn:
             for tenant in store_tenants.list_tenants(conn):
-                tenant_dirs(cfg, tenant.name)
+                tenancy.tenant_dirs(cfg, tenant.name)
     url = make_url(cfg.database.url).render_as_string(hide_password=True)
     click.echo(f"initialised {cfg.root} ({url})")
 
@@ -171,48 +166,20 @@ def import_(ctx: click.Context, file: Path, tenant: str, validate: bool) -> None
     """Import FILE now (or only validate it) and print its summary JSON."""
     state = _state(ctx)
     with errors_handled():
-        if not file.is_file():
-            raise OperatorError(f"no such file: {file}")
         cfg = state.config
-        init_paths(cfg)
-        state.tenant(tenant)
-        import_id = importer.create(
-            state.engine,
+        outcome = admin.import_file(
+            lambda: state.engine,
+            cfg,
+            file,
             tenant=tenant,
-            path=file.resolve(),
-            source="cli",
-            claimed_by=f"cli:{socket.gethostname()}:{os.getpid()}",
-            mode="validate" if validate else "import",
+            validate=validate,
+            progress=lambda size: _progress(sys.stderr, size, cfg.log),
         )
-        # Offsets are of the plain content: a compressed or encrypted file's size
-        # says nothing of it, so its bar shows progress without an end.
-        plain = not layers.split_name(file.name)[1]
-        outcome = _run_with_attempts(state, import_id, file.stat().st_size if plain else None)
-        if outcome.summary.status != "failed":
-            shutil.rmtree(cfg.work_dir / str(import_id), ignore_errors=True)
     click.echo(json.dumps(outcome.summary.as_dict(), ensure_ascii=False, indent=2))
     if outcome.summary.status == "rejected":
         sys.exit(EXIT_REJECTED)
     if outcome.summary.status == "failed":
         sys.exit(EXIT_ERROR)
-
-
-def _run_with_attempts(state: State, import_id: int, size: int | None) -> importer.Outcome:
-    """The engine, retried from its checkpoint on internal errors, then ``failed``."""
-    cfg = state.config
-    policy = RetryPolicy(base=0.5, cap=10.0)
-    attempt = 0
-    with _progress(sys.stderr, size, cfg.log) as on_chunk:
-        while True:
-            attempt += 1
-            try:
-                return importer.run(state.engine, cfg, import_id, on_chunk=on_chunk)
-            except OperatorError:
-                raise
-            except Exception as exc:  # noqa: BLE001 -- our fault: retry from the checkpoint
-                if attempt >= cfg.imports.max_attempts:
-                    return importer.fail(state.engine, cfg, import_id, repr(exc))
-                time.sleep(policy.delay(attempt))
 
 
 @contextmanager
@@ -262,25 +229,6 @@ def tenants() -> None:
     """Partner accounts: SFTP login, inbox, outbox."""
 
 
-def _read_keys(files: tuple[Path, ...]) -> list[tuple[str, str, str]]:
-    keys = []
-    for path in files:
-        try:
-            lines = path.read_text().splitlines()
-        except OSError as exc:
-            raise OperatorError(f"cannot read SSH key {path}: {exc.strerror}") from None
-        for line in lines:
-            parts = line.strip().split(None, 2)
-            if not parts or parts[0].startswith("#"):
-                continue
-            if len(parts) < 2:
-                raise OperatorError(f"{path}: not an OpenSSH public key line: {line[:40]!r}")
-            keys.append((parts[0], parts[1], parts[2] if len(parts) > 2 else ""))
-        if not lines:
-            raise OperatorError(f"{path}: no public key in it")
-    return keys
-
-
 @tenants.command("add")
 @click.argument("name")
 @click.option(
@@ -298,7 +246,7 @@ def tenants_add(
     """Create tenant NAME with its inbox, validate and outbox directories."""
     state = _state(ctx)
     with errors_handled():
-        keys = _read_keys(ssh_keys)
+        keys = tenancy.read_keys(ssh_keys)
         password_hash = None
         if password_stdin:
             from personsd.passwords import hash_password
@@ -309,7 +257,7 @@ def tenants_add(
             password_hash = hash_password(password)
         with db.write_tx(state.engine) as conn:
             store_tenants.add_tenant(conn, name, keys=keys, password_hash=password_hash)
-        tenant_dirs(state.config, name)
+        tenancy.tenant_dirs(state.config, name)
     click.echo(f"tenant {name} added: inbox {state.config.inbox(name)}")
 
 
@@ -351,14 +299,7 @@ def tenants_remove(ctx: click.Context, name: str) -> None:
     """Remove tenant NAME; its files are moved aside under state/removed, not deleted."""
     state = _state(ctx)
     with errors_handled():
-        with db.write_tx(state.engine) as conn:
-            if not store_tenants.remove_tenant(conn, name):
-                raise OperatorError(f"unknown tenant {name!r}")
-        tree = state.config.tenants_dir / name
-        if tree.exists():
-            aside = state.config.state_dir / "removed" / f"{name}.{int(time.time())}"
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(tree), aside)
+        tenancy.remove(state.engine, state.config, name)
     click.echo(f"tenant {name} removed")
 
 
@@ -648,21 +589,7 @@ def imports_retry(ctx: click.Context, import_id: int) -> None:
     """
     state = _state(ctx)
     with errors_handled():
-        if not 0 < import_id < 2**63:  # beyond any id: not an error of the database's
-            raise OperatorError(f"import {import_id} does not exist")
-        with db.write_tx(state.engine) as conn:
-            record = store_imports.get(conn, import_id)
-            if record.status != "failed":
-                raise OperatorError(f"import {import_id} is {record.status}, not failed")
-            store_imports.set_status(
-                conn,
-                import_id,
-                "queued",
-                attempts=0,
-                finished_at=None,
-                reports_published=False,
-                claimed_by=None,
-            )
+        admin.retry_import(lambda: state.engine, import_id)
     click.echo(f"import {import_id} queued again")
 
 
