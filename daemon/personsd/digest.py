@@ -17,8 +17,10 @@ from sqlalchemy import Engine
 
 from personsd.outcome import Interrupted, now
 from personsd.store import imports as store_imports
+from personsd.store import leases as store_leases
 from personsd.store.db import write_tx
-from personsd.store.imports import ImportRecord, Lease
+from personsd.store.imports import ImportRecord
+from personsd.store.leases import Lease
 
 # The sha256 of an import the intake queued without reading it (see importer.create).
 UNHASHED = ""
@@ -69,7 +71,7 @@ def record(
     digest, size = sha256_of(Path(record.work_path), stop, alive)
     with write_tx(engine) as conn:
         if lease is not None:  # an instance that lost the import writes nothing
-            store_imports.fence(conn, lease)
+            store_leases.fence(conn, lease)
         duplicate = store_imports.find_duplicate(
             conn, record.tenant_id, digest, record.id, mode=record.mode
         )

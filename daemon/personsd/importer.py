@@ -48,12 +48,14 @@ from personsd.phones import (
 from personsd.publication import check, fail, finish, publish, reject, tenant_name
 from personsd.store import fields as store_fields
 from personsd.store import imports as store_imports
+from personsd.store import leases as store_leases
 from personsd.store import overlay
 from personsd.store import persons as store_persons
 from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
-from personsd.store.imports import Checkpoint, ImportRecord, Lease
+from personsd.store.imports import Checkpoint, ImportRecord
 from personsd.store.keys import PersonKeys
+from personsd.store.leases import Lease
 from personsd.store.statistics import Statistics
 from personsd.workarea import work_paths
 
@@ -439,7 +441,7 @@ def _fence_chunk(conn: Connection, lease: Lease) -> None:
     if conn.dialect.name == "postgresql":
         idle_ms = max(1000, int(lease.seconds * 1000))
         conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms}"))
-    store_imports.fence(conn, lease)
+    store_leases.fence(conn, lease)
 
 
 def _ids(conn: Connection, reserved: list[int]) -> Iterator[int]:

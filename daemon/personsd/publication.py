@@ -18,10 +18,12 @@ from personsd.errors import FileRejected, InternalError
 from personsd.logging import Event, get_logger
 from personsd.outcome import Outcome, now
 from personsd.store import imports as store_imports
+from personsd.store import leases as store_leases
 from personsd.store import overlay
 from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
-from personsd.store.imports import ImportRecord, Lease
+from personsd.store.imports import ImportRecord
+from personsd.store.leases import Lease
 from personsd.summary import summary_of
 from personsd.workarea import generation, work_paths
 
@@ -41,7 +43,7 @@ def check(engine: Engine, lease: Lease | None) -> None:
     """Raise LeaseLost unless ``lease`` still holds (no-op without one)."""
     if lease is not None:
         with write_tx(engine) as conn:
-            store_imports.fence(conn, lease)
+            store_leases.fence(conn, lease)
 
 
 def reject(
@@ -104,7 +106,7 @@ def finish(
     summary = _publish_files(cfg, final, tenant)
     with write_tx(engine) as conn:
         if lease is not None:
-            store_imports.fence(conn, lease)
+            store_leases.fence(conn, lease)
         store_imports.set_status(conn, import_id, status, reports_published=True, **changes)
         webhooks.enqueue(conn, cfg, import_id)
         if status != "failed":  # a failed validation keeps its overlay: `imports retry` resumes it
@@ -128,7 +130,7 @@ def publish(engine: Engine, cfg: Config, import_id: int, *, lease: Lease | None 
     summary = _publish_files(cfg, record, tenant)
     with write_tx(engine) as conn:
         if lease is not None:
-            store_imports.fence(conn, lease)
+            store_leases.fence(conn, lease)
         store_imports.set_status(conn, import_id, record.status, reports_published=True)
         record = store_imports.get(conn, import_id)
     return Outcome(record=record, summary=summary)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from personsd.config import Config
 from personsd.digest import READ_BUFFER
-from personsd.store.imports import Checkpoint, ImportRecord, Lease
+from personsd.store.imports import Checkpoint, ImportRecord
+from personsd.store.leases import Lease
 
 
 def work_paths(cfg: Config, import_id: int, generation: int = 0) -> tuple[Path, Path]:
