@@ -31,7 +31,7 @@ from pathlib import Path
 import structlog
 from sqlalchemy import Connection, Engine, text
 
-from personsd import digest, fileformat, layers, reports, rules, validation, workarea
+from personsd import digest, fileformat, layers, lookahead, reports, rules, validation, workarea
 from personsd.config import Config
 from personsd.digest import UNHASHED, sha256_of
 from personsd.errors import ErrorKind, FileRejected, OperatorError, RowError
@@ -40,9 +40,6 @@ from personsd.logging import Event, ProgressReporter, get_logger
 from personsd.outcome import Interrupted, Outcome, now
 from personsd.phones import (
     CarrierCheck,
-    HttpCarrierLookup,
-    ask_all,
-    carrier_check,
     offline_lookup,
 )
 from personsd.publication import check, fail, finish, publish, reject, tenant_name
@@ -132,10 +129,6 @@ def create(
     return import_id
 
 
-def carrier_for(cfg: Config) -> CarrierCheck:
-    return carrier_check(cfg.imports.carrier_lookup, cfg.imports.carrier_lookup_url)
-
-
 def run(
     engine: Engine,
     cfg: Config,
@@ -200,7 +193,7 @@ def run(
             record,
             source,
             layout,
-            carrier or carrier_for(cfg),
+            carrier or lookahead.carrier_for(cfg),
             stop,
             on_chunk,
             bound,
@@ -292,7 +285,7 @@ def _import_rows(
             if stop is not None and stop.is_set():
                 raise Interrupted(f"import {record.id} stopped at row {point.next_row}")
             statistics.grown(point.rows_created)
-            lookups = _CountingCheck(_ahead(engine, record, chunk, carrier))
+            lookups = lookahead.CountingCheck(lookahead.ahead(engine, record, chunk, carrier))
             point = _apply_chunk(
                 engine, record, chunk, lookups, point, errors_out, retry_out, lease
             )
@@ -303,44 +296,6 @@ def _import_rows(
             if shown is not None:
                 bound.info(Event.IMPORT_PROGRESS, **shown.as_fields())
             del chunk  # freed before the next one is read, not after
-
-
-def _ahead(
-    engine: Engine, record: ImportRecord, chunk: validation.ValidatedChunk, carrier: CarrierCheck
-) -> CarrierCheck:
-    """The chunk's carrier check; a remote service is asked now, before the write transaction.
-
-    Only MDNs nobody in the tenant holds can be newly assigned, so only those
-    are asked (each once). An MDN a row frees and a later row of the same
-    chunk assigns is the rare one not asked ahead: asked when applied.
-    """
-    if not isinstance(carrier, HttpCarrierLookup):
-        return chunk.carrier(carrier)
-    candidates = rules.carrier_candidates(chunk.rows)
-    if not candidates:
-        return carrier
-    with engine.connect() as conn:
-        held = store_persons.load(conn, record.tenant_id, [(rules.MDN, m) for m in candidates])
-    answers = ask_all(carrier, sorted(candidates - {person.mdn for person in held}))
-
-    def known(e164: str) -> RowError | None:
-        return answers[e164] if e164 in answers else carrier(e164)
-
-    return known
-
-
-class _CountingCheck:
-    """A carrier check that counts its calls: did the chunk assign new MDNs?"""
-
-    __slots__ = ("calls", "check")
-
-    def __init__(self, check: CarrierCheck) -> None:
-        self.check = check
-        self.calls = 0
-
-    def __call__(self, e164: str) -> RowError | None:
-        self.calls += 1
-        return self.check(e164)
 
 
 def _apply_chunk(
