@@ -35,10 +35,10 @@ from pathlib import Path
 
 from personsd.errors import RowError
 from personsd.fieldtypes import CustomField, StoredValue
-from personsd.importer import _Keys as PersonKeys  # personsd's own generator, not a copy
 from personsd.phones import normalize_mdn
 from personsd.store import db
 from personsd.store import fields as store_fields
+from personsd.store.keys import PersonKeys  # personsd's own generator, not a copy
 from personsd.store.models import sqlite_timestamp
 from personsd.store.persons import _encode as encode_attributes  # the stored JSON text
 

@@ -7,12 +7,12 @@ import operator
 import time
 import uuid
 
-from personsd.importer import _Keys
+from personsd.store.keys import PersonKeys
 
 
 def test_new_keys_are_lowercase_version_7_uuids() -> None:
     """SPEC 1.4: person_key is a lowercase UUID; ours are time-ordered (version 7, RFC 9562)."""
-    new_key = _Keys()  # one maker across many batches of random bits
+    new_key = PersonKeys()  # one maker across many batches of random bits
     keys = [new_key() for _ in range(20_000)]
     parsed = [uuid.UUID(k) for k in keys]
     assert keys == [str(u) for u in parsed]
@@ -24,7 +24,7 @@ def test_new_keys_are_lowercase_version_7_uuids() -> None:
 def test_new_keys_lead_with_the_time_in_milliseconds() -> None:
     """Keys made later sort after keys made earlier (by their millisecond), so inserts append."""
     before = time.time_ns() // 1_000_000
-    new_key = _Keys()
+    new_key = PersonKeys()
     keys = []
     for _ in range(5):
         keys.append(new_key())
@@ -39,7 +39,7 @@ def test_new_keys_lead_with_the_time_in_milliseconds() -> None:
 
 def test_new_keys_differ_in_their_random_bits() -> None:
     """Keys of one millisecond still differ: every one of the 62 low random bits gets set."""
-    new_key = _Keys()
+    new_key = PersonKeys()
     bits = [uuid.UUID(new_key()).int & ((1 << 62) - 1) for _ in range(2000)]
     assert len(set(bits)) == len(bits)
     assert (1 << 62) - 1 == functools.reduce(operator.or_, bits)

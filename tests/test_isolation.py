@@ -24,7 +24,7 @@ from sqlalchemy import Engine
 from structlog.testing import capture_logs
 
 from engine_helpers import add_tenant, persons_of, run_import
-from personsd import config, importer
+from personsd import config, digest, importer
 from personsd.errors import TransientError
 from personsd.fileformat import name_bytes
 from personsd.intake import Intake
@@ -382,7 +382,7 @@ def test_hashing_a_big_file_keeps_the_heartbeat_fresh(
 ) -> None:
     """SPEC 5: an import being hashed is alive: its heartbeat moves, no instance takes it over."""
     cfg, engine = site.cfg, site.engine
-    monkeypatch.setattr(importer, "_HASH_HEARTBEAT_SECONDS", 0.0)
+    monkeypatch.setattr(digest, "_HASH_HEARTBEAT_SECONDS", 0.0)
     path = cfg.inbox("slow") / "zeros.persons"
     with path.open("wb") as fh:
         fh.truncate(8 << 20)  # NUL bytes: rejected once hashed, so no checkpoint beats for it

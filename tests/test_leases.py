@@ -21,8 +21,9 @@ from personsd.logging import Event
 from personsd.store import db
 from personsd.store import imports as store_imports
 from personsd.store import persons as store_persons
+from personsd.store import queue as store_queue
 from personsd.store import tenants as store_tenants
-from personsd.store.imports import Claim
+from personsd.store.queue import Claim
 from personsd.workers import Workers
 
 GOOD = "external_person_id\nalice\nbob\n"
@@ -66,7 +67,7 @@ def queued(engine: Engine, cfg: config.Config, name: str = "a.persons") -> int:
 
 def claim(engine: Engine, holder: str, lease: float = 30) -> Claim:
     with db.write_tx(engine) as conn:
-        found = store_imports.claim_next(
+        found = store_queue.claim_next(
             conn, instance=holder, tenants_busy=set(), lease_seconds=lease
         )
     assert found is not None

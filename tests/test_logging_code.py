@@ -10,15 +10,10 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-
 from personsd.logging import Event
 
 PRODUCT = Path(__file__).resolve().parent.parent / "daemon" / "personsd"
 LEVELS = frozenset({"debug", "info", "warning", "error", "critical", "exception", "msg"})
-# Files another change is rewriting at the time of writing; their one literal each is
-# turned into its constant (Event.IMPORT_UNHASHED, Event.OUTBOX_DISPLACED) when that lands.
-PENDING = {("importer.py", "import.unhashed"), ("reports.py", "outbox.displaced")}
 
 
 def literal_events(source: str) -> list[tuple[int, str]]:
@@ -63,16 +58,8 @@ def test_product_code_names_every_event_with_a_constant() -> None:
         (path.relative_to(PRODUCT).as_posix(), line, name)
         for path in _product_files()
         for line, name in literal_events(path.read_text(encoding="utf-8"))
-        if (path.relative_to(PRODUCT).as_posix(), name) not in PENDING
     ]
     assert [] == literals
-
-
-@pytest.mark.parametrize("name", sorted(name for _, name in PENDING))
-def test_pending_literals_have_their_constant_already(name: str) -> None:
-    """The literals still waiting for their file's rewrite already have a constant to become."""
-    constants = {v for k, v in vars(Event).items() if k.isupper() and isinstance(v, str)}
-    assert name in constants
 
 
 def test_product_code_uses_one_logger_and_no_private_structlog() -> None:

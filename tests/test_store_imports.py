@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine
 
 from personsd.errors import LeaseLost, OperatorError
 from personsd.store import db, imports, tenants
+from personsd.store import queue as store_queue
 from personsd.store.imports import Checkpoint, ImportRecord
 
 T0 = datetime(2026, 11, 23, 2, 15, tzinfo=UTC)
@@ -144,9 +145,9 @@ def claim_lease(
     *,
     lease: float = 30.0,
     single: bool = False,
-) -> imports.Claim | None:
+) -> store_queue.Claim | None:
     with db.write_tx(engine) as conn:
-        return imports.claim_next(
+        return store_queue.claim_next(
             conn,
             instance=instance,
             tenants_busy=busy or set(),
@@ -268,7 +269,7 @@ def test_concurrent_claims_never_share_a_tenant(
         b1 = queue(conn, beta, "b1.persons", 2)
     results: list[ImportRecord | None] = []
     with db.write_tx(engine) as conn:
-        first = imports.claim_next(conn, instance="i1", tenants_busy=set(), lease_seconds=30)
+        first = store_queue.claim_next(conn, instance="i1", tenants_busy=set(), lease_seconds=30)
         worker = threading.Thread(target=lambda: results.append(claim(engine, "i2")))
         worker.start()
         worker.join(0.3)  # blocked behind this uncommitted claim

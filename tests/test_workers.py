@@ -17,6 +17,7 @@ from personsd.cli import main as cli_main
 from personsd.retry import RetryPolicy
 from personsd.store import db
 from personsd.store import imports as store_imports
+from personsd.store import queue as store_queue
 from personsd.store import tenants as store_tenants
 from personsd.workers import Workers, sweep_archive
 from polling import wait_for
@@ -137,7 +138,7 @@ def test_a_cli_import_is_never_claimed_by_a_daemon(site: config.Config, tmp_path
         engine, tenant="acme", path=source, source="cli", claimed_by="cli:host:1"
     )
     with db.write_tx(engine) as conn:
-        claimed = store_imports.claim_next(
+        claimed = store_queue.claim_next(
             conn, instance="host:1:ab", tenants_busy=set(), lease_seconds=30
         )
         record = store_imports.get(conn, import_id)

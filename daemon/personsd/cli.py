@@ -8,11 +8,7 @@ progress bar go to stderr.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,23 +18,25 @@ import click
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
+from personsd import (
+    admin,
+    logging,
+    tenancy,
+    validation,
+)
 from personsd import config as config_mod
-from personsd import durations, importer, layers, logging, pgp, reports, validation, webhooks
 from personsd.config import Config, LogConfig
 from personsd.errors import OperatorError, PersonsdError
-from personsd.fieldtypes import Charset, CustomField, FieldType, format_value
-from personsd.phones import normalize_mdn
-from personsd.retry import RetryPolicy
-from personsd.rules import Person
+from personsd.export import BUILTIN_COLUMNS, export_rows
 from personsd.store import db
-from personsd.store import fields as store_fields
 from personsd.store import imports as store_imports
-from personsd.store import persons as store_persons
 from personsd.store import tenants as store_tenants
 
 EXIT_ERROR = 1
 EXIT_REJECTED = 3
-BUILTIN_COLUMNS = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id")
+
+# Tests build their expected exports with these, as the CLI did before export.py.
+__all__ = ["BUILTIN_COLUMNS", "export_rows", "main"]
 
 
 class State:
@@ -91,17 +89,6 @@ def errors_handled() -> Iterator[None]:
         fail(f"database unreachable or failing: {exc.orig}")
 
 
-def init_paths(cfg: Config) -> None:
-    for path in (cfg.tenants_dir, cfg.work_dir, cfg.archive_dir, cfg.quarantine_dir):
-        path.mkdir(parents=True, exist_ok=True)
-
-
-def tenant_dirs(cfg: Config, name: str) -> None:
-    cfg.inbox(name).mkdir(parents=True, exist_ok=True)
-    cfg.validate_box(name).mkdir(parents=True, exist_ok=True)
-    cfg.outbox(name).mkdir(parents=True, exist_ok=True)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
@@ -146,14 +133,14 @@ def init(ctx: click.Context) -> None:
     state = _state(ctx)
     with errors_handled():
         cfg = state.config
-        init_paths(cfg)
+        tenancy.init_paths(cfg)
         state.engine  # noqa: B018 -- connecting migrates the schema
         from personsd.sftp import load_or_create_host_key
 
         load_or_create_host_key(cfg.sftp.host_key)
         with state.engine.connect() as conn:
             for tenant in store_tenants.list_tenants(conn):
-                tenant_dirs(cfg, tenant.name)
+                tenancy.tenant_dirs(cfg, tenant.name)
     url = make_url(cfg.database.url).render_as_string(hide_password=True)
     click.echo(f"initialised {cfg.root} ({url})")
 
@@ -171,48 +158,20 @@ def import_(ctx: click.Context, file: Path, tenant: str, validate: bool) -> None
     """Import FILE now (or only validate it) and print its summary JSON."""
     state = _state(ctx)
     with errors_handled():
-        if not file.is_file():
-            raise OperatorError(f"no such file: {file}")
         cfg = state.config
-        init_paths(cfg)
-        state.tenant(tenant)
-        import_id = importer.create(
-            state.engine,
+        outcome = admin.import_file(
+            lambda: state.engine,
+            cfg,
+            file,
             tenant=tenant,
-            path=file.resolve(),
-            source="cli",
-            claimed_by=f"cli:{socket.gethostname()}:{os.getpid()}",
-            mode="validate" if validate else "import",
+            validate=validate,
+            progress=lambda size: _progress(sys.stderr, size, cfg.log),
         )
-        # Offsets are of the plain content: a compressed or encrypted file's size
-        # says nothing of it, so its bar shows progress without an end.
-        plain = not layers.split_name(file.name)[1]
-        outcome = _run_with_attempts(state, import_id, file.stat().st_size if plain else None)
-        if outcome.summary.status != "failed":
-            shutil.rmtree(cfg.work_dir / str(import_id), ignore_errors=True)
     click.echo(json.dumps(outcome.summary.as_dict(), ensure_ascii=False, indent=2))
     if outcome.summary.status == "rejected":
         sys.exit(EXIT_REJECTED)
     if outcome.summary.status == "failed":
         sys.exit(EXIT_ERROR)
-
-
-def _run_with_attempts(state: State, import_id: int, size: int | None) -> importer.Outcome:
-    """The engine, retried from its checkpoint on internal errors, then ``failed``."""
-    cfg = state.config
-    policy = RetryPolicy(base=0.5, cap=10.0)
-    attempt = 0
-    with _progress(sys.stderr, size, cfg.log) as on_chunk:
-        while True:
-            attempt += 1
-            try:
-                return importer.run(state.engine, cfg, import_id, on_chunk=on_chunk)
-            except OperatorError:
-                raise
-            except Exception as exc:  # noqa: BLE001 -- our fault: retry from the checkpoint
-                if attempt >= cfg.imports.max_attempts:
-                    return importer.fail(state.engine, cfg, import_id, repr(exc))
-                time.sleep(policy.delay(attempt))
 
 
 @contextmanager
@@ -252,338 +211,6 @@ def _progress(stream: TextIO, size: int | None, log: LogConfig) -> Iterator[Any]
             yield on_chunk
         finally:
             logging.configure(log.format, log.level, stream=stream)
-
-
-# -- tenants ---------------------------------------------------------------
-
-
-@main.group()
-def tenants() -> None:
-    """Partner accounts: SFTP login, inbox, outbox."""
-
-
-def _read_keys(files: tuple[Path, ...]) -> list[tuple[str, str, str]]:
-    keys = []
-    for path in files:
-        try:
-            lines = path.read_text().splitlines()
-        except OSError as exc:
-            raise OperatorError(f"cannot read SSH key {path}: {exc.strerror}") from None
-        for line in lines:
-            parts = line.strip().split(None, 2)
-            if not parts or parts[0].startswith("#"):
-                continue
-            if len(parts) < 2:
-                raise OperatorError(f"{path}: not an OpenSSH public key line: {line[:40]!r}")
-            keys.append((parts[0], parts[1], parts[2] if len(parts) > 2 else ""))
-        if not lines:
-            raise OperatorError(f"{path}: no public key in it")
-    return keys
-
-
-@tenants.command("add")
-@click.argument("name")
-@click.option(
-    "--ssh-key",
-    "ssh_keys",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="OpenSSH public key file (repeatable).",
-)
-@click.option("--password-stdin", is_flag=True, help="Read an SFTP password from stdin.")
-@click.pass_context
-def tenants_add(
-    ctx: click.Context, name: str, ssh_keys: tuple[Path, ...], password_stdin: bool
-) -> None:
-    """Create tenant NAME with its inbox, validate and outbox directories."""
-    state = _state(ctx)
-    with errors_handled():
-        keys = _read_keys(ssh_keys)
-        password_hash = None
-        if password_stdin:
-            from personsd.passwords import hash_password
-
-            password = sys.stdin.readline().rstrip("\r\n")
-            if not password:
-                raise OperatorError("empty password on stdin")
-            password_hash = hash_password(password)
-        with db.write_tx(state.engine) as conn:
-            store_tenants.add_tenant(conn, name, keys=keys, password_hash=password_hash)
-        tenant_dirs(state.config, name)
-    click.echo(f"tenant {name} added: inbox {state.config.inbox(name)}")
-
-
-@tenants.command("list")
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def tenants_list(ctx: click.Context, as_json: bool) -> None:
-    """List tenants."""
-    state = _state(ctx)
-    with errors_handled(), state.engine.connect() as conn:
-        found = store_tenants.list_tenants(conn)
-    rows: list[dict[str, Any]] = [
-        {
-            "name": t.name,
-            "keys": len(t.keys),
-            "password": t.password_hash is not None,
-            "expect_every_seconds": t.expect_every_seconds,
-            "notify_url": None if t.notify_url is None else webhooks.redact(t.notify_url),
-        }
-        for t in found
-    ]
-    if as_json:
-        click.echo(json.dumps(rows))
-        return
-    for row in rows:
-        password = "yes" if row["password"] else "no"
-        expect = row["expect_every_seconds"]
-        every = "-" if expect is None else durations.render(expect)
-        url = row["notify_url"] or "-"
-        click.echo(
-            f"{row['name']}\tkeys={row['keys']}\tpassword={password}\texpect={every}\tnotify={url}"
-        )
-
-
-@tenants.command("remove")
-@click.argument("name")
-@click.pass_context
-def tenants_remove(ctx: click.Context, name: str) -> None:
-    """Remove tenant NAME; its files are moved aside under state/removed, not deleted."""
-    state = _state(ctx)
-    with errors_handled():
-        with db.write_tx(state.engine) as conn:
-            if not store_tenants.remove_tenant(conn, name):
-                raise OperatorError(f"unknown tenant {name!r}")
-        tree = state.config.tenants_dir / name
-        if tree.exists():
-            aside = state.config.state_dir / "removed" / f"{name}.{int(time.time())}"
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(tree), aside)
-    click.echo(f"tenant {name} removed")
-
-
-# -- pgp -------------------------------------------------------------------
-
-
-@main.group("pgp")
-def pgp_() -> None:
-    """personsd's own OpenPGP key pair, for partners who encrypt (SPEC 11)."""
-
-
-@pgp_.command("init")
-@click.option(
-    "--algorithm",
-    type=click.Choice(sorted(pgp.ALGORITHMS)),
-    default="ed25519",
-    show_default=True,
-    help="rsa4096 for partners whose tools lack elliptic curves.",
-)
-@click.option("--new", is_flag=True, help="Add a new key pair even if one exists (rotation).")
-@click.pass_context
-def pgp_init(ctx: click.Context, algorithm: str, new: bool) -> None:
-    """Create the key pair once (idempotent); print its fingerprint."""
-    state = _state(ctx)
-    with errors_handled():
-        key, created = pgp.init(state.config.pgp_home, algorithm=algorithm, new=new)
-    verb = "created" if created else "exists"
-    click.echo(f"{verb}: {key.fingerprint} in {state.config.pgp_home}")
-
-
-@pgp_.command("public-key")
-@click.pass_context
-def pgp_public_key(ctx: click.Context) -> None:
-    """Print the public key (ASCII armour) to hand to partners."""
-    state = _state(ctx)
-    with errors_handled():
-        text = pgp.public_key(state.config.pgp_home)
-    click.echo(text, nl=False)
-
-
-# -- fields ----------------------------------------------------------------
-
-
-@main.group()
-def fields() -> None:
-    """A tenant's custom fields."""
-
-
-@fields.command("add")
-@click.option("--tenant", required=True)
-@click.argument("name")
-@click.option("--type", "type_", required=True, type=click.Choice([t.value for t in FieldType]))
-@click.option("--options", default=None, help="Option keys for selects: a,b,c")
-@click.option("--charset", default=None, type=click.Choice([c.value for c in Charset]))
-@click.option("--max-length", type=int, default=None)
-@click.pass_context
-def fields_add(
-    ctx: click.Context,
-    tenant: str,
-    name: str,
-    type_: str,
-    options: str | None,
-    charset: str | None,
-    max_length: int | None,
-) -> None:
-    """Define custom field NAME for a tenant."""
-    state = _state(ctx)
-    with errors_handled():
-        found = state.tenant(tenant)
-        kwargs: dict[str, Any] = {"name": name, "type": FieldType(type_)}
-        if options is not None:
-            kwargs["options"] = tuple(o.strip() for o in options.split(","))
-        if charset is not None:
-            kwargs["charset"] = Charset(charset)
-        if max_length is not None:
-            kwargs["max_length"] = max_length
-        try:
-            field = CustomField(**kwargs)
-        except ValueError as exc:
-            raise OperatorError(str(exc)) from None
-        with db.write_tx(state.engine) as conn:
-            store_fields.add_field(conn, found.id, field)
-    click.echo(f"field {name} ({type_}) added to {tenant}")
-
-
-def _field_dict(field: CustomField) -> dict[str, Any]:
-    return {
-        "name": field.name,
-        "type": field.type.value,
-        "options": list(field.options),
-        "charset": field.charset.value,
-        "max_length": field.max_length,
-    }
-
-
-@fields.command("list")
-@click.option("--tenant", required=True)
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def fields_list(ctx: click.Context, tenant: str, as_json: bool) -> None:
-    """List a tenant's custom fields."""
-    state = _state(ctx)
-    with errors_handled():
-        found = state.tenant(tenant)
-        with state.engine.connect() as conn:
-            rows = [_field_dict(f) for f in store_fields.list_fields(conn, found.id)]
-    if as_json:
-        click.echo(json.dumps(rows))
-        return
-    for row in rows:
-        extra = ",".join(row["options"]) if row["options"] else ""
-        click.echo(f"{row['name']}\t{row['type']}\t{extra}")
-
-
-@fields.command("remove")
-@click.option("--tenant", required=True)
-@click.argument("name")
-@click.pass_context
-def fields_remove(ctx: click.Context, tenant: str, name: str) -> None:
-    """Remove a custom field (its stored values are no longer exported)."""
-    state = _state(ctx)
-    with errors_handled():
-        found = state.tenant(tenant)
-        with db.write_tx(state.engine) as conn:
-            if not store_fields.remove_field(conn, found.id, name):
-                raise OperatorError(f"tenant {tenant!r} has no field {name!r}")
-    click.echo(f"field {name} removed from {tenant}")
-
-
-# -- persons ---------------------------------------------------------------
-
-
-@main.group()
-def persons() -> None:
-    """Look at a tenant's persons."""
-
-
-def export_rows(person: Person, custom: list[CustomField]) -> list[str]:
-    row = [
-        str(person.person_id),
-        person.person_key,
-        person.external_person_id or "",
-        person.mdn or "",
-        person.vibes_device_id or "",
-    ]
-    for field in custom:
-        value = person.attributes.get(str(field.id))
-        row.append("" if value is None else format_value(value))
-    return row
-
-
-@persons.command("export")
-@click.option("--tenant", required=True)
-@click.option("--output", type=click.Path(path_type=Path), default=None)
-@click.pass_context
-def persons_export(ctx: click.Context, tenant: str, output: Path | None) -> None:
-    """Every person of a tenant as a .persons file, by person_id."""
-    state = _state(ctx)
-    with errors_handled():
-        found = state.tenant(tenant)
-        out: TextIO
-        with state.engine.connect() as conn:
-            custom = store_fields.list_fields(conn, found.id)  # sorted by name
-            header = BUILTIN_COLUMNS + tuple(f.name for f in custom)
-            try:
-                out = output.open("w", encoding="utf-8", newline="") if output else sys.stdout
-            except OSError as exc:
-                raise OperatorError(f"cannot write {output}: {exc.strerror}") from None
-            try:
-                out.write(reports.persons_line(header, ","))
-                for person in store_persons.iter_all(conn, found.id):
-                    out.write(reports.persons_line(export_rows(person, custom), ","))
-            finally:
-                if output:
-                    out.close()
-
-
-@persons.command("show")
-@click.option("--tenant", required=True)
-@click.option("--person-id", type=int, default=None)
-@click.option("--person-key", default=None)
-@click.option("--external-person-id", default=None)
-@click.option("--mdn", default=None)
-@click.pass_context
-def persons_show(
-    ctx: click.Context,
-    tenant: str,
-    person_id: int | None,
-    person_key: str | None,
-    external_person_id: str | None,
-    mdn: str | None,
-) -> None:
-    """One person as JSON."""
-    given = {
-        k: v
-        for k, v in {
-            "person_id": person_id,
-            "person_key": person_key,
-            "external_person_id": external_person_id,
-            "mdn": mdn,
-        }.items()
-        if v is not None
-    }
-    if len(given) != 1:
-        raise click.UsageError(
-            "give exactly one of --person-id, --person-key, --external-person-id, --mdn"
-        )
-    state = _state(ctx)
-    ((column, value),) = given.items()
-    if column == "mdn":
-        value = normalize_mdn(str(value)) or str(value)
-    with errors_handled():
-        found = state.tenant(tenant)
-        with state.engine.connect() as conn:
-            person = store_persons.find(conn, found.id, column, value)
-            custom = store_fields.list_fields(conn, found.id)
-    if person is None:
-        fail(f"no person with {column} {value!r} in tenant {tenant!r}")
-    body: dict[str, Any] = {c: getattr(person, c) for c in BUILTIN_COLUMNS}
-    body["fields"] = {
-        f.name: format_value(person.attributes[str(f.id)])
-        for f in custom
-        if str(f.id) in person.attributes
-    }
-    click.echo(json.dumps(body, ensure_ascii=False, indent=2))
 
 
 # -- imports ---------------------------------------------------------------
@@ -648,124 +275,24 @@ def imports_retry(ctx: click.Context, import_id: int) -> None:
     """
     state = _state(ctx)
     with errors_handled():
-        if not 0 < import_id < 2**63:  # beyond any id: not an error of the database's
-            raise OperatorError(f"import {import_id} does not exist")
-        with db.write_tx(state.engine) as conn:
-            record = store_imports.get(conn, import_id)
-            if record.status != "failed":
-                raise OperatorError(f"import {import_id} is {record.status}, not failed")
-            store_imports.set_status(
-                conn,
-                import_id,
-                "queued",
-                attempts=0,
-                finished_at=None,
-                reports_published=False,
-                claimed_by=None,
-            )
+        admin.retry_import(lambda: state.engine, import_id)
     click.echo(f"import {import_id} queued again")
 
 
-# -- db --------------------------------------------------------------------
+def _add_commands() -> None:
+    # These modules use this one's helpers: imported once it is complete.
+    from personsd import cli_data, cli_ops, cli_tenants
 
-
-@main.group("db")
-def db_() -> None:
-    """Database schema and copy."""
-
-
-@db_.command("upgrade")
-@click.pass_context
-def db_upgrade(ctx: click.Context) -> None:
-    """Apply schema migrations."""
-    state = _state(ctx)
-    with errors_handled():
-        state.engine  # noqa: B018 -- connecting migrates
-        revision = db.current_revision(state.engine)
-    click.echo(f"database at revision {revision}")
-
-
-@db_.command("copy")
-@click.option("--to", "to_url", required=True, metavar="URL", help="The empty target database.")
-@click.option(
-    "--batch-rows",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Rows per committed batch (default 5000).",
-)
-@click.pass_context
-def db_copy(ctx: click.Context, to_url: str, batch_rows: int | None) -> None:
-    """Copy everything into the empty database at URL (resumable: run it again)."""
-    from personsd.store import copy as store_copy
-
-    state = _state(ctx)
-    with errors_handled():
-        try:
-            target = db.connect(to_url)
-        except Exception as exc:  # noqa: BLE001 -- a malformed URL or a missing driver
-            raise OperatorError(f"bad target URL: {exc}") from None
-        try:
-            with _copy_progress(sys.stderr) as (on_total, on_rows):
-                report = store_copy.copy_database(
-                    state.engine,
-                    target,
-                    batch_rows=batch_rows or store_copy.BATCH_ROWS,
-                    on_total=on_total,
-                    on_rows=on_rows,
-                )
-        finally:
-            target.dispose()
-    rate = report.copied / report.seconds if report.seconds else 0.0
-    verb = "resumed: copied" if report.resumed else "copied"
-    click.echo(
-        f"{verb} {report.copied} rows in {report.seconds:.1f} s ({rate:.0f} rows/s)"
-        f" into {store_copy.display_url(target)}; it holds {report.rows} rows"
-    )
-
-
-@contextmanager
-def _copy_progress(stream: TextIO) -> Iterator[tuple[Any, Any]]:
-    """A progress bar by rows on a terminal; callbacks doing nothing otherwise."""
-    if not stream.isatty():
-        yield (lambda total: None), (lambda table, rows: None)
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("copying {task.fields[table]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("rows"),
-        TimeRemainingColumn(),
-        console=Console(file=stream),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("copy", total=None, table="")
-
-        def on_total(total: int) -> None:
-            bar.update(task, total=total)
-
-        def on_rows(table: str, rows: int) -> None:
-            bar.update(task, advance=rows, table=table)
-
-        yield on_total, on_rows
-
-
-def _add_operations_commands() -> None:
-    from personsd import cli_ops  # its commands use this module's helpers
-
-    tenants.add_command(cli_ops.tenants_set)
+    main.add_command(cli_tenants.tenants)
+    main.add_command(cli_tenants.pgp_)
+    main.add_command(cli_tenants.fields)
+    main.add_command(cli_data.persons)
+    main.add_command(cli_data.db_)
+    cli_tenants.tenants.add_command(cli_ops.tenants_set)
     main.add_command(cli_ops.status_)
 
 
-_add_operations_commands()
+_add_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from personsd import importer
 from personsd.config import Config
@@ -46,7 +46,7 @@ from personsd.errors import OperatorError
 from personsd.instance import instance_name
 from personsd.logging import Event, get_logger
 from personsd.retry import RetryPolicy
-from personsd.store.models import ImportRow
+from personsd.store import imports as store_imports
 from personsd.watcher import ReadyFile
 
 log = get_logger("personsd.intake")
@@ -245,7 +245,7 @@ class Intake:
     def _recover(self, claimed_dir: Path) -> int:
         # Read under the folder's lock: a claim finishing just before is known.
         with self.engine.connect() as conn:
-            known = set(conn.execute(select(ImportRow.work_path)).scalars())
+            known = store_imports.recorded_paths(conn)
         recovered = 0
         for folder in sorted(p for p in claimed_dir.iterdir() if p.is_dir()):
             for claimed, stamp, name in _claimed_files(folder):

@@ -43,11 +43,13 @@ from typing import Any
 import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneMetadata, PhoneNumberType
 
+from personsd.config import CARRIER_LOOKUPS
 from personsd.errors import ErrorKind, RowError, TransientError
 
 CarrierCheck = Callable[[str], RowError | None]
 
-CARRIER_MODES = ("none", "offline", "http")
+# The modes import.carrier_lookup may name: the config's list, one source of truth.
+CARRIER_MODES = CARRIER_LOOKUPS
 
 _FAST_E164 = re.compile(r"\+[1-9][0-9]{7,14}")
 _FAST_US = re.compile(r"1?[2-9][0-9]{9}")

@@ -24,7 +24,7 @@ from typing import IO, Any, Literal, NamedTuple, Self
 
 from personsd.errors import RowError, TransientError
 from personsd.fileformat import Layout, cut_name
-from personsd.logging import get_logger
+from personsd.logging import Event, get_logger
 
 FIXED_COLUMNS = ("line", "row", "error_class", "error_message", "field", "value")
 STATUSES = ("completed", "rejected", "failed")
@@ -482,7 +482,7 @@ def _displace(outbox: Path, outbox_fd: int, name: str, displaced: Path) -> None:
         # outbox needs neither. Dot-named, it is hidden from listings.
         moved_to = f".displaced.{aside}"
         os.rename(name, moved_to, src_dir_fd=outbox_fd, dst_dir_fd=outbox_fd)
-    log.warning("outbox.displaced", outbox=str(outbox), name=name, moved_to=moved_to)
+    log.warning(Event.OUTBOX_DISPLACED, outbox=str(outbox), name=name, moved_to=moved_to)
 
 
 def publish(

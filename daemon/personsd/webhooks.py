@@ -41,6 +41,7 @@ from personsd.retry import RetryPolicy
 from personsd.store import imports as store_imports
 from personsd.store.db import write_tx
 from personsd.store.models import DeliveryRow, TenantRow
+from personsd.summary import summary_of
 
 log = get_logger("personsd.webhooks")
 
@@ -87,8 +88,6 @@ def enqueue(conn: Connection, cfg: Config, import_id: int) -> str | None:
     Call inside the transaction that sets the final status: the body is the
     summary as that transaction will commit it.
     """
-    from personsd.importer import summary_of  # the importer calls us: import late
-
     record = store_imports.get(conn, import_id)
     tenant = conn.execute(
         select(TenantRow.name, TenantRow.notify_url).where(TenantRow.id == record.tenant_id)

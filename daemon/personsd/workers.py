@@ -1,6 +1,6 @@
 """Import workers: claim the next import, run it, archive or quarantine its file.
 
-One import per tenant at a time, oldest first (``store.imports.claim_next``),
+One import per tenant at a time, oldest first (``store.queue.claim_next``),
 up to ``import.workers`` tenants in parallel. What the database says is the
 queue, so several daemons on one PostgreSQL share it safely (SPEC 12): each
 import is held under a lease that a heartbeat thread renews every third of
@@ -42,9 +42,12 @@ from personsd.logging import Event, get_logger
 from personsd.retry import RetryPolicy
 from personsd.store import faults
 from personsd.store import imports as store_imports
+from personsd.store import leases as store_leases
+from personsd.store import queue as store_queue
 from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
-from personsd.store.imports import ImportRecord, Lease
+from personsd.store.imports import ImportRecord
+from personsd.store.leases import Lease
 
 log = get_logger("personsd.workers")
 
@@ -115,7 +118,7 @@ class Workers:
     def _claim(self) -> tuple[ImportRecord, Lease] | None:
         with self._busy_lock:
             with write_tx(self.engine) as conn:
-                claim = store_imports.claim_next(
+                claim = store_queue.claim_next(
                     conn,
                     instance=self.instance,
                     tenants_busy=set(self._busy),
@@ -150,7 +153,7 @@ class Workers:
                 continue
             try:
                 with write_tx(self.engine) as conn:
-                    lost = store_imports.renew(conn, leases)
+                    lost = store_leases.renew(conn, leases)
             except Exception as exc:  # noqa: BLE001 -- database down: fencing keeps writes safe
                 log.warning(Event.CLUSTER_HEARTBEAT_FAILED, error=repr(exc)[:300])
                 continue
@@ -243,7 +246,7 @@ class Workers:
         """
         try:
             with write_tx(self.engine) as conn:
-                store_imports.release(conn, lease)
+                store_leases.release(conn, lease)
         except Exception as exc:  # noqa: BLE001 -- it then expires by itself
             log.warning(
                 Event.CLUSTER_RELEASE_FAILED, import_id=lease.import_id, error=repr(exc)[:300]
@@ -333,7 +336,7 @@ class Workers:
             try:
                 with write_tx(self.engine) as conn:
                     # Only while it is ours: never send another instance's import back.
-                    store_imports.fence(conn, lease)
+                    store_leases.fence(conn, lease)
                     current = store_imports.get(conn, record.id)
                     if current.status != "running" or current.claimed_by != self.instance:
                         return  # finished meanwhile, or another instance's now

@@ -1,4 +1,8 @@
-"""Import records: the queue, each import's status and its resumable checkpoint."""
+"""Import records: each import's status, its life cycle and its resumable checkpoint.
+
+Leases (an instance's fenced hold on a running import) are ``store.leases``;
+claiming the next import to run is ``store.queue``.
+"""
 
 from __future__ import annotations
 
@@ -11,26 +15,22 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
-    and_,
-    bindparam,
-    exists,
-    func,
     insert,
-    or_,
     select,
     update,
 )
-from sqlalchemy.orm import aliased
-from sqlalchemy.sql.elements import ColumnElement
 
-from personsd.errors import InternalError, LeaseLost, OperatorError
+from personsd.errors import InternalError, OperatorError
+from personsd.store.leases import Lease, fence, fenced_update, release, renew
 from personsd.store.models import (
     IMPORT_MODES,
     IMPORT_SOURCES,
     IMPORT_STATUSES,
     ImportRow,
-    UtcDateTime,
 )
+
+# Leases were kept here before store.leases: their callers still find them.
+__all__ = ["Lease", "fence", "release", "renew"]
 
 
 class ImportStatus(enum.StrEnum):
@@ -71,11 +71,6 @@ def transition(current: str, new: str) -> ImportStatus:
     if before != after and (before, after) not in TRANSITIONS:
         raise IllegalTransition(f"import status {before} cannot become {after}")
     return after
-
-
-# Arbitrary constant shared by every instance: serialises claims so that two
-# instances never start two imports of one tenant at once.
-_CLAIM_LOCK = 0x696D706F7274 & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def _non_negative(obj: object, names: tuple[str, ...]) -> None:
@@ -273,7 +268,7 @@ def save_checkpoint(
         _update(conn, import_id, values)
         return
     values["lease_expires"] = now + timedelta(seconds=lease.seconds)
-    _fenced_update(conn, lease, values)
+    fenced_update(conn, lease, values)
 
 
 def set_status(conn: Connection, import_id: int, status: str, **changes: Any) -> None:
@@ -298,87 +293,15 @@ def set_status(conn: Connection, import_id: int, status: str, **changes: Any) ->
     _update(conn, import_id, {"status": status, **changes})
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Lease:
-    """An instance's hold on a running import: the fencing token of its writes."""
-
-    import_id: int
-    holder: str
-    generation: int
-    seconds: float
-
-    def __post_init__(self) -> None:
-        if not self.holder:
-            raise ValueError("a lease needs a holder")
-        _non_negative(self, ("import_id", "generation"))
-        if not self.seconds > 0:
-            raise ValueError(f"lease seconds must be positive, got {self.seconds!r}")
-
-
-def fence(conn: Connection, lease: Lease) -> None:
-    """Check (and renew) the lease in the caller's transaction; LeaseLost if it is gone.
-
-    On PostgreSQL the row stays locked until the transaction ends, so no other
-    instance can take the import over while this transaction writes for it.
-    """
-    _fenced_update(
-        conn, lease, {"lease_expires": datetime.now(UTC) + timedelta(seconds=lease.seconds)}
-    )
-
-
-def renew(conn: Connection, leases: list[Lease]) -> list[Lease]:
-    """The heartbeat: extend each lease still held; returns those found lost.
-
-    A row locked right now is skipped, not waited for: it is this instance's
-    own chunk in progress (its checkpoint renews the lease) or a claim that
-    ends in milliseconds; waiting would hold up the renewal of the others.
-    """
-    lost = []
-    for lease in leases:
-        row = conn.execute(
-            select(ImportRow.lease_generation, ImportRow.lease_holder)
-            .where(ImportRow.id == lease.import_id)
-            .with_for_update(skip_locked=True)
-        ).one_or_none()
-        if row is None and conn.dialect.name == "postgresql":
-            continue
-        try:
-            fence(conn, lease)
-        except LeaseLost:
-            lost.append(lease)
-    return lost
-
-
-def release(conn: Connection, lease: Lease) -> None:
-    """Give the lease up (a clean stop): any instance may take the import over now.
-
-    No expiry at all (rather than one in the past) tells the next claim that
-    the run ended cleanly: it counts no abrupt end.
-    """
-    _fenced_update(conn, lease, {"lease_expires": None})
-
-
-def _fenced_update(conn: Connection, lease: Lease, values: Mapping[str, Any]) -> None:
-    result = conn.execute(
-        update(ImportRow)
-        .where(
-            ImportRow.id == lease.import_id,
-            ImportRow.lease_generation == lease.generation,
-            ImportRow.lease_holder == lease.holder,
-        )
-        .values(**values)
-    )
-    if result.rowcount != 1:
-        raise LeaseLost(
-            f"import {lease.import_id}: lease generation {lease.generation} of"
-            f" {lease.holder} is no longer current"
-        )
-
-
 def _update(conn: Connection, import_id: int, values: Mapping[str, Any]) -> None:
     result = conn.execute(update(ImportRow).where(ImportRow.id == import_id).values(**values))
     if result.rowcount != 1:
         raise OperatorError(f"import {import_id} does not exist")
+
+
+def recorded_paths(conn: Connection) -> set[str]:
+    """The ``work_path`` of every import recorded, whatever its status."""
+    return set(conn.execute(select(ImportRow.work_path)).scalars())
 
 
 def find_duplicate(
@@ -401,134 +324,3 @@ def find_duplicate(
         .limit(1)
     )
     return conn.execute(stmt).scalar()
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Claim:
-    """A claimed import, its lease, and whose expired lease it took over (if any)."""
-
-    record: ImportRecord
-    lease: Lease
-    taken_from: str | None
-
-
-def claim_next(
-    conn: Connection,
-    *,
-    instance: str,
-    tenants_busy: set[int],
-    lease_seconds: float,
-    single_daemon: bool = False,
-) -> Claim | None:
-    """Claim the next import to run, or None; call it in a write transaction.
-
-    A candidate is the oldest unfinished import of its tenant (received_at,
-    then file name, then id), so one tenant's files run one at a time and in
-    order, whichever instance runs them. It is either queued or running under
-    a lease that has expired (its instance died or froze: taken over, resumed
-    from its checkpoint). A tenant with an import running under a live lease,
-    or in ``tenants_busy`` (what this instance runs now), is skipped, and so is
-    a tenant whose queued import waits out a pause (``not_before`` ahead).
-    ``single_daemon`` (SQLite, where a lock file keeps out a second daemon):
-    every daemon-run import not in ``tenants_busy`` is abandoned, whatever its
-    lease says. Imports run by ``personsd import`` (source ``cli``) are never
-    taken. Claiming sets the lease (holder, expiry, generation + 1) and makes
-    the import running; it spends no attempt: attempts are spent by internal
-    failures only, so a stop, a crash or a takeover costs none.
-    """
-    now = datetime.now(UTC)
-    if conn.dialect.name == "postgresql":
-        # Claims of all instances queue here: "is this tenant busy?" and "take
-        # its oldest file" must be one step, which row locks alone cannot give.
-        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_CLAIM_LOCK})")
-
-    def held(row: Any) -> ColumnElement[bool]:
-        """Running under a lease nobody may take over now."""
-        if single_daemon:
-            return and_(row.status == "running", row.source == "cli")
-        # This instance's own lease, outside tenants_busy: left by its previous
-        # process (a restart under a configured cluster.instance).
-        free = or_(
-            row.lease_expires.is_(None), row.lease_expires < now, row.lease_holder == instance
-        )
-        return and_(row.status == "running", or_(row.source == "cli", ~free))
-
-    other = aliased(ImportRow)
-    earlier = aliased(ImportRow)
-    live = exists().where(
-        other.tenant_id == ImportRow.tenant_id, other.status == "running", held(other)
-    )
-    # An unfinished import of the tenant that goes before this one.
-    before = exists().where(
-        earlier.tenant_id == ImportRow.tenant_id,
-        earlier.status.in_(("queued", "running")),
-        earlier.source != "cli",
-        or_(
-            earlier.received_at < ImportRow.received_at,
-            and_(
-                earlier.received_at == ImportRow.received_at,
-                or_(
-                    earlier.file_name < ImportRow.file_name,
-                    and_(earlier.file_name == ImportRow.file_name, earlier.id < ImportRow.id),
-                ),
-            ),
-        ),
-    )
-    paused = aliased(ImportRow)
-    waiting = exists().where(
-        paused.tenant_id == ImportRow.tenant_id,
-        paused.status == "queued",
-        paused.not_before > now,
-    )
-    stmt = (
-        select(
-            ImportRow.id,
-            ImportRow.status,
-            ImportRow.lease_holder,
-            ImportRow.claimed_by,
-            ImportRow.lease_expires,
-        )
-        .where(
-            ImportRow.status.in_(("queued", "running")),
-            ImportRow.source != "cli",
-            ImportRow.tenant_id.not_in(tenants_busy),
-            # A pause (SPEC 5) holds the tenant's later files too: they keep their order.
-            ~waiting,
-            ~live,
-            ~before,
-        )
-        .order_by(ImportRow.received_at, ImportRow.file_name, ImportRow.id)
-        .limit(1)
-        .with_for_update(skip_locked=True, of=ImportRow)
-    )
-    found = conn.execute(stmt).one_or_none()
-    if found is None:
-        return None
-    import_id, status, holder, claimed_by, expires = found
-    # Running with a lease nobody gave up: its last run ended abruptly (a
-    # clean stop releases the lease, see release()).
-    abrupt = status == "running" and expires is not None
-    conn.execute(
-        update(ImportRow)
-        .where(ImportRow.id == import_id)
-        .values(
-            status="running",
-            claimed_by=instance,
-            claimed_at=now,
-            heartbeat_at=now,
-            lease_holder=instance,
-            lease_expires=now + timedelta(seconds=lease_seconds),
-            lease_generation=ImportRow.lease_generation + 1,
-            abrupt_ends=ImportRow.abrupt_ends + (1 if abrupt else 0),
-            started_at=func.coalesce(ImportRow.started_at, bindparam(None, now, UtcDateTime())),
-        )
-    )
-    record = get(conn, import_id)
-    lease = Lease(
-        import_id=import_id,
-        holder=instance,
-        generation=record.lease_generation,
-        seconds=lease_seconds,
-    )
-    taken_from = (holder or claimed_by or "?") if status == "running" else None
-    return Claim(record=record, lease=lease, taken_from=taken_from)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from personsd.errors import InternalError
 from personsd.fieldtypes import StoredValue
@@ -29,6 +29,9 @@ MUTABLE_IDENTIFIERS = ("external_person_id", "mdn", "vibes_device_id")
 _MAX_PERSON_ID = 2**63 - 1
 # SQLITE_MAX_VARIABLE_NUMBER is 32766 since SQLite 3.32; one is the tenant id.
 _SQLITE_MAX_IN = 32_000
+# A namespace for the per-tenant advisory lock, so it cannot clash with
+# another application's locks on a shared PostgreSQL.
+_LOCK_NAMESPACE = 0x7E25
 _COLUMNS = "person_id, person_key, external_person_id, mdn, vibes_device_id, attributes"
 _PG_UNNEST = (
     "unnest(%(ids)b::bigint[], %(keys)b::text[], %(ext)b::text[], %(mdn)b::text[],"
@@ -354,20 +357,16 @@ def _write_postgresql(
         _check_count(len(changed), result.rowcount)
 
 
-def planner_rows(conn: Connection) -> float | None:
-    """PostgreSQL's idea of the persons table's size (None elsewhere, or unknown)."""
-    if conn.dialect.name != "postgresql":
-        return None
-    tuples = conn.exec_driver_sql(
-        "SELECT reltuples FROM pg_class WHERE oid = 'persons'::regclass"
-    ).scalar()
-    return None if tuples is None or tuples < 0 else float(tuples)
+def lock_tenant(conn: Connection, tenant_id: int) -> None:
+    """Serialise writers of one tenant's persons across processes and hosts.
 
-
-def analyze(conn: Connection) -> None:
-    """Refresh PostgreSQL's statistics of persons (see ``importer`` for when)."""
+    SQLite needs nothing: the write transaction holds the database lock.
+    """
     if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("ANALYZE persons")
+        conn.execute(
+            text("select pg_advisory_xact_lock(:ns, :tenant)"),
+            {"ns": _LOCK_NAMESPACE, "tenant": tenant_id},
+        )
 
 
 # For the overlay of a validation (store.overlay), which stores persons alike.

@@ -1,0 +1,64 @@
+"""A tenant's place on disk and its SSH keys: set up, parsed, moved aside on removal."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from personsd.config import Config
+from personsd.errors import OperatorError
+from personsd.store import db
+from personsd.store import tenants as store_tenants
+
+
+def init_paths(cfg: Config) -> None:
+    """personsd's own directories (tenants, work, archive, quarantine)."""
+    for path in (cfg.tenants_dir, cfg.work_dir, cfg.archive_dir, cfg.quarantine_dir):
+        path.mkdir(parents=True, exist_ok=True)
+
+
+def tenant_dirs(cfg: Config, name: str) -> None:
+    """A tenant's inbox, validate and outbox directories (idempotent).
+
+    The daemon's service makes the same three for every tenant it serves
+    (``Service._ensure_tenant_dirs``); it should call this once service.py
+    is free to change.
+    """
+    cfg.inbox(name).mkdir(parents=True, exist_ok=True)
+    cfg.validate_box(name).mkdir(parents=True, exist_ok=True)
+    cfg.outbox(name).mkdir(parents=True, exist_ok=True)
+
+
+def read_keys(files: tuple[Path, ...]) -> list[tuple[str, str, str]]:
+    """The ``(type, base64, comment)`` of every OpenSSH public key line in ``files``."""
+    keys = []
+    for path in files:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise OperatorError(f"cannot read SSH key {path}: {exc.strerror}") from None
+        for line in lines:
+            parts = line.strip().split(None, 2)
+            if not parts or parts[0].startswith("#"):
+                continue
+            if len(parts) < 2:
+                raise OperatorError(f"{path}: not an OpenSSH public key line: {line[:40]!r}")
+            keys.append((parts[0], parts[1], parts[2] if len(parts) > 2 else ""))
+        if not lines:
+            raise OperatorError(f"{path}: no public key in it")
+    return keys
+
+
+def remove(engine: Engine, cfg: Config, name: str) -> None:
+    """Remove tenant ``name``; its files are moved aside under state/removed, not deleted."""
+    with db.write_tx(engine) as conn:
+        if not store_tenants.remove_tenant(conn, name):
+            raise OperatorError(f"unknown tenant {name!r}")
+    tree = cfg.tenants_dir / name
+    if tree.exists():
+        aside = cfg.state_dir / "removed" / f"{name}.{int(time.time())}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(tree), aside)
