@@ -229,3 +229,16 @@ def test_a_cyclic_chain_ends() -> None:
     one, two = ValueError("one"), ValueError("two")
     one.__context__, two.__context__ = two, one
     assert Kind.INTERNAL == classify(one)
+
+
+def test_a_stop_is_a_signal_and_an_unknown_import_ours() -> None:
+    """Interrupted (SIGTERM between chunks) is no failure of any kind; an import id the
+    database lacks is internal inside the daemon, not an operator's mistake."""
+    from personsd.errors import Interrupted, OperatorError, PersonsdError, UnknownImport
+    from personsd.importer import Interrupted as FromImporter
+
+    assert FromImporter is Interrupted
+    assert issubclass(Interrupted, PersonsdError)
+    assert not issubclass(Interrupted, InternalError)
+    assert issubclass(UnknownImport, InternalError)
+    assert not issubclass(UnknownImport, OperatorError)

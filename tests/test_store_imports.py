@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Connection, Engine
 
-from personsd.errors import LeaseLost, OperatorError
+from personsd.errors import LeaseLost, UnknownImport
 from personsd.store import db, imports, tenants
 from personsd.store import queue as store_queue
 from personsd.store.imports import Checkpoint, ImportRecord
@@ -99,7 +99,7 @@ def test_set_status_and_list(engine: Engine, tenant_ids: tuple[int, int]) -> Non
         record = imports.get(conn, first)
         every = [r.id for r in imports.list_imports(conn)]
         of_beta = [r.id for r in imports.list_imports(conn, beta)]
-        with pytest.raises(OperatorError, match="import 999 does not exist"):
+        with pytest.raises(UnknownImport, match="import 999 does not exist"):
             imports.get(conn, 999)
     assert ("rejected", T0, "C", "M", True, {"C": 1}) == (
         record.status, record.finished_at, record.file_error_class,

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 
 from personsd import importer, layers
 from personsd.config import Config
-from personsd.errors import OperatorError
+from personsd.errors import OperatorError, UnknownImport
 from personsd.retry import RetryPolicy
 from personsd.store import db
 from personsd.store import imports as store_imports
@@ -100,7 +100,10 @@ def retry_import(connect: Callable[[], Engine], import_id: int) -> None:
     if not 0 < import_id < 2**63:  # beyond any id: not an error of the database's
         raise OperatorError(f"import {import_id} does not exist")
     with db.write_tx(connect()) as conn:
-        record = store_imports.get(conn, import_id)
+        try:
+            record = store_imports.get(conn, import_id)
+        except UnknownImport as exc:  # the operator's id, not a bug
+            raise OperatorError(str(exc)) from None
         if record.status != "failed":
             raise OperatorError(f"import {import_id} is {record.status}, not failed")
         store_imports.set_status(

@@ -146,6 +146,18 @@ class TransientError(InternalError):
     """Worth retrying soon: database unreachable, disk full, lock timeout."""
 
 
+class Interrupted(PersonsdError):
+    """A stop signal, not a failure: the import stopped between chunks on request
+    (SIGTERM) and resumes from its checkpoint; it spends no attempt."""
+
+
+class UnknownImport(InternalError):
+    """An import id the database does not hold: inside the daemon, a bug.
+
+    Commands that take an id from the operator turn it into an OperatorError.
+    """
+
+
 class LeaseLost(PersonsdError):
     """Another instance took this import over (SPEC 12): stop it, change nothing.
 

@@ -6,12 +6,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from personsd import reports
-from personsd.errors import InternalError
+from personsd.errors import Interrupted
 from personsd.store.imports import ImportRecord
 
-
-class Interrupted(InternalError):
-    """Stopped between chunks on request; the import resumes from its checkpoint."""
+__all__ = ["Interrupted", "Outcome", "now"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -20,7 +20,7 @@ from sqlalchemy import (
     update,
 )
 
-from personsd.errors import InternalError, OperatorError
+from personsd.errors import InternalError, OperatorError, UnknownImport
 from personsd.store.leases import Lease, fence, fenced_update, release, renew
 from personsd.store.models import (
     IMPORT_MODES,
@@ -236,10 +236,10 @@ def create(
 
 
 def get(conn: Connection, import_id: int) -> ImportRecord:
-    """The import with this id; an unknown id is an OperatorError."""
+    """The import with this id; an unknown id raises UnknownImport (ours to explain)."""
     row = conn.execute(_SELECT.where(ImportRow.id == import_id)).one_or_none()
     if row is None:
-        raise OperatorError(f"import {import_id} does not exist")
+        raise UnknownImport(f"import {import_id} does not exist")
     return _record(row)
 
 
