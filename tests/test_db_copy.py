@@ -295,3 +295,25 @@ def test_the_same_sqlite_file_by_another_path_is_refused(source: Site) -> None:
     other = f"sqlite:///{path.parent / '.' / '..' / path.parent.name / path.name}"
     said = copy(source, other, expect=1)
     assert "personsd: the target is the configured database itself\n" == said
+
+
+def test_a_second_copy_into_the_same_schema_is_refused(
+    small: Engine, pg_url: str
+) -> None:
+    """One copy at a time into one target schema; copies into other schemas go on."""
+    from sqlalchemy import text as sql
+
+    target = db.connect(pg_url)
+    other = db.connect(pg_url)
+    try:
+        with other.connect() as held:  # another copy into the same schema, running
+            held.execute(sql(f"SELECT pg_advisory_lock({store_copy._LOCK_ARGS})"))
+            held.commit()
+            with pytest.raises(OperatorError, match="another db copy into the target"):
+                store_copy.copy_database(small, target)
+            held.execute(sql(f"SELECT pg_advisory_unlock({store_copy._LOCK_ARGS})"))
+            held.commit()
+        assert store_copy.copy_database(small, target).copied > 0
+    finally:
+        target.dispose()
+        other.dispose()

@@ -36,8 +36,11 @@ from personsd.store.models import DbCopyRow, metadata
 BATCH_ROWS = 5000
 # Our own bookkeeping in the target: never copied.
 NOT_COPIED = frozenset({DbCopyRow.__tablename__})
-# pg_try_advisory_lock key: one copy at a time into one PostgreSQL database.
-_COPY_LOCK = 0x64625F636F7079
+# pg_try_advisory_lock's first key: one copy at a time into one PostgreSQL
+# schema (the second key is the target schema's hash: copies into other
+# schemas of the same database, e.g. parallel tests, do not exclude each other).
+_COPY_LOCK = 0x64625F63  # "db_c"
+_LOCK_ARGS = f"{_COPY_LOCK}, hashtext(current_schema())"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -265,7 +268,7 @@ def copy_database(
     db.upgrade(target)
     with target.connect() as lock:
         if lock.dialect.name == "postgresql":
-            got = lock.exec_driver_sql(f"SELECT pg_try_advisory_lock({_COPY_LOCK})").scalar()
+            got = lock.exec_driver_sql(f"SELECT pg_try_advisory_lock({_LOCK_ARGS})").scalar()
             lock.commit()
             if not got:
                 raise OperatorError("another db copy into the target database is running")
@@ -287,7 +290,7 @@ def copy_database(
         finally:
             if lock.dialect.name == "postgresql":
                 lock.rollback()
-                lock.exec_driver_sql(f"SELECT pg_advisory_unlock({_COPY_LOCK})")
+                lock.exec_driver_sql(f"SELECT pg_advisory_unlock({_LOCK_ARGS})")
                 lock.commit()
     return CopyReport(
         tables=counts, copied=copied, resumed=resumed, seconds=time.monotonic() - started
