@@ -27,7 +27,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from cli_helpers import make_site
-from personsd import reports
+from personsd import outbox as outbox_module
 from personsd.reports import Reports, Summary, publish, publish_all, report_names
 
 NAME = "customer_test.persons"
@@ -200,7 +200,7 @@ def test_planted_at_the_temp_names_of_the_work_area(
 ) -> None:
     """Temp files are created O_EXCL|O_NOFOLLOW: whatever holds a temp name is passed by."""
     tokens = iter(["t0", "t1", "t2", "t3", "t4", "t5"])
-    monkeypatch.setattr(reports, "_token", lambda: next(tokens))
+    monkeypatch.setattr(outbox_module, "_token", lambda: next(tokens))
     for token, kind in zip(
         ("t0", "t1", "t2", "t3"), ("symlink-file", "full-dir", "fifo", "hardlink"), strict=True
     ):
@@ -217,7 +217,7 @@ def test_planted_at_the_temp_names_of_the_work_area(
 
 def test_every_temp_name_taken_fails_at_once(box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
     """Bounded: when no temp name can be had the publication raises, it never loops."""
-    monkeypatch.setattr(reports, "_token", lambda: "same")
+    monkeypatch.setattr(outbox_module, "_token", lambda: "same")
     plant(box.work / ".same.publish", "symlink-file", box.outside)
     with pytest.raises(FileExistsError):
         publish(box.outbox, "x.csv", b"data", scratch=box.work)
@@ -241,7 +241,9 @@ def test_directory_reappearing_at_the_name_is_bounded(
 ) -> None:
     """A directory that comes back after each move ends the attempt with an error, no loop."""
     moves: list[str] = []
-    monkeypatch.setattr(reports, "_displace", lambda outbox, fd, name, aside: moves.append(name))
+    monkeypatch.setattr(
+        outbox_module, "_displace", lambda outbox, fd, name, aside: moves.append(name)
+    )
     (box.outbox / "x.csv").mkdir()
     with pytest.raises(IsADirectoryError):
         publish(box.outbox, "x.csv", b"data", scratch=box.work)

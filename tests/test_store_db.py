@@ -89,8 +89,8 @@ def test_a_database_behind_head_is_upgraded_through_alembic(engine: Engine) -> N
     assert TABLES == set(inspect(engine).get_table_names())
 
 
-def test_imports_recorded_before_0005_are_imports(engine: Engine) -> None:
-    """Migration 0005 gives every import made before it the mode import."""
+def test_imports_recorded_before_0002_are_imports(engine: Engine) -> None:
+    """Migration 0002 gives every import made before it the mode import."""
     from alembic import command
 
     with db.write_tx(engine) as conn:

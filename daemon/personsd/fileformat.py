@@ -24,33 +24,33 @@ stray quote costs one row; otherwise with ``Row exceeds N bytes`` and reading
 resumes after the row. "Open when it runs over" is decided per line: the
 row's lines that end inside the quote already hold ``max_row_bytes``, or the
 line where the quote closes closes it beyond the cap.
+
+Over 400 lines on purpose: the row reader's fast path and its quote state
+machine (``_QuoteRun``, ``_SlowPath``) are one algorithm; the name rules
+(``filenames``) and the header section (``fileheader``) live apart.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
 from personsd.errors import ErrorKind, FileRejected, InternalError, RowError, row_format_error
-from personsd.layers import split_name
+from personsd.fileheader import IDENTIFIERS as IDENTIFIERS
+from personsd.fileheader import NO_IDENTIFIER, check_fields, read_header_section
 
-# SPEC 1.1; with `.ID.retry.persons` (34 bytes at most) every derived name fits in 255.
-MAX_NAME_BYTES = 200
-IDENTIFIERS = ("person_id", "person_key", "external_person_id", "mdn", "vibes_device_id")
+# Re-exported: the name rules and the header section have modules of their own;
+# callers and tests reach them through `fileformat` too.
+from personsd.filenames import MAX_NAME_BYTES as MAX_NAME_BYTES
+from personsd.filenames import check_name as check_name
+from personsd.filenames import classify_name as classify_name
+from personsd.filenames import cut_name as cut_name
+from personsd.filenames import name_bytes as name_bytes
 
-_SNIFF_BYTES = 64 * 1024
 # readline() chunk for skipping the rest of an over-long line: large enough to
 # skip 10 GB quickly, small enough to be no memory concern.
 _SKIP_CHUNK = 64 * 1024
-_IGNORED_SUFFIXES = (".filepart", ".part", ".partial", ".tmp", ".uploading")
-_UTF8_BOM = b"\xef\xbb\xbf"
-_FOREIGN_BOMS = (b"\x00\x00\xfe\xff", b"\xff\xfe", b"\xfe\xff")  # UTF-32 BE; UTF-16/32 LE; 16 BE
-_HEADER_START = re.compile(r"[A-Za-z][A-Za-z0-9-]*\s*:")
-_HEADER_LINE = re.compile(r"([A-Za-z][A-Za-z0-9-]*)\s*:(.*)", re.DOTALL)
-_HEADERS = frozenset({"fields", "delimiter", "multi-select-delimiter"})
-_NO_IDENTIFIER = "Couldn't find an external_person_id, mdn, or vibes_device_id field"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -86,60 +86,6 @@ class RawRow:
     next_line: int  # physical line number at `end`
     values: tuple[str, ...]  # trimmed values as read (best effort when `error` is set)
     error: RowError | None = None  # InvalidImportRowFormat or Unknown8BitEncodingDetected
-
-
-# --------------------------------------------------------------------------- names
-
-
-def classify_name(name: str) -> Literal["import", "ignore", "reject"]:
-    """SPEC 1.1: what the inbox does with a file of this name.
-
-    A name over 200 bytes still classifies by its suffix: it is imported, and
-    the import rejects it (:func:`check_name`), so the partner gets reports.
-    """
-    base = name.rsplit("/", 1)[-1]
-    if base.startswith(".") or base.endswith(_IGNORED_SUFFIXES):
-        return "ignore"
-    if split_name(base)[0].endswith(".persons"):  # with its layer suffixes (SPEC 11)
-        return "import"
-    return "reject"
-
-
-def name_bytes(name: str) -> int:
-    """Length of a file name in bytes, as the filesystem holds it (SPEC 1.1).
-
-    Names are text; bytes that were not UTF-8 arrive as surrogate escapes
-    (``os.fsdecode``) and count one byte each.
-    """
-    return sum(_char_bytes(char) for char in name) if not name.isascii() else len(name)
-
-
-def _char_bytes(char: str) -> int:
-    if "\udc80" <= char <= "\udcff":  # an undecodable byte, escaped
-        return 1
-    return len(char.encode("utf-8", "surrogatepass"))
-
-
-def cut_name(name: str, limit: int = MAX_NAME_BYTES) -> str:
-    """The longest start of ``name`` of at most ``limit`` bytes, cut at a character boundary."""
-    total = 0
-    for index, char in enumerate(name):
-        total += _char_bytes(char)
-        if total > limit:
-            return name[:index]
-    return name
-
-
-def check_name(name: str) -> None:
-    """Raise the file-level error of SPEC 1.1 for a name personsd does not import.
-
-    The length comes first: whatever else is wrong, a name over 200 bytes
-    cannot be given reports named after it in full.
-    """
-    if name_bytes(name) > MAX_NAME_BYTES:
-        raise FileRejected.format(f"File name is longer than {MAX_NAME_BYTES} bytes")
-    if not split_name(name)[0].endswith(".persons"):
-        raise FileRejected.format("File name must end with .persons")
 
 
 # --------------------------------------------------------------------------- records
@@ -500,89 +446,12 @@ def iter_rows(
 # --------------------------------------------------------------------------- layout
 
 
-def _one_char(header: str, value: str, line: int) -> str:
-    text = value.strip(" \t")
-    if not text and "\t" in value:
-        text = "\t"  # a literal TAB as the value
-    if text.lower() == "tab" or text == "\\t":
-        text = "\t"
-    if len(text) != 1 or text in '"\r\n':
-        raise FileRejected.format(
-            f"Invalid {header} '{text}': must be one character other than '\"', CR or LF",
-            line=line,
-        )
-    return text
-
-
-def _check_fields(names: list[str], line: int) -> tuple[str, ...]:
-    seen: set[str] = set()
-    for index, name in enumerate(names, start=1):
-        if not name:
-            raise FileRejected.format(f"Field name {index} is empty", line=line)
-        if name in seen:
-            raise FileRejected.format(f"Repeated field name '{name}'", line=line)
-        seen.add(name)
-    if not seen.intersection(IDENTIFIERS):
-        raise FileRejected.format(_NO_IDENTIFIER, line=line)
-    return tuple(names)
-
-
-def _text_line(buf: bytes, line: int, cap: int) -> str:
-    """A header-section line without its line ending."""
-    if len(buf) == cap + 2 and buf[-1:] != b"\n":
-        raise FileRejected.format(f"Line exceeds {cap} bytes", line=line)
-    try:
-        return buf.decode("utf-8").removesuffix("\n").removesuffix("\r")
-    except UnicodeDecodeError:
-        raise FileRejected.encoding(line=line) from None
-
-
 def read_layout(fh: BinaryIO, *, max_row_bytes: int) -> Layout:
     """Read the encoding, header section and field-name row; raise ``FileRejected``."""
     cap = max_row_bytes
-    fh.seek(0)
-    head = fh.read(_SNIFF_BYTES)
-    if not head:
-        raise FileRejected.format("File is empty")
-    if head.startswith(_FOREIGN_BOMS) or b"\0" in head:
-        raise FileRejected.encoding()
-    pos = len(_UTF8_BOM) if head.startswith(_UTF8_BOM) else 0
-    del head
-    fh.seek(pos)
-    line = 1
-    headers: dict[str, str] = {}
-    delimiter, multi = ",", "|"
-    fields: tuple[str, ...] | None = None
-    buf = fh.readline(cap + 2)
-    first = _text_line(buf, line, cap)
-    if _HEADER_START.match(first):
-        while True:
-            if not buf:
-                raise FileRejected.format(
-                    "Header section not closed by an empty line", line=line - 1
-                )
-            text = _text_line(buf, line, cap)
-            if not text.strip(" \t"):
-                pos, line = pos + len(buf), line + 1
-                break
-            match = _HEADER_LINE.fullmatch(text)
-            if match is None or not buf.endswith(b"\n"):
-                raise FileRejected.format("Header section not closed by an empty line", line=line)
-            name, value = match.group(1), match.group(2)
-            key = name.lower()
-            if key not in _HEADERS:
-                raise FileRejected.format(f"Unknown header '{name}'", line=line)
-            if key in headers:
-                raise FileRejected.format(f"Repeated header '{name}'", line=line)
-            if key == "fields":
-                fields = _check_fields([f.strip() for f in value.split(",")], line)
-            elif key == "delimiter":
-                delimiter = _one_char("Delimiter", value, line)
-            else:
-                multi = _one_char("Multi-Select-Delimiter", value, line)
-            headers[key] = value
-            pos, line = pos + len(buf), line + 1
-            buf = fh.readline(cap + 2)
+    section = read_header_section(fh, cap=cap)
+    delimiter, multi = section.delimiter, section.multi_delimiter
+    fields, pos, line = section.fields, section.body_offset, section.body_line
     if fields is not None:
         return Layout(
             fields=fields,
@@ -597,9 +466,9 @@ def read_layout(fh: BinaryIO, *, max_row_bytes: int) -> Layout:
     )
     names = next(records, None)
     if names is None:
-        if not headers:
+        if not section.header_names:
             raise FileRejected.format("File is empty")
-        raise FileRejected.format(_NO_IDENTIFIER, line=line)
+        raise FileRejected.format(NO_IDENTIFIER, line=line)
     if names.error is not None:
         if names.error.error_class == ErrorKind.UNKNOWN_ENCODING.error_class:
             raise FileRejected.encoding(line=names.line)
@@ -608,7 +477,7 @@ def read_layout(fh: BinaryIO, *, max_row_bytes: int) -> Layout:
             message += " in the field-name row"
         raise FileRejected.format(message.replace("Row", "Field-name row"), line=names.line)
     return Layout(
-        fields=_check_fields(list(names.values), names.line),
+        fields=check_fields(list(names.values), names.line),
         delimiter=delimiter,
         multi_delimiter=multi,
         declared_fields=False,

@@ -18,6 +18,9 @@ accounting, quarantine and archive are the caller's. Around the chunk loop:
 ``store.statistics`` keeps the planner's statistics in step, ``store.keys``
 makes person keys, ``publication`` ends the import and ``summary`` builds
 its summary.json.
+
+Over 400 lines on purpose: the chunk loop and its one write transaction; its side
+jobs already live in the modules named above.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ Decisions where SPEC is silent (also in docs/decisions.md):
   nor lands in the retry file.
 * ``PersonSet.updated()`` lists only persons whose data actually changed;
   ``apply`` still answers ``UPDATED`` for a found person left unchanged.
+
+Over 400 lines on purpose: ``validate`` and ``apply`` are the two halves of one
+row's semantics (SPEC 2) over the same ``Person``, ``Schema`` and ``RowChange``.
 """
 
 from __future__ import annotations

@@ -50,6 +50,9 @@ mtime; for a file the SFTP server vouches for, the time of that call.
 
 ``on_ready`` runs in the watcher's thread, in completion order; it must be
 quick (enqueue only).
+
+Over 400 lines on purpose: the pure settle state is in ``settle`` already; what
+is left is one thread's inotify shell and scan loop.
 """
 
 from __future__ import annotations
