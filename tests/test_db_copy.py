@@ -297,9 +297,7 @@ def test_the_same_sqlite_file_by_another_path_is_refused(source: Site) -> None:
     assert "personsd: the target is the configured database itself\n" == said
 
 
-def test_a_second_copy_into_the_same_schema_is_refused(
-    small: Engine, pg_url: str
-) -> None:
+def test_a_second_copy_into_the_same_schema_is_refused(small: Engine, pg_url: str) -> None:
     """One copy at a time into one target schema; copies into other schemas go on."""
     from sqlalchemy import text as sql
 
