@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,67 +20,23 @@ from sqlalchemy import Engine, event
 import reference
 from engine_helpers import (
     Published,
-    add_tenant,
     export,
-    fast_dir,
-    fast_url,
-    make_config,
-    new_tenant_name,
-    persons_of,
     published,
     restore_persons,
     run_import,
 )
 from personsd import importer
-from personsd.config import Config
-from personsd.fieldtypes import CustomField
 from personsd.phones import offline_lookup
 from personsd.rules import Person
 from personsd.store import db, overlay
 from personsd.store import imports as store_imports
-from test_differential import SEED, FileSpec, file_specs, render
-
-SEEDED = 4
-CHUNK_SIZES = (1, 3, 5000)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Bench:
-    """One database and tenant seeded with SEED's four persons."""
-
-    engine: Engine
-    root: Path
-    configs: dict[int, Config]
-    tenant: str
-    tenant_id: int
-    fields: list[CustomField]
-    seeded: list[Person]
+from test_differential import CHUNK_SIZES, Bench, FileSpec, file_specs, render, seeded_bench
 
 
 @pytest.fixture
 def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
-    with fast_dir(tmp_path) as root:
-        url = fast_url(db_url, root)
-        engine = db.connect(url)
-        db.upgrade(engine)
-        configs = {n: make_config(root, url, chunk_rows=n) for n in (*CHUNK_SIZES, 2)}
-        tenant = new_tenant_name()
-        tenant_id, fields = add_tenant(engine, tenant)
-        (root / "seed.persons").write_bytes(SEED)
-        assert (
-            SEEDED
-            == run_import(engine, configs[5000], tenant, root / "seed.persons").summary.rows.created
-        )
-        yield Bench(
-            engine=engine,
-            root=root,
-            configs=configs,
-            tenant=tenant,
-            tenant_id=tenant_id,
-            fields=fields,
-            seeded=persons_of(engine, tenant_id),
-        )
-        engine.dispose()
+    with seeded_bench(db_url, tmp_path, (*CHUNK_SIZES, 2)) as seeded:
+        yield seeded
 
 
 def validate(
