@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
-from daemon_helpers import Daemon, free_port
+from daemon_helpers import Daemon, drop_file, free_port
 from personsd.fieldtypes import CustomField, FieldType
 from personsd.store import db
 from personsd.store import fields as store_fields
@@ -83,9 +82,7 @@ def inbox(root: Path, tenant: str) -> Path:
 
 def drop(root: Path, tenant: str, name: str, text: str) -> None:
     """A complete file appears in the inbox at once (written aside, renamed in)."""
-    temp = inbox(root, tenant) / f".{name}.part"
-    temp.write_text(text)
-    os.replace(temp, inbox(root, tenant) / name)
+    drop_file(inbox(root, tenant), name, text)
 
 
 def all_imports(engine: Engine) -> dict[str, list[ImportRecord]]:

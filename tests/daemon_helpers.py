@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import paramiko
+
 from polling import wait_for
 
 SEED_FIELDS = (
@@ -199,6 +201,46 @@ def ssh_key(folder: Path, name: str = "id_ed25519") -> Path:
     path = folder / name
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
     return path
+
+
+def drop_file(inbox: Path, name: str, text: str, *, staging: Path | None = None) -> None:
+    """A complete file appears in ``inbox`` at once: written aside (in ``staging``,
+    else as an upload in progress, a dot name in the inbox), then renamed in."""
+    temp = (staging or inbox) / f".{name}.tmp"
+    temp.write_text(text)
+    os.replace(temp, inbox / name)
+
+
+def ssh_connect(port: int, user: str, key: Path) -> paramiko.SSHClient:
+    """A paramiko SSH client logged in to 127.0.0.1 with ``key`` only (raises on refusal)."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    try:
+        client.connect(
+            "127.0.0.1",
+            port=port,
+            username=user,
+            key_filename=str(key),
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=10,
+        )
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def sftp_put(port: int, user: str, key: Path, local: Path) -> None:
+    """Upload ``local`` into the partner's inbox under its own name over SFTP."""
+    client = ssh_connect(port, user, key)
+    try:
+        sftp = client.open_sftp()
+        # No stat afterwards (confirm): the daemon may have claimed the file already.
+        sftp.put(str(local), f"/inbox/{local.name}", confirm=False)
+        sftp.close()
+    finally:
+        client.close()
 
 
 def sftp_batch(
