@@ -19,8 +19,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from daemon_helpers import Daemon, free_port, ssh_key
-from test_daemon_e2e import add_tenants, start
+from daemon_helpers import Daemon, sftp_site
 
 pytestmark = pytest.mark.slow
 
@@ -43,21 +42,9 @@ SSH_OPTIONS = (
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Path, Path]]:
     home = tmp_path_factory.mktemp("clients")
-    daemon = Daemon(
-        home=home,
-        db_url=f"sqlite:///{home / 'persons.db'}",
-        port=free_port(),
-        extra={"import": {"rescan_seconds": 0.5}},
-    )
-    key = ssh_key(home)
-    add_tenants(daemon, TENANTS, key)
-    work = home / "client"
-    work.mkdir()
-    start(daemon, TENANTS)
-    try:
-        yield daemon, key, work
-    finally:
-        daemon.stop()
+    url = f"sqlite:///{home / 'persons.db'}"
+    with sftp_site(home, url, TENANTS, imports={"rescan_seconds": 0.5}) as made:
+        yield made
 
 
 def tool(name: str) -> str:

@@ -21,12 +21,12 @@ import paramiko
 import pytest
 
 from conftest import database_url
-from daemon_helpers import SEED_FIELDS, SEED_FILE, Daemon, free_port, sftp_batch, ssh_key
-from personsd.fieldtypes import CustomField
-from personsd.passwords import hash_password
-from personsd.store import db
-from personsd.store import fields as store_fields
-from personsd.store import tenants as store_tenants
+from daemon_helpers import (
+    SEED_FILE,
+    Daemon,
+    sftp_batch,
+    sftp_site,
+)
 from polling import wait_for
 
 pytestmark = pytest.mark.slow
@@ -60,67 +60,6 @@ def module_db_url(kind: str, folder: Path) -> AbstractContextManager[str]:
     return database_url(kind, folder)
 
 
-Fields = tuple[tuple[str, str, str | None], ...]
-
-
-def add_tenants(
-    daemon: Daemon,
-    names: tuple[str, ...],
-    key: Path,
-    *,
-    password: str | None = None,
-    fields: Fields = SEED_FIELDS,
-) -> None:
-    """Tenants with custom fields, in process (the CLI costs seconds per call)."""
-    public = key.with_name(key.name + ".pub").read_text().split()
-    engine = db.connect(daemon.db_url)
-    try:
-        db.upgrade(engine)
-        with db.write_tx(engine) as conn:
-            for name in names:
-                tenant_id = store_tenants.add_tenant(
-                    conn,
-                    name,
-                    keys=[(public[0], public[1])],
-                    password_hash=hash_password(password) if password else None,
-                )
-                for field_name, type_, options in fields:
-                    store_fields.add_field(
-                        conn,
-                        tenant_id,
-                        CustomField(
-                            name=field_name,
-                            type=type_,  # type: ignore[arg-type]
-                            options=tuple(options.split(",")) if options else (),
-                        ),
-                    )
-    finally:
-        engine.dispose()
-    for name in names:
-        daemon.inbox(name).mkdir(parents=True, exist_ok=True)
-        daemon.outbox(name).mkdir(parents=True, exist_ok=True)
-
-
-def start(daemon: Daemon, tenants: tuple[str, ...]) -> None:
-    """Start the daemon and wait until its SFTP server knows ``tenants``.
-
-    The server listens (and `daemon.started` is logged) before the tenants are read
-    from the database, so a login in between fails as `unknown_user`; the tenant
-    snapshot the daemon writes after that read is the only sign it is done.
-    """
-    daemon.start()
-    snapshot = daemon.root / "state" / "tenants.json"
-
-    def loaded() -> bool:
-        try:
-            names = {t["name"] for t in json.loads(snapshot.read_text())}
-        except (FileNotFoundError, ValueError):
-            return False
-        return set(tenants) <= names
-
-    wait_for(loaded, what="the daemon to load its tenants")
-
-
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Site:
     daemon: Daemon
@@ -138,19 +77,13 @@ def site(
 ) -> Iterator[Site]:
     home = tmp_path_factory.mktemp(f"e2e-{request.param}")
     with module_db_url(request.param, home) as url:
-        daemon = Daemon(
-            home=home, db_url=url, port=free_port(), extra={"import": {"rescan_seconds": RESCAN}}
-        )
-        work = home / "client"
-        work.mkdir()
-        key = ssh_key(home)
-        add_tenants(daemon, TENANTS, key)
-        (work / "seed.persons").write_text(SEED)
-        start(daemon, TENANTS)
-        try:
+        files = {"seed.persons": SEED}
+        with sftp_site(home, url, TENANTS, imports={"rescan_seconds": RESCAN}, files=files) as (
+            daemon,
+            key,
+            work,
+        ):
             yield Site(daemon=daemon, key=key, work=work)
-        finally:
-            daemon.stop()
 
 
 # -- helpers ---------------------------------------------------------------------------------

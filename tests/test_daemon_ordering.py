@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from daemon_helpers import Daemon, drop_file, free_port, ssh_key
+from daemon_helpers import Daemon, add_tenants, drop_file, free_port, ssh_key
 from engine_helpers import export
 from personsd.store import db
 from personsd.store import tenants as store_tenants
 from polling import wait_for
-from test_daemon_e2e import add_tenants
 
 pytestmark = pytest.mark.slow
 

@@ -19,9 +19,8 @@ import paramiko
 import pytest
 
 from conftest import database_url
-from daemon_helpers import SEED_FILE, Daemon, free_port, sftp_batch, ssh_key
+from daemon_helpers import SEED_FILE, Daemon, sftp_batch, sftp_site
 from polling import wait_for
-from test_daemon_e2e import add_tenants, start
 
 pytestmark = pytest.mark.slow
 
@@ -60,23 +59,10 @@ def site(
 ) -> Iterator[Site]:
     home = tmp_path_factory.mktemp(f"validate-{request.param}")
     with database_url(request.param, home) as url:
-        daemon = Daemon(
-            home=home,
-            db_url=url,
-            port=free_port(),
-            extra={"import": {"rescan_seconds": RESCAN, "chunk_rows": 2}},
-        )
-        work = home / "client"
-        work.mkdir()
-        key = ssh_key(home)
-        add_tenants(daemon, TENANTS, key)
-        (work / "seed.persons").write_text(SEED_FILE)
-        (work / "check.persons").write_text(CHECK)
-        start(daemon, TENANTS)
-        try:
+        imports = {"rescan_seconds": RESCAN, "chunk_rows": 2}
+        files = {"seed.persons": SEED_FILE, "check.persons": CHECK}
+        with sftp_site(home, url, TENANTS, imports=imports, files=files) as (daemon, key, work):
             yield Site(daemon=daemon, key=key, work=work)
-        finally:
-            daemon.stop()
 
 
 def summary_of(daemon: Daemon, tenant: str, file: str, mode: str) -> dict[str, Any]:
