@@ -110,6 +110,19 @@ def pgp_keys() -> Iterator[Any]:
         yield keys
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """One CLI installation per database and module, for tests that look only at a tenant
+    of their own (a module may override it with a prepared site)."""
+    from cli_helpers import make_site, shared_database
+
+    home = tmp_path_factory.mktemp(f"{request.module.__name__}-{request.param}")
+    with shared_database(request.param, home) as url:
+        yield make_site(home, url)
+
+
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
     """An engine on a fresh database at the schema's head (SQLite and PostgreSQL)."""

@@ -21,7 +21,6 @@ from cli_helpers import (
     Site,
     assert_clean_exit,
     make_site,
-    shared_database,
     write_config,
 )
 from personsd import config as config_mod
@@ -35,16 +34,6 @@ from personsd.store import tenants as store_tenants
 def site(tmp_path: Path, db_url: str) -> Site:
     """An installation of its own (for commands whose output spans every tenant)."""
     return make_site(tmp_path / "site", db_url)
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def shared(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Site]:
-    """One installation per database for the tests that only look at a tenant of their own."""
-    home = tmp_path_factory.mktemp(f"cli-{request.param}")
-    with shared_database(request.param, home) as url:
-        yield make_site(home, url)
 
 
 _numbers = itertools.count(1)
