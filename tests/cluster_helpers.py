@@ -29,16 +29,8 @@ FIELDS = (
 )
 
 
-def cluster(
-    folder: Path,
-    db_url: str,
-    count: int,
-    tenants: tuple[str, ...],
-    extra: dict[str, dict[str, Any]] | None = None,
-    keys: tuple[KeySpec, ...] = (),
-) -> list[Daemon]:
-    """``count`` daemons (configs of their own, each its instance) on one root and database."""
-    root = folder / "shared-root"
+def seed_tenants(db_url: str, tenants: tuple[str, ...], keys: tuple[KeySpec, ...] = ()) -> None:
+    """Bring ``db_url`` to the schema's head and add ``tenants`` with FIELDS (in process)."""
     engine = db.connect(db_url)
     try:
         db.upgrade(engine)
@@ -49,6 +41,19 @@ def cluster(
                     store_fields.add_field(conn, tenant_id, field)
     finally:
         engine.dispose()
+
+
+def cluster(
+    folder: Path,
+    db_url: str,
+    count: int,
+    tenants: tuple[str, ...],
+    extra: dict[str, dict[str, Any]] | None = None,
+    keys: tuple[KeySpec, ...] = (),
+) -> list[Daemon]:
+    """``count`` daemons (configs of their own, each its instance) on one root and database."""
+    root = folder / "shared-root"
+    seed_tenants(db_url, tenants, keys)
     daemons = []
     for index in range(count):
         settings: dict[str, dict[str, Any]] = {
