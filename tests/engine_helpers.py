@@ -219,3 +219,17 @@ def migrate_with_tenant(cfg: config.Config, tenant: str) -> None:
     finally:
         engine.dispose()
     cfg.outbox(tenant).mkdir(parents=True)
+
+
+def import_summary(db_url: str, root: Path, path: Path, *, chunk_rows: int) -> dict[str, Any]:
+    """Import ``path`` for a fresh tenant on ``db_url`` (config on ``root``); the
+    summary it published."""
+    engine = db.connect(db_url)
+    try:
+        db.upgrade(engine)
+        cfg = make_config(root, db_url, chunk_rows=chunk_rows)
+        tenant = new_tenant_name()
+        add_tenant(engine, tenant)
+        return published(cfg, tenant, run_import(engine, cfg, tenant, path)).summary
+    finally:
+        engine.dispose()
