@@ -8,6 +8,7 @@ server fails the run instead of skipping.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, settings
 from sqlalchemy import Engine
 
@@ -121,6 +123,17 @@ def shared(
     home = tmp_path_factory.mktemp(f"{request.module.__name__}-{request.param}")
     with shared_database(request.param, home) as url:
         yield make_site(home, url)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put the root logger's handlers and level and structlog's defaults back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
