@@ -238,6 +238,19 @@ def ssh_connect(port: int, user: str, key: Path) -> paramiko.SSHClient:
     return client
 
 
+@contextmanager
+def sftp_session(port: int, user: str, key: Path) -> Iterator[paramiko.SFTPClient]:
+    """A paramiko SFTP client logged in to 127.0.0.1 as ``user`` with the ed25519 ``key``."""
+    transport = paramiko.Transport(("127.0.0.1", port))
+    try:
+        transport.connect(username=user, pkey=paramiko.Ed25519Key(filename=str(key)))
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        assert sftp is not None
+        yield sftp
+    finally:
+        transport.close()
+
+
 def sftp_put(port: int, user: str, key: Path, local: Path) -> None:
     """Upload ``local`` into the partner's inbox under its own name over SFTP."""
     client = ssh_connect(port, user, key)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
 
 from conftest import database_url
@@ -25,6 +24,7 @@ from daemon_helpers import (
     SEED_FILE,
     Daemon,
     sftp_batch,
+    sftp_session,
     sftp_site,
 )
 from polling import wait_for
@@ -153,11 +153,7 @@ def test_processed_file_is_archived_and_inbox_left_empty(site: Site) -> None:
 def test_paramiko_put_listdir_get(site: Site) -> None:
     """SPEC 4/6: a paramiko client puts, finds the reports by listing /outbox, gets them."""
     daemon, tenant = site.daemon, "paramiko"
-    transport = paramiko.Transport(("127.0.0.1", daemon.port))
-    try:
-        transport.connect(username=tenant, pkey=paramiko.Ed25519Key(filename=str(site.key)))
-        sftp = paramiko.SFTPClient.from_transport(transport)
-        assert sftp is not None
+    with sftp_session(daemon.port, tenant, site.key) as sftp:
         # confirm=False: see test_paramiko_default_put_confirms_the_upload.
         sftp.put(str(site.work / "seed.persons"), "/inbox/para.persons", confirm=False)
         listed: list[str] = wait_for(
@@ -175,8 +171,6 @@ def test_paramiko_put_listdir_get(site: Site) -> None:
         assert [f"{base}.errors.csv", f"{base}.summary.json"] == sorted(listed)
         with sftp.open(f"/outbox/{base}.errors.csv") as fh:
             errors = parse_csv(fh.read().decode())
-    finally:
-        transport.close()
     assert_seed_summary(summary, tenant, "para.persons")
     assert [SEED_ERROR_LINE] == errors
 
@@ -184,11 +178,7 @@ def test_paramiko_put_listdir_get(site: Site) -> None:
 def test_paramiko_default_put_confirms_the_upload(site: Site) -> None:
     """SPEC 6: paramiko's plain `put` (stat after close to confirm the size) succeeds."""
     daemon, tenant = site.daemon, "paramiko"
-    transport = paramiko.Transport(("127.0.0.1", daemon.port))
-    try:
-        transport.connect(username=tenant, pkey=paramiko.Ed25519Key(filename=str(site.key)))
-        sftp = paramiko.SFTPClient.from_transport(transport)
-        assert sftp is not None
+    with sftp_session(daemon.port, tenant, site.key) as sftp:
         # Several puts, each with the daemon idle: it claims a file within milliseconds of
         # its close, so a server that forgets a claimed upload fails the confirming stat
         # nearly every time.
@@ -198,8 +188,6 @@ def test_paramiko_default_put_confirms_the_upload(site: Site) -> None:
             sizes.append(
                 sftp.put(str(site.work / "seed.persons"), f"/inbox/confirm{i}.persons").st_size
             )
-    finally:
-        transport.close()
     assert [len(SEED.encode())] * 5 == sizes
     for i in range(5):
         assert "completed" == daemon.summary(tenant, f"confirm{i}.persons")["status"]

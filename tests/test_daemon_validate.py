@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
 
 from conftest import database_url
-from daemon_helpers import SEED_FILE, Daemon, sftp_batch, sftp_site
+from daemon_helpers import SEED_FILE, Daemon, sftp_batch, sftp_session, sftp_site
 from polling import wait_for
 
 pytestmark = pytest.mark.slow
@@ -129,17 +128,11 @@ def test_paramiko_into_validate_predicts_the_import(site: Site) -> None:
     """SPEC 11: paramiko into /validate, reports fetched from /outbox; nothing written."""
     tenant = "vparamiko"
     before = seeded(site, tenant)
-    transport = paramiko.Transport(("127.0.0.1", site.daemon.port))
-    try:
-        transport.connect(username=tenant, pkey=paramiko.Ed25519Key(filename=str(site.key)))
-        sftp = paramiko.SFTPClient.from_transport(transport)
-        assert sftp is not None
+    with sftp_session(site.daemon.port, tenant, site.key) as sftp:
         sftp.put(str(site.work / "check.persons"), "/validate/check.persons")
         validated = summary_of(site.daemon, tenant, "check.persons", "validate")
         with sftp.open(f"/outbox/check.persons.{validated['import_id']}.summary.json") as fh:
             assert "validate" == json.loads(fh.read())["mode"]
-    finally:
-        transport.close()
     check_against_import(site, tenant, validated, before)
 
 

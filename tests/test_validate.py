@@ -30,7 +30,15 @@ from personsd.phones import offline_lookup
 from personsd.rules import Person
 from personsd.store import db, overlay
 from personsd.store import imports as store_imports
-from test_differential import CHUNK_SIZES, Bench, FileSpec, file_specs, render, seeded_bench
+from test_differential import (
+    CHUNK_SIZES,
+    Bench,
+    FileSpec,
+    file_specs,
+    reference_persons,
+    render,
+    seeded_bench,
+)
 
 
 @pytest.fixture
@@ -112,16 +120,7 @@ def test_validation_reports_what_the_model_imports(bench: Bench, spec: FileSpec)
     """SPEC 11: at chunk sizes 1, 3, 5000 a validation reports as the model, writes nothing."""
     data = render(spec, bench.seeded)
     path = write_file(bench, data)
-    names = {str(f.id): f.name for f in bench.fields}
-    seeded = []
-    for p in bench.seeded:
-        person = reference.new_person(p.person_id, p.person_key)
-        person.update(
-            external_person_id=p.external_person_id, mdn=p.mdn, vibes_device_id=p.vibes_device_id
-        )
-        person["fields"] = {names[k]: v for k, v in p.attributes.items()}
-        seeded.append(person)
-    ref = reference.run(data, bench.fields, seeded)
+    ref = reference.run(data, bench.fields, reference_persons(bench))
     counts = {k: ref.counts[k] for k in ("total", "succeeded", "failed", "created", "updated")}
     restore_persons(bench.engine, bench.tenant_id, bench.seeded)
     before = export(bench.engine, bench.tenant_id)
