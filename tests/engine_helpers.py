@@ -57,6 +57,19 @@ def make_config(root: Path, db_url: str, *, chunk_rows: int) -> config.Config:
     )
 
 
+def var_config(base: Path, db_url: str, **imports: Any) -> config.Config:
+    """A config rooted at ``base/var`` on ``db_url``: carrier lookup off, ``imports`` on top."""
+    return config.parse(
+        {
+            "paths": {"root": str(base / "var")},
+            "database": {"url": db_url},
+            "import": {"carrier_lookup": "none", **imports},
+        },
+        base=base,
+        env={},
+    )
+
+
 def new_tenant_name() -> str:
     return "t" + uuid.uuid4().hex[:12]
 

@@ -35,7 +35,7 @@ from sqlalchemy import Engine
 
 from cluster_helpers import seed_tenants
 from daemon_helpers import Daemon, free_port
-from personsd import config
+from engine_helpers import var_config
 from personsd.intake import Intake
 from personsd.store import db
 from personsd.store import imports as store_imports
@@ -438,15 +438,7 @@ def test_a_file_being_claimed_is_not_recovered_a_second_time(tmp_path: Path) -> 
     upload takes long enough for the same to happen without any lock.
     """
     url = f"sqlite:///{tmp_path / 'persons.db'}"
-    cfg = config.parse(
-        {
-            "paths": {"root": str(tmp_path / "var")},
-            "database": {"url": url},
-            "import": {"carrier_lookup": "none"},
-        },
-        base=tmp_path,
-        env={},
-    )
+    cfg = var_config(tmp_path, url)
     engine = db.connect(url)
     db.upgrade(engine)
     with write_tx(engine) as conn:

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import Engine
 from structlog.testing import capture_logs
 
-from engine_helpers import add_tenant, persons_of, run_import
+from engine_helpers import add_tenant, persons_of, run_import, var_config
 from http_helpers import CarrierStub, send_json
 from personsd import config, digest, importer
 from personsd.errors import TransientError
@@ -49,15 +49,7 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path, db_url: str) -> Iterator[Site]:
-    cfg = config.parse(
-        {
-            "paths": {"root": str(tmp_path / "var")},
-            "database": {"url": db_url},
-            "import": {"carrier_lookup": "none"},
-        },
-        base=tmp_path,
-        env={},
-    )
+    cfg = var_config(tmp_path, db_url)
     engine = db.connect(db_url)
     db.upgrade(engine)
     for tenant in ("slow", "quick"):

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine
 
-from engine_helpers import migrate_with_tenant
+from engine_helpers import migrate_with_tenant, var_config
 from personsd import config, importer
 from personsd.cli import main as cli_main
 from personsd.retry import RetryPolicy
@@ -29,15 +29,7 @@ GOOD = "external_person_id\nalice\nbob\n"
 
 @pytest.fixture
 def site(tmp_path: Path, db_url: str) -> Iterator[config.Config]:
-    cfg = config.parse(
-        {
-            "paths": {"root": str(tmp_path / "var")},
-            "database": {"url": db_url},
-            "import": {"max_attempts": 2, "carrier_lookup": "none", "workers": 1},
-        },
-        base=tmp_path,
-        env={},
-    )
+    cfg = var_config(tmp_path, db_url, max_attempts=2, workers=1)
     migrate_with_tenant(cfg, "acme")
     yield cfg
 
