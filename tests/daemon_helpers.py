@@ -377,3 +377,17 @@ def sftp_site(
         yield daemon, key, work
     finally:
         daemon.stop()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SftpSite:
+    """A daemon serving tenants, their key and the SFTP client's local directory."""
+
+    daemon: Daemon
+    key: Path
+    work: Path  # the client's local directory
+
+    def put(self, tenant: str, commands: str) -> None:
+        """Run an OpenSSH `sftp` batch as ``tenant`` from ``work``; it must succeed."""
+        result = sftp_batch(self.key, self.daemon.port, tenant, commands, self.work)
+        assert 0 == result.returncode, result.stderr

@@ -13,7 +13,6 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from conftest import database_url
 from daemon_helpers import (
     SEED_FILE,
     Daemon,
-    sftp_batch,
+    SftpSite,
     sftp_session,
     sftp_site,
 )
@@ -60,21 +59,10 @@ def module_db_url(kind: str, folder: Path) -> AbstractContextManager[str]:
     return database_url(kind, folder)
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Site:
-    daemon: Daemon
-    key: Path
-    work: Path  # the client's local directory
-
-    def put(self, tenant: str, commands: str) -> None:
-        result = sftp_batch(self.key, self.daemon.port, tenant, commands, self.work)
-        assert 0 == result.returncode, result.stderr
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Site]:
+) -> Iterator[SftpSite]:
     home = tmp_path_factory.mktemp(f"e2e-{request.param}")
     with module_db_url(request.param, home) as url:
         files = {"seed.persons": SEED}
@@ -83,7 +71,7 @@ def site(
             key,
             work,
         ):
-            yield Site(daemon=daemon, key=key, work=work)
+            yield SftpSite(daemon=daemon, key=key, work=work)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -122,7 +110,7 @@ def assert_seed_summary(summary: dict[str, Any], tenant: str, file: str) -> None
 # -- tests -----------------------------------------------------------------------------------
 
 
-def test_openssh_put_then_get_reports_over_sftp(site: Site) -> None:
+def test_openssh_put_then_get_reports_over_sftp(site: SftpSite) -> None:
     """SPEC 4/6: OpenSSH `sftp` puts a file in /inbox and gets its summary and errors back."""
     daemon, tenant = site.daemon, "openssh"
     site.put(tenant, "put seed.persons /inbox/seed.persons\n")
@@ -139,7 +127,7 @@ def test_openssh_put_then_get_reports_over_sftp(site: Site) -> None:
     assert [SEED_ERROR_LINE] == parse_csv((site.work / "got.errors.csv").read_text())
 
 
-def test_processed_file_is_archived_and_inbox_left_empty(site: Site) -> None:
+def test_processed_file_is_archived_and_inbox_left_empty(site: SftpSite) -> None:
     """SPEC 5: after the import the file is in archive/<tenant>/ and no longer in the inbox."""
     daemon, tenant = site.daemon, "openssh"
     site.put(tenant, "put seed.persons /inbox/archived.persons\n")
@@ -150,7 +138,7 @@ def test_processed_file_is_archived_and_inbox_left_empty(site: Site) -> None:
     assert [] == visible_inbox(daemon, tenant)
 
 
-def test_paramiko_put_listdir_get(site: Site) -> None:
+def test_paramiko_put_listdir_get(site: SftpSite) -> None:
     """SPEC 4/6: a paramiko client puts, finds the reports by listing /outbox, gets them."""
     daemon, tenant = site.daemon, "paramiko"
     with sftp_session(daemon.port, tenant, site.key) as sftp:
@@ -175,7 +163,7 @@ def test_paramiko_put_listdir_get(site: Site) -> None:
     assert [SEED_ERROR_LINE] == errors
 
 
-def test_paramiko_default_put_confirms_the_upload(site: Site) -> None:
+def test_paramiko_default_put_confirms_the_upload(site: SftpSite) -> None:
     """SPEC 6: paramiko's plain `put` (stat after close to confirm the size) succeeds."""
     daemon, tenant = site.daemon, "paramiko"
     with sftp_session(daemon.port, tenant, site.key) as sftp:
@@ -193,7 +181,7 @@ def test_paramiko_default_put_confirms_the_upload(site: Site) -> None:
         assert "completed" == daemon.summary(tenant, f"confirm{i}.persons")["status"]
 
 
-def test_local_copy_into_inbox_is_imported(site: Site) -> None:
+def test_local_copy_into_inbox_is_imported(site: SftpSite) -> None:
     """SPEC 5: a file copied on disk (no SFTP) is imported once it has settled."""
     daemon, tenant = site.daemon, "local"
     shutil.copy(site.work / "seed.persons", daemon.inbox(tenant) / "copied.persons")
@@ -203,7 +191,7 @@ def test_local_copy_into_inbox_is_imported(site: Site) -> None:
     assert [SEED_ERROR_LINE] == parse_csv(errors.read_text())
 
 
-def test_filepart_renamed_to_persons_is_imported_once(site: Site) -> None:
+def test_filepart_renamed_to_persons_is_imported_once(site: SftpSite) -> None:
     """SPEC 1.1: `x.filepart` is ignored; renamed to `x.persons` over SFTP it is imported once."""
     daemon, tenant = site.daemon, "filepart"
     site.put(
@@ -217,7 +205,7 @@ def test_filepart_renamed_to_persons_is_imported_once(site: Site) -> None:
     assert [] == visible_inbox(daemon, tenant)
 
 
-def test_hidden_name_on_disk_is_never_imported(site: Site) -> None:
+def test_hidden_name_on_disk_is_never_imported(site: SftpSite) -> None:
     """SPEC 1.1: a name starting with `.` is an upload in progress: never imported, never moved."""
     daemon, tenant = site.daemon, "hidden"
     hidden = daemon.inbox(tenant) / ".x.persons"
@@ -231,7 +219,7 @@ def test_hidden_name_on_disk_is_never_imported(site: Site) -> None:
     assert not daemon.has_event("file.detected", tenant=tenant, file=".x.persons")
 
 
-def test_other_names_are_rejected(site: Site) -> None:
+def test_other_names_are_rejected(site: SftpSite) -> None:
     """SPEC 1.1: `report.csv` in an inbox is rejected: `File name must end with .persons`."""
     daemon, tenant = site.daemon, "reject"
     site.put(tenant, "put seed.persons /inbox/report.csv\n")
@@ -255,7 +243,7 @@ def test_other_names_are_rejected(site: Site) -> None:
     assert [] == visible_inbox(daemon, tenant)
 
 
-def test_duplicate_upload_names_the_earlier_import(site: Site) -> None:
+def test_duplicate_upload_names_the_earlier_import(site: SftpSite) -> None:
     """SPEC 5: the same content uploaded again is imported again, with `duplicate_of`."""
     daemon, tenant = site.daemon, "dup"
     site.put(tenant, "put seed.persons /inbox/first.persons\n")

@@ -42,6 +42,12 @@ from personsd.fieldtypes import CustomField
 from personsd.rules import Person
 
 CHUNK_SIZES = (1, 3, 5000)
+# For tests whose examples each run several imports on the shared bench.
+FORTY_EXAMPLES = settings(
+    max_examples=40,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    deadline=None,
+)
 
 # Four persons every example starts from; the file names them by index (@pid0,
 # @key0...) since their real ids and keys are known only once seeded.
@@ -304,11 +310,7 @@ LAYER_CHUNK_ROWS = 3
 
 # Five imports an example (two through gpg): 40 examples take about 15 s.
 @pytest.mark.timeout(300)
-@settings(
-    max_examples=40,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    deadline=None,
-)
+@FORTY_EXAMPLES
 @given(spec=file_specs())
 def test_layers_never_change_the_outcome(bench: Bench, pgp_keys: Keys, spec: FileSpec) -> None:
     """SPEC 11: plain, .gz, .zip, .pgp and .gz.pgp give identical exports and reports."""

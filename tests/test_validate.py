@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from sqlalchemy import Engine, event
 
 import reference
@@ -32,6 +32,7 @@ from personsd.store import db, overlay
 from personsd.store import imports as store_imports
 from test_differential import (
     CHUNK_SIZES,
+    FORTY_EXAMPLES,
     Bench,
     FileSpec,
     file_specs,
@@ -110,11 +111,7 @@ def validation_then_import(
 
 
 @pytest.mark.timeout(300)
-@settings(
-    max_examples=40,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    deadline=None,
-)
+@FORTY_EXAMPLES
 @given(spec=file_specs())
 def test_validation_reports_what_the_model_imports(bench: Bench, spec: FileSpec) -> None:
     """SPEC 11: at chunk sizes 1, 3, 5000 a validation reports as the model, writes nothing."""
