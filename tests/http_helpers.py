@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import socketserver
 import threading
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any, Self, TypeVar
+
+Server = TypeVar("Server", bound=socketserver.BaseServer)
 
 
 class CarrierStub:
@@ -50,3 +55,18 @@ def send_json(request: BaseHTTPRequestHandler, value: Any) -> None:
     request.send_header("Content-Length", str(len(body)))
     request.end_headers()
     request.wfile.write(body)
+
+
+@contextmanager
+def serving(server: Server) -> Iterator[Server]:
+    """``server`` answering in a thread during the block, then shut down and closed."""
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
