@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
 
-from daemon_helpers import Daemon, free_port
+from daemon_helpers import Daemon, drop_file, free_port
 from personsd.fieldtypes import CustomField, FieldType
 from personsd.store import db
 from personsd.store import fields as store_fields
@@ -30,16 +29,8 @@ FIELDS = (
 )
 
 
-def cluster(
-    folder: Path,
-    db_url: str,
-    count: int,
-    tenants: tuple[str, ...],
-    extra: dict[str, dict[str, Any]] | None = None,
-    keys: tuple[KeySpec, ...] = (),
-) -> list[Daemon]:
-    """``count`` daemons (configs of their own, each its instance) on one root and database."""
-    root = folder / "shared-root"
+def seed_tenants(db_url: str, tenants: tuple[str, ...], keys: tuple[KeySpec, ...] = ()) -> None:
+    """Bring ``db_url`` to the schema's head and add ``tenants`` with FIELDS (in process)."""
     engine = db.connect(db_url)
     try:
         db.upgrade(engine)
@@ -50,6 +41,19 @@ def cluster(
                     store_fields.add_field(conn, tenant_id, field)
     finally:
         engine.dispose()
+
+
+def cluster(
+    folder: Path,
+    db_url: str,
+    count: int,
+    tenants: tuple[str, ...],
+    extra: dict[str, dict[str, Any]] | None = None,
+    keys: tuple[KeySpec, ...] = (),
+) -> list[Daemon]:
+    """``count`` daemons (configs of their own, each its instance) on one root and database."""
+    root = folder / "shared-root"
+    seed_tenants(db_url, tenants, keys)
     daemons = []
     for index in range(count):
         settings: dict[str, dict[str, Any]] = {
@@ -83,9 +87,7 @@ def inbox(root: Path, tenant: str) -> Path:
 
 def drop(root: Path, tenant: str, name: str, text: str) -> None:
     """A complete file appears in the inbox at once (written aside, renamed in)."""
-    temp = inbox(root, tenant) / f".{name}.part"
-    temp.write_text(text)
-    os.replace(temp, inbox(root, tenant) / name)
+    drop_file(inbox(root, tenant), name, text)
 
 
 def all_imports(engine: Engine) -> dict[str, list[ImportRecord]]:

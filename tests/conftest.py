@@ -8,6 +8,7 @@ server fails the run instead of skipping.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from hypothesis import HealthCheck, settings
 from sqlalchemy import Engine
 
@@ -108,6 +110,30 @@ def pgp_keys() -> Iterator[Any]:
 
     with make_keys() as keys:
         yield keys
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def shared(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """One CLI installation per database and module, for tests that look only at a tenant
+    of their own (a module may override it with a prepared site)."""
+    from cli_helpers import make_site, shared_database
+
+    home = tmp_path_factory.mktemp(f"{request.module.__name__}-{request.param}")
+    with shared_database(request.param, home) as url:
+        yield make_site(home, url)
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Put the root logger's handlers and level and structlog's defaults back afterwards."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.reset_defaults()
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

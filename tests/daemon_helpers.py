@@ -9,10 +9,19 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import paramiko
+
+from personsd.fieldtypes import CustomField
+from personsd.passwords import hash_password
+from personsd.store import db
+from personsd.store import fields as store_fields
+from personsd.store import tenants as store_tenants
 from polling import wait_for
 
 SEED_FIELDS = (
@@ -201,6 +210,59 @@ def ssh_key(folder: Path, name: str = "id_ed25519") -> Path:
     return path
 
 
+def drop_file(inbox: Path, name: str, text: str, *, staging: Path | None = None) -> None:
+    """A complete file appears in ``inbox`` at once: written aside (in ``staging``,
+    else as an upload in progress, a dot name in the inbox), then renamed in."""
+    temp = (staging or inbox) / f".{name}.tmp"
+    temp.write_text(text)
+    os.replace(temp, inbox / name)
+
+
+def ssh_connect(port: int, user: str, key: Path) -> paramiko.SSHClient:
+    """A paramiko SSH client logged in to 127.0.0.1 with ``key`` only (raises on refusal)."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    try:
+        client.connect(
+            "127.0.0.1",
+            port=port,
+            username=user,
+            key_filename=str(key),
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=10,
+        )
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+@contextmanager
+def sftp_session(port: int, user: str, key: Path) -> Iterator[paramiko.SFTPClient]:
+    """A paramiko SFTP client logged in to 127.0.0.1 as ``user`` with the ed25519 ``key``."""
+    transport = paramiko.Transport(("127.0.0.1", port))
+    try:
+        transport.connect(username=user, pkey=paramiko.Ed25519Key(filename=str(key)))
+        sftp = paramiko.SFTPClient.from_transport(transport)
+        assert sftp is not None
+        yield sftp
+    finally:
+        transport.close()
+
+
+def sftp_put(port: int, user: str, key: Path, local: Path) -> None:
+    """Upload ``local`` into the partner's inbox under its own name over SFTP."""
+    client = ssh_connect(port, user, key)
+    try:
+        sftp = client.open_sftp()
+        # No stat afterwards (confirm): the daemon may have claimed the file already.
+        sftp.put(str(local), f"/inbox/{local.name}", confirm=False)
+        sftp.close()
+    finally:
+        client.close()
+
+
 def sftp_batch(
     key: Path, port: int, user: str, commands: str, cwd: Path
 ) -> subprocess.CompletedProcess[str]:
@@ -229,3 +291,103 @@ def sftp_batch(
         cwd=cwd,
         timeout=60,
     )
+
+
+Fields = tuple[tuple[str, str, str | None], ...]
+
+
+def add_tenants(
+    daemon: Daemon,
+    names: tuple[str, ...],
+    key: Path,
+    *,
+    password: str | None = None,
+    fields: Fields = SEED_FIELDS,
+) -> None:
+    """Tenants with custom fields, in process (the CLI costs seconds per call)."""
+    public = key.with_name(key.name + ".pub").read_text().split()
+    engine = db.connect(daemon.db_url)
+    try:
+        db.upgrade(engine)
+        with db.write_tx(engine) as conn:
+            for name in names:
+                tenant_id = store_tenants.add_tenant(
+                    conn,
+                    name,
+                    keys=[(public[0], public[1])],
+                    password_hash=hash_password(password) if password else None,
+                )
+                for field_name, type_, options in fields:
+                    store_fields.add_field(
+                        conn,
+                        tenant_id,
+                        CustomField(
+                            name=field_name,
+                            type=type_,  # type: ignore[arg-type]
+                            options=tuple(options.split(",")) if options else (),
+                        ),
+                    )
+    finally:
+        engine.dispose()
+    for name in names:
+        daemon.inbox(name).mkdir(parents=True, exist_ok=True)
+        daemon.outbox(name).mkdir(parents=True, exist_ok=True)
+
+
+def start(daemon: Daemon, tenants: tuple[str, ...]) -> None:
+    """Start the daemon and wait until its SFTP server knows ``tenants``.
+
+    The server listens (and `daemon.started` is logged) before the tenants are read
+    from the database, so a login in between fails as `unknown_user`; the tenant
+    snapshot the daemon writes after that read is the only sign it is done.
+    """
+    daemon.start()
+    snapshot = daemon.root / "state" / "tenants.json"
+
+    def loaded() -> bool:
+        try:
+            names = {t["name"] for t in json.loads(snapshot.read_text())}
+        except (FileNotFoundError, ValueError):
+            return False
+        return set(tenants) <= names
+
+    wait_for(loaded, what="the daemon to load its tenants")
+
+
+@contextmanager
+def sftp_site(
+    home: Path,
+    db_url: str,
+    tenants: tuple[str, ...],
+    *,
+    imports: dict[str, Any],
+    files: dict[str, str] | None = None,
+) -> Iterator[tuple[Daemon, Path, Path]]:
+    """A started daemon serving ``tenants`` (one fresh key for all), its key and a
+    client directory holding ``files``; the daemon is stopped afterwards."""
+    daemon = Daemon(home=home, db_url=db_url, port=free_port(), extra={"import": imports})
+    work = home / "client"
+    work.mkdir()
+    key = ssh_key(home)
+    add_tenants(daemon, tenants, key)
+    for name, text in (files or {}).items():
+        (work / name).write_text(text)
+    start(daemon, tenants)
+    try:
+        yield daemon, key, work
+    finally:
+        daemon.stop()
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SftpSite:
+    """A daemon serving tenants, their key and the SFTP client's local directory."""
+
+    daemon: Daemon
+    key: Path
+    work: Path  # the client's local directory
+
+    def put(self, tenant: str, commands: str) -> None:
+        """Run an OpenSSH `sftp` batch as ``tenant`` from ``work``; it must succeed."""
+        result = sftp_batch(self.key, self.daemon.port, tenant, commands, self.work)
+        assert 0 == result.returncode, result.stderr

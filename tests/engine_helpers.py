@@ -28,6 +28,7 @@ from personsd.fieldtypes import Charset, CustomField, FieldType
 from personsd.phones import CarrierCheck
 from personsd.reports import report_names
 from personsd.rules import Person
+from personsd.store import db
 from personsd.store import fields as store_fields
 from personsd.store import persons as store_persons
 from personsd.store import tenants as store_tenants
@@ -52,6 +53,19 @@ def make_config(root: Path, db_url: str, *, chunk_rows: int) -> config.Config:
             "import": {"chunk_rows": chunk_rows, "carrier_lookup": "none"},
         },
         base=root,
+        env={},
+    )
+
+
+def var_config(base: Path, db_url: str, **imports: Any) -> config.Config:
+    """A config rooted at ``base/var`` on ``db_url``: carrier lookup off, ``imports`` on top."""
+    return config.parse(
+        {
+            "paths": {"root": str(base / "var")},
+            "database": {"url": db_url},
+            "import": {"carrier_lookup": "none", **imports},
+        },
+        base=base,
         env={},
     )
 
@@ -192,3 +206,43 @@ def fast_url(db_url: str, scratch: Path) -> str:
     if "options=" in db_url:
         return db_url.replace("options=", f"options={option}%20", 1)
     return db_url + ("&" if "?" in db_url else "?") + f"options={option}"
+
+
+@contextmanager
+def fast_engine(db_url: str, scratch: Path) -> Iterator[tuple[Path, str, Engine]]:
+    """A migrated engine for a test that commits a lot: the :func:`fast_dir`
+    root, the :func:`fast_url` and the engine on it (disposed afterwards)."""
+    with fast_dir(scratch) as root:
+        url = fast_url(db_url, root)
+        engine = db.connect(url)
+        try:
+            db.upgrade(engine)
+            yield root, url, engine
+        finally:
+            engine.dispose()
+
+
+def migrate_with_tenant(cfg: config.Config, tenant: str) -> None:
+    """Bring ``cfg``'s database to the schema's head and add ``tenant`` with its outbox."""
+    engine = db.connect(cfg.database.url)
+    try:
+        db.upgrade(engine)
+        with write_tx(engine) as conn:
+            store_tenants.add_tenant(conn, tenant)
+    finally:
+        engine.dispose()
+    cfg.outbox(tenant).mkdir(parents=True)
+
+
+def import_summary(db_url: str, root: Path, path: Path, *, chunk_rows: int) -> dict[str, Any]:
+    """Import ``path`` for a fresh tenant on ``db_url`` (config on ``root``); the
+    summary it published."""
+    engine = db.connect(db_url)
+    try:
+        db.upgrade(engine)
+        cfg = make_config(root, db_url, chunk_rows=chunk_rows)
+        tenant = new_tenant_name()
+        add_tenant(engine, tenant)
+        return published(cfg, tenant, run_import(engine, cfg, tenant, path)).summary
+    finally:
+        engine.dispose()

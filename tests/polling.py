@@ -7,6 +7,16 @@ from collections.abc import Callable
 from typing import Any
 
 
+class Clock:
+    """A settable monotonic clock for the pure parts that take one (no sleeping in tests)."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def wait_for(
     predicate: Callable[[], Any],
     timeout: float = 20.0,

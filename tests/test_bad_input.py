@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from cli_helpers import FIXED_COLUMNS, Imported, Site, make_site, shared_database
+from cli_helpers import FIXED_COLUMNS, Imported, Site
 
 ROW_FORMAT = "PersonErrors::InvalidImportRowFormat"
 ENCODING = (
@@ -31,15 +30,6 @@ EXCEEDS = (ROW_FORMAT, "Row exceeds 1048576 bytes")
 NUL = (ROW_FORMAT, "Row contains a NUL byte")
 HEAD = "external_person_id,nick\n"
 TEN_MB = 10 * 1024 * 1024
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def shared(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Site]:
-    home = tmp_path_factory.mktemp(f"bad-input-{request.param}")
-    with shared_database(request.param, home) as url:
-        yield make_site(home, url)
 
 
 _numbers = itertools.count(1)

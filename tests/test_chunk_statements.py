@@ -14,14 +14,12 @@ from sqlalchemy import Engine, event
 
 from engine_helpers import (
     add_tenant,
-    fast_dir,
-    fast_url,
+    fast_engine,
     make_config,
     new_tenant_name,
     run_import,
 )
 from personsd.config import Config
-from personsd.store import db
 
 ROWS = 1000
 SMALL, LARGE = 10, 500
@@ -57,15 +55,11 @@ class Bench:
 
 @pytest.fixture
 def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
-    with fast_dir(tmp_path) as root:
-        url = fast_url(db_url, root)
-        engine = db.connect(url)
-        db.upgrade(engine)
+    with fast_engine(db_url, tmp_path) as (root, url, engine):
         counter = Counter()
         event.listen(engine, "before_cursor_execute", counter)
         configs = {n: make_config(root, url, chunk_rows=n) for n in (SMALL, LARGE)}
         yield Bench(engine=engine, root=root, counter=counter, configs=configs)
-        engine.dispose()
 
 
 def device(version: int, i: int) -> str:

@@ -21,7 +21,6 @@ from cli_helpers import (
     Site,
     assert_clean_exit,
     make_site,
-    shared_database,
     write_config,
 )
 from personsd import config as config_mod
@@ -35,16 +34,6 @@ from personsd.store import tenants as store_tenants
 def site(tmp_path: Path, db_url: str) -> Site:
     """An installation of its own (for commands whose output spans every tenant)."""
     return make_site(tmp_path / "site", db_url)
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def shared(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Site]:
-    """One installation per database for the tests that only look at a tenant of their own."""
-    home = tmp_path_factory.mktemp(f"cli-{request.param}")
-    with shared_database(request.param, home) as url:
-        yield make_site(home, url)
 
 
 _numbers = itertools.count(1)
@@ -715,17 +704,27 @@ def test_imports_list(site: Site) -> None:
     assert "unknown tenant" in site.cli("imports", "list", "--tenant", "nosuch", expect=1).stderr
 
 
+def failed_import(
+    site: Site, name: str, text: str, error: str
+) -> tuple[config_mod.Config, Path, int]:
+    """An import of ``name`` for acme, failed with ``error`` as after its last attempt."""
+    source = site.write(name, text)
+    cfg = config_mod.load(site.config, env={})
+    with engine_of(site) as engine:
+        import_id = importer.create(
+            engine, tenant="acme", path=source, source="cli", claimed_by="cli:test"
+        )
+        importer.fail(engine, cfg, import_id, error)
+    return cfg, source, import_id
+
+
 def test_imports_retry_queues_a_failed_import_only(site: Site) -> None:
     """SPEC 5/7: `imports retry ID` queues a failed import again; any other status exits 1."""
     site.cli("tenants", "add", "acme")
     done = site.import_bytes("done.persons", "external_person_id\ne1\n")
-    source = site.write("poison.persons", "external_person_id\ne2\n")
-    cfg = config_mod.load(site.config, env={})
-    with engine_of(site) as engine:
-        failed_id = importer.create(
-            engine, tenant="acme", path=source, source="cli", claimed_by="cli:test"
-        )
-        importer.fail(engine, cfg, failed_id, "RuntimeError('boom')")
+    _, _, failed_id = failed_import(
+        site, "poison.persons", "external_person_id\ne2\n", "RuntimeError('boom')"
+    )
     summary = json.loads(
         (site.outbox("acme") / f"poison.persons.{failed_id}.summary.json").read_text()
     )
@@ -762,13 +761,10 @@ def test_imports_retry_of_unknown_id_exits_1(site: Site, import_id: str) -> None
 def test_imports_retry_then_the_import_completes(site: Site) -> None:
     """SPEC 5: a retried import runs again from its checkpoint and completes."""
     site.cli("tenants", "add", "acme")
-    source = site.write("later.persons", "external_person_id\ne1\ne2\n")
-    cfg = config_mod.load(site.config, env={})
+    cfg, source, import_id = failed_import(
+        site, "later.persons", "external_person_id\ne1\ne2\n", "OSError('disk')"
+    )
     with engine_of(site) as engine:
-        import_id = importer.create(
-            engine, tenant="acme", path=source, source="cli", claimed_by="cli:test"
-        )
-        importer.fail(engine, cfg, import_id, "OSError('disk')")
         site.cli("imports", "retry", str(import_id))
         outcome = importer.run(engine, cfg, import_id)
 

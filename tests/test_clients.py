@@ -16,11 +16,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import paramiko
 import pytest
 
-from daemon_helpers import Daemon, free_port, ssh_key
-from test_daemon_e2e import add_tenants, start
+from daemon_helpers import Daemon, sftp_session, sftp_site
 
 pytestmark = pytest.mark.slow
 
@@ -43,21 +41,9 @@ SSH_OPTIONS = (
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Path, Path]]:
     home = tmp_path_factory.mktemp("clients")
-    daemon = Daemon(
-        home=home,
-        db_url=f"sqlite:///{home / 'persons.db'}",
-        port=free_port(),
-        extra={"import": {"rescan_seconds": 0.5}},
-    )
-    key = ssh_key(home)
-    add_tenants(daemon, TENANTS, key)
-    work = home / "client"
-    work.mkdir()
-    start(daemon, TENANTS)
-    try:
-        yield daemon, key, work
-    finally:
-        daemon.stop()
+    url = f"sqlite:///{home / 'persons.db'}"
+    with sftp_site(home, url, TENANTS, imports={"rescan_seconds": 0.5}) as made:
+        yield made
 
 
 def tool(name: str) -> str:
@@ -150,17 +136,11 @@ def test_openssh_put_preserving_times_and_mode(site: tuple[Daemon, Path, Path]) 
 def test_winscp_style_filepart_rename_then_setstat(site: tuple[Daemon, Path, Path]) -> None:
     """WinSCP's default: NAME.filepart, rename to NAME, then set times and permissions."""
     daemon, key, _ = site
-    transport = paramiko.Transport(("127.0.0.1", daemon.port))
-    try:
-        transport.connect(username="winscp", pkey=paramiko.Ed25519Key(filename=str(key)))
-        sftp = paramiko.SFTPClient.from_transport(transport)
-        assert sftp is not None
+    with sftp_session(daemon.port, "winscp", key) as sftp:
         with sftp.open("/inbox/winscp.persons.filepart", "wb") as fh:
             fh.write(CONTENT.encode())
         sftp.rename("/inbox/winscp.persons.filepart", "/inbox/winscp.persons")
         # By now the daemon may have claimed the file: still acknowledged.
         sftp.utime("/inbox/winscp.persons", (1_700_000_000, 1_700_000_000))
         sftp.chmod("/inbox/winscp.persons", 0o644)
-    finally:
-        transport.close()
     imported_once(daemon, "winscp", "winscp.persons")

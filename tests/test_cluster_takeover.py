@@ -34,6 +34,7 @@ from test_daemon_crash import (
     SharedReference,
     comparable_summary,
     normalised_export,
+    shared_reference,
 )
 
 pytestmark = pytest.mark.slow
@@ -45,13 +46,8 @@ SLACK = 4.0
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedReference]:
-    base = tmp_path_factory.getbasetemp()
-    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "crash-ref"
-    found = SharedReference(shared, tmp_path_factory.mktemp("reference"))
-    try:
+    with shared_reference(tmp_path_factory, "reference") as found:
         yield found
-    finally:
-        found.close()
 
 
 def current(engine: Engine, tenant: str) -> ImportRecord | None:

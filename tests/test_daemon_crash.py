@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,11 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from cluster_helpers import seed_tenants
 from daemon_helpers import Daemon, free_port
-from personsd import config
-from personsd.fieldtypes import CustomField, FieldType
+from engine_helpers import var_config
 from personsd.intake import Intake
 from personsd.store import db
-from personsd.store import fields as store_fields
 from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
 from personsd.store.db import write_tx
@@ -52,14 +52,6 @@ ROWS = 200_000
 CHUNK_ROWS = 5000
 TENANT = "acme"
 FILE = "big.persons"
-FIELDS = (
-    CustomField(name="first_name", type=FieldType.STRING),
-    CustomField(
-        name="sport_interests",
-        type=FieldType.MULTI_SELECT,
-        options=("football", "hockey", "soccer", "golf", "basketball"),
-    ),
-)
 SPORTS = ("football", "hockey|golf", "", "soccer|basketball|football")
 # Volatile by nature: which import, which tenant, when, and the names built from the id.
 VOLATILE = ("import_id", "tenant", "received_at", "started_at", "finished_at", "reports")
@@ -139,16 +131,7 @@ def site(
         config.setdefault(name, {}).update(values)
     daemon = Daemon(home=home, db_url=db_url, port=free_port(), extra=config)
     daemon.write_config()
-    engine = db.connect(db_url)
-    try:
-        db.upgrade(engine)
-        with write_tx(engine) as conn:
-            for tenant in tenants:
-                tenant_id = store_tenants.add_tenant(conn, tenant, keys=keys)
-                for field in FIELDS:
-                    store_fields.add_field(conn, tenant_id, field)
-    finally:
-        engine.dispose()
+    seed_tenants(db_url, tenants, keys)
     for tenant in tenants:
         for folder in (daemon.inbox(tenant), daemon.outbox(tenant)):
             folder.mkdir(parents=True)
@@ -277,17 +260,26 @@ class SharedReference:
         self.lock.close()
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedReference]:
+@contextmanager
+def shared_reference(
+    tmp_path_factory: pytest.TempPathFactory, name: str
+) -> Iterator[SharedReference]:
+    """The session's :class:`SharedReference`, with a folder ``name`` of this worker's."""
     # Under xdist the session's base directory is per worker and its parent is
     # the session's; without xdist the base directory is the session's.
     base = tmp_path_factory.getbasetemp()
     shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "crash-ref"
-    reference = SharedReference(shared, tmp_path_factory.mktemp("uninterrupted"))
+    reference = SharedReference(shared, tmp_path_factory.mktemp(name))
     try:
         yield reference
     finally:
         reference.close()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedReference]:
+    with shared_reference(tmp_path_factory, "uninterrupted") as reference:
+        yield reference
 
 
 # -- watching the import from outside ------------------------------------------------------
@@ -446,15 +438,7 @@ def test_a_file_being_claimed_is_not_recovered_a_second_time(tmp_path: Path) -> 
     upload takes long enough for the same to happen without any lock.
     """
     url = f"sqlite:///{tmp_path / 'persons.db'}"
-    cfg = config.parse(
-        {
-            "paths": {"root": str(tmp_path / "var")},
-            "database": {"url": url},
-            "import": {"carrier_lookup": "none"},
-        },
-        base=tmp_path,
-        env={},
-    )
+    cfg = var_config(tmp_path, url)
     engine = db.connect(url)
     db.upgrade(engine)
     with write_tx(engine) as conn:

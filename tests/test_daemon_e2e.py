@@ -13,20 +13,19 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
 
 from conftest import database_url
-from daemon_helpers import SEED_FIELDS, SEED_FILE, Daemon, free_port, sftp_batch, ssh_key
-from personsd.fieldtypes import CustomField
-from personsd.passwords import hash_password
-from personsd.store import db
-from personsd.store import fields as store_fields
-from personsd.store import tenants as store_tenants
+from daemon_helpers import (
+    SEED_FILE,
+    Daemon,
+    SftpSite,
+    sftp_session,
+    sftp_site,
+)
 from polling import wait_for
 
 pytestmark = pytest.mark.slow
@@ -60,97 +59,19 @@ def module_db_url(kind: str, folder: Path) -> AbstractContextManager[str]:
     return database_url(kind, folder)
 
 
-Fields = tuple[tuple[str, str, str | None], ...]
-
-
-def add_tenants(
-    daemon: Daemon,
-    names: tuple[str, ...],
-    key: Path,
-    *,
-    password: str | None = None,
-    fields: Fields = SEED_FIELDS,
-) -> None:
-    """Tenants with custom fields, in process (the CLI costs seconds per call)."""
-    public = key.with_name(key.name + ".pub").read_text().split()
-    engine = db.connect(daemon.db_url)
-    try:
-        db.upgrade(engine)
-        with db.write_tx(engine) as conn:
-            for name in names:
-                tenant_id = store_tenants.add_tenant(
-                    conn,
-                    name,
-                    keys=[(public[0], public[1])],
-                    password_hash=hash_password(password) if password else None,
-                )
-                for field_name, type_, options in fields:
-                    store_fields.add_field(
-                        conn,
-                        tenant_id,
-                        CustomField(
-                            name=field_name,
-                            type=type_,  # type: ignore[arg-type]
-                            options=tuple(options.split(",")) if options else (),
-                        ),
-                    )
-    finally:
-        engine.dispose()
-    for name in names:
-        daemon.inbox(name).mkdir(parents=True, exist_ok=True)
-        daemon.outbox(name).mkdir(parents=True, exist_ok=True)
-
-
-def start(daemon: Daemon, tenants: tuple[str, ...]) -> None:
-    """Start the daemon and wait until its SFTP server knows ``tenants``.
-
-    The server listens (and `daemon.started` is logged) before the tenants are read
-    from the database, so a login in between fails as `unknown_user`; the tenant
-    snapshot the daemon writes after that read is the only sign it is done.
-    """
-    daemon.start()
-    snapshot = daemon.root / "state" / "tenants.json"
-
-    def loaded() -> bool:
-        try:
-            names = {t["name"] for t in json.loads(snapshot.read_text())}
-        except (FileNotFoundError, ValueError):
-            return False
-        return set(tenants) <= names
-
-    wait_for(loaded, what="the daemon to load its tenants")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Site:
-    daemon: Daemon
-    key: Path
-    work: Path  # the client's local directory
-
-    def put(self, tenant: str, commands: str) -> None:
-        result = sftp_batch(self.key, self.daemon.port, tenant, commands, self.work)
-        assert 0 == result.returncode, result.stderr
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Site]:
+) -> Iterator[SftpSite]:
     home = tmp_path_factory.mktemp(f"e2e-{request.param}")
     with module_db_url(request.param, home) as url:
-        daemon = Daemon(
-            home=home, db_url=url, port=free_port(), extra={"import": {"rescan_seconds": RESCAN}}
-        )
-        work = home / "client"
-        work.mkdir()
-        key = ssh_key(home)
-        add_tenants(daemon, TENANTS, key)
-        (work / "seed.persons").write_text(SEED)
-        start(daemon, TENANTS)
-        try:
-            yield Site(daemon=daemon, key=key, work=work)
-        finally:
-            daemon.stop()
+        files = {"seed.persons": SEED}
+        with sftp_site(home, url, TENANTS, imports={"rescan_seconds": RESCAN}, files=files) as (
+            daemon,
+            key,
+            work,
+        ):
+            yield SftpSite(daemon=daemon, key=key, work=work)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -189,7 +110,7 @@ def assert_seed_summary(summary: dict[str, Any], tenant: str, file: str) -> None
 # -- tests -----------------------------------------------------------------------------------
 
 
-def test_openssh_put_then_get_reports_over_sftp(site: Site) -> None:
+def test_openssh_put_then_get_reports_over_sftp(site: SftpSite) -> None:
     """SPEC 4/6: OpenSSH `sftp` puts a file in /inbox and gets its summary and errors back."""
     daemon, tenant = site.daemon, "openssh"
     site.put(tenant, "put seed.persons /inbox/seed.persons\n")
@@ -206,7 +127,7 @@ def test_openssh_put_then_get_reports_over_sftp(site: Site) -> None:
     assert [SEED_ERROR_LINE] == parse_csv((site.work / "got.errors.csv").read_text())
 
 
-def test_processed_file_is_archived_and_inbox_left_empty(site: Site) -> None:
+def test_processed_file_is_archived_and_inbox_left_empty(site: SftpSite) -> None:
     """SPEC 5: after the import the file is in archive/<tenant>/ and no longer in the inbox."""
     daemon, tenant = site.daemon, "openssh"
     site.put(tenant, "put seed.persons /inbox/archived.persons\n")
@@ -217,14 +138,10 @@ def test_processed_file_is_archived_and_inbox_left_empty(site: Site) -> None:
     assert [] == visible_inbox(daemon, tenant)
 
 
-def test_paramiko_put_listdir_get(site: Site) -> None:
+def test_paramiko_put_listdir_get(site: SftpSite) -> None:
     """SPEC 4/6: a paramiko client puts, finds the reports by listing /outbox, gets them."""
     daemon, tenant = site.daemon, "paramiko"
-    transport = paramiko.Transport(("127.0.0.1", daemon.port))
-    try:
-        transport.connect(username=tenant, pkey=paramiko.Ed25519Key(filename=str(site.key)))
-        sftp = paramiko.SFTPClient.from_transport(transport)
-        assert sftp is not None
+    with sftp_session(daemon.port, tenant, site.key) as sftp:
         # confirm=False: see test_paramiko_default_put_confirms_the_upload.
         sftp.put(str(site.work / "seed.persons"), "/inbox/para.persons", confirm=False)
         listed: list[str] = wait_for(
@@ -242,20 +159,14 @@ def test_paramiko_put_listdir_get(site: Site) -> None:
         assert [f"{base}.errors.csv", f"{base}.summary.json"] == sorted(listed)
         with sftp.open(f"/outbox/{base}.errors.csv") as fh:
             errors = parse_csv(fh.read().decode())
-    finally:
-        transport.close()
     assert_seed_summary(summary, tenant, "para.persons")
     assert [SEED_ERROR_LINE] == errors
 
 
-def test_paramiko_default_put_confirms_the_upload(site: Site) -> None:
+def test_paramiko_default_put_confirms_the_upload(site: SftpSite) -> None:
     """SPEC 6: paramiko's plain `put` (stat after close to confirm the size) succeeds."""
     daemon, tenant = site.daemon, "paramiko"
-    transport = paramiko.Transport(("127.0.0.1", daemon.port))
-    try:
-        transport.connect(username=tenant, pkey=paramiko.Ed25519Key(filename=str(site.key)))
-        sftp = paramiko.SFTPClient.from_transport(transport)
-        assert sftp is not None
+    with sftp_session(daemon.port, tenant, site.key) as sftp:
         # Several puts, each with the daemon idle: it claims a file within milliseconds of
         # its close, so a server that forgets a claimed upload fails the confirming stat
         # nearly every time.
@@ -265,14 +176,12 @@ def test_paramiko_default_put_confirms_the_upload(site: Site) -> None:
             sizes.append(
                 sftp.put(str(site.work / "seed.persons"), f"/inbox/confirm{i}.persons").st_size
             )
-    finally:
-        transport.close()
     assert [len(SEED.encode())] * 5 == sizes
     for i in range(5):
         assert "completed" == daemon.summary(tenant, f"confirm{i}.persons")["status"]
 
 
-def test_local_copy_into_inbox_is_imported(site: Site) -> None:
+def test_local_copy_into_inbox_is_imported(site: SftpSite) -> None:
     """SPEC 5: a file copied on disk (no SFTP) is imported once it has settled."""
     daemon, tenant = site.daemon, "local"
     shutil.copy(site.work / "seed.persons", daemon.inbox(tenant) / "copied.persons")
@@ -282,7 +191,7 @@ def test_local_copy_into_inbox_is_imported(site: Site) -> None:
     assert [SEED_ERROR_LINE] == parse_csv(errors.read_text())
 
 
-def test_filepart_renamed_to_persons_is_imported_once(site: Site) -> None:
+def test_filepart_renamed_to_persons_is_imported_once(site: SftpSite) -> None:
     """SPEC 1.1: `x.filepart` is ignored; renamed to `x.persons` over SFTP it is imported once."""
     daemon, tenant = site.daemon, "filepart"
     site.put(
@@ -296,7 +205,7 @@ def test_filepart_renamed_to_persons_is_imported_once(site: Site) -> None:
     assert [] == visible_inbox(daemon, tenant)
 
 
-def test_hidden_name_on_disk_is_never_imported(site: Site) -> None:
+def test_hidden_name_on_disk_is_never_imported(site: SftpSite) -> None:
     """SPEC 1.1: a name starting with `.` is an upload in progress: never imported, never moved."""
     daemon, tenant = site.daemon, "hidden"
     hidden = daemon.inbox(tenant) / ".x.persons"
@@ -310,7 +219,7 @@ def test_hidden_name_on_disk_is_never_imported(site: Site) -> None:
     assert not daemon.has_event("file.detected", tenant=tenant, file=".x.persons")
 
 
-def test_other_names_are_rejected(site: Site) -> None:
+def test_other_names_are_rejected(site: SftpSite) -> None:
     """SPEC 1.1: `report.csv` in an inbox is rejected: `File name must end with .persons`."""
     daemon, tenant = site.daemon, "reject"
     site.put(tenant, "put seed.persons /inbox/report.csv\n")
@@ -334,7 +243,7 @@ def test_other_names_are_rejected(site: Site) -> None:
     assert [] == visible_inbox(daemon, tenant)
 
 
-def test_duplicate_upload_names_the_earlier_import(site: Site) -> None:
+def test_duplicate_upload_names_the_earlier_import(site: SftpSite) -> None:
     """SPEC 5: the same content uploaded again is imported again, with `duplicate_of`."""
     daemon, tenant = site.daemon, "dup"
     site.put(tenant, "put seed.persons /inbox/first.persons\n")

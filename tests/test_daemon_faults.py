@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from daemon_helpers import Daemon, free_port
+from daemon_helpers import Daemon, drop_file, free_port
 from fault_helpers import fill, tmpfs
 from personsd.store import db
 from polling import wait_for
@@ -37,17 +37,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
-def drop(inbox: Path, name: str, text: str) -> None:
-    """Write as an upload in progress (dot name), then rename: complete at once."""
-    temp = inbox / f".{name}"
-    temp.write_text(text)
-    temp.rename(inbox / name)
-
-
 def warm_up(daemon: Daemon) -> None:
     """One small import to its end: the daemon's start-up is over, its workers run."""
     wait_for(lambda: daemon.inbox(TENANT).is_dir(), what="the inbox")
-    drop(daemon.inbox(TENANT), "warm.persons", rows_file(1, prefix="warm"))
+    drop_file(daemon.inbox(TENANT), "warm.persons", rows_file(1, prefix="warm"))
     daemon.summary(TENANT, "warm.persons")
 
 
@@ -152,7 +145,7 @@ def test_sqlite_database_full_waits_and_spends_no_attempt(daemon: Any, tmp_path:
         d.start()
         assert d.proc is not None
         warm_up(d)
-        drop(d.inbox(TENANT), "big.persons", rows_file(rows))
+        drop_file(d.inbox(TENANT), "big.persons", rows_file(rows))
         wait_for(lambda: _next_row(disk / "persons.db", 2) > 0, what="the import under way")
         filler = fill(disk)
         wait_for(lambda: events(d, "import.waiting"), timeout=30, what="import.waiting")
@@ -188,7 +181,7 @@ def test_ten_kills_spend_no_attempt_and_change_nothing(daemon: Any, tmp_path: Pa
     d.add_tenant(TENANT, fields=FIELDS)
     d.start()
     wait_for(lambda: d.inbox(TENANT).is_dir(), what="the inbox")
-    drop(d.inbox(TENANT), "big.persons", text)
+    drop_file(d.inbox(TENANT), "big.persons", text)
     kills = 0
     for _ in range(10):
         seen = _next_row(db_path)

@@ -23,11 +23,11 @@ import paramiko
 import pytest
 from structlog.testing import capture_logs
 
-from daemon_helpers import Daemon, free_port, ssh_key
+from daemon_helpers import Daemon, add_tenants, free_port, ssh_key, start
 from engine_helpers import add_tenant, make_config, run_import
 from personsd.store import db
 from polling import wait_for
-from test_daemon_e2e import SEED, SEED_ROWS, add_tenants, module_db_url, start
+from test_daemon_e2e import SEED, SEED_ROWS, module_db_url
 
 pytestmark = pytest.mark.slow
 

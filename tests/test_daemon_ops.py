@@ -22,7 +22,7 @@ import paramiko
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon_helpers import Daemon, free_port, ssh_key
+from daemon_helpers import Daemon, drop_file, free_port, sftp_put, ssh_connect, ssh_key
 from polling import wait_for
 from test_daemon_outage import Cluster, cluster, down_guard  # noqa: F401 -- fixtures
 from test_metrics import SPEC_METRICS
@@ -86,47 +86,19 @@ def samples(daemon: Daemon) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
 
 
 def drop(daemon: Daemon, tenant: str, name: str, text: str) -> None:
-    staged = daemon.inbox(tenant).parent / f".{name}.tmp"
-    staged.write_text(text)
-    os.replace(staged, daemon.inbox(tenant) / name)
+    inbox = daemon.inbox(tenant)
+    drop_file(inbox, name, text, staging=inbox.parent)
 
 
 def sftp_upload(daemon: Daemon, key: Path, tenant: str, name: str, text: str) -> None:
     local = daemon.home / name
     local.write_text(text)
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        port=daemon.port,
-        username=tenant,
-        key_filename=str(key),
-        allow_agent=False,
-        look_for_keys=False,
-        timeout=10,
-    )
-    try:
-        sftp = client.open_sftp()
-        sftp.put(str(local), f"/inbox/{name}", confirm=False)
-        sftp.close()
-    finally:
-        client.close()
+    sftp_put(daemon.port, tenant, key, local)
 
 
 def failed_login(daemon: Daemon, key: Path, tenant: str) -> None:
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     with pytest.raises(paramiko.AuthenticationException):
-        client.connect(
-            "127.0.0.1",
-            port=daemon.port,
-            username=tenant,
-            key_filename=str(key),
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=10,
-        )
-    client.close()
+        ssh_connect(daemon.port, tenant, key)
 
 
 def summaries(daemon: Daemon, tenant: str) -> dict[str, dict[str, Any]]:

@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from daemon_helpers import Daemon, free_port, ssh_key
+from daemon_helpers import Daemon, add_tenants, drop_file, free_port, ssh_key
 from engine_helpers import export
 from personsd.store import db
 from personsd.store import tenants as store_tenants
 from polling import wait_for
-from test_daemon_e2e import add_tenants
 
 pytestmark = pytest.mark.slow
 
@@ -51,8 +50,7 @@ def drop(daemon: Daemon, tenant: str, name: str, body: str) -> None:
     """A local writer's complete file appears in the inbox at once (written aside, moved in)."""
     staging = daemon.home / "staging"
     staging.mkdir(exist_ok=True)
-    (staging / name).write_text(body)
-    os.replace(staging / name, daemon.inbox(tenant) / name)
+    drop_file(daemon.inbox(tenant), name, body, staging=staging)
 
 
 def completed_order(daemon: Daemon, tenant: str, count: int) -> list[str]:

@@ -21,12 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import psycopg
 import pytest
 
 from conftest import REQUIRE_PG
-from daemon_helpers import Daemon, free_port, ssh_key
+from daemon_helpers import Daemon, drop_file, free_port, sftp_put, ssh_key
 from personsd.store import db
 from polling import wait_for
 from test_daemon_crash import (
@@ -194,33 +193,10 @@ def small_file(index: int) -> str:
     return "".join(lines)
 
 
-def drop(inbox: Path, name: str, text: str) -> None:
-    staged = inbox / f".{name}.tmp"
-    staged.write_text(text)
-    os.replace(staged, inbox / name)
-
-
 def sftp_upload(daemon: Daemon, key: Path, name: str, text: str, folder: Path) -> None:
     local = folder / name
     local.write_text(text)
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    client.connect(
-        "127.0.0.1",
-        port=daemon.port,
-        username=TENANT,
-        key_filename=str(key),
-        allow_agent=False,
-        look_for_keys=False,
-        timeout=10,
-    )
-    try:
-        sftp = client.open_sftp()
-        # No stat afterwards (confirm): the daemon may have claimed the file already.
-        sftp.put(str(local), f"/inbox/{name}", confirm=False)
-        sftp.close()
-    finally:
-        client.close()
+    sftp_put(daemon.port, TENANT, key, local)
 
 
 def files_anywhere(daemon: Daemon, name: str) -> list[Path]:
@@ -275,7 +251,7 @@ def test_files_arriving_while_the_database_is_down_are_all_imported_once(
         cluster.stop("fast")
         names = sorted(files)
         for name in names[:3]:
-            drop(daemon.inbox(TENANT), name, files[name])
+            drop_file(daemon.inbox(TENANT), name, files[name])
         # The SFTP login works from the snapshot: the database is down.
         sftp_upload(daemon, key, names[3], files[names[3]], tmp_path)
 
@@ -343,7 +319,7 @@ def test_an_import_cut_off_by_a_database_crash_completes_with_the_same_result(
     watch = fresh_watch(daemon.db_url)
     try:
         start(daemon)
-        drop(daemon.inbox(TENANT), source.name, source.read_text())
+        drop_file(daemon.inbox(TENANT), source.name, source.read_text())
         watch.wait_rows(BIG_ROWS // 4)
         cut_at = watch.rows_done()
         watch.engine.dispose()

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
 
 from conftest import database_url
-from daemon_helpers import SEED_FILE, Daemon, free_port, sftp_batch, ssh_key
+from daemon_helpers import SEED_FILE, Daemon, SftpSite, sftp_session, sftp_site
 from polling import wait_for
-from test_daemon_e2e import add_tenants, start
 
 pytestmark = pytest.mark.slow
 
@@ -43,40 +39,16 @@ CHECK = (
 ROWS = {"total": 9, "succeeded": 5, "failed": 4, "created": 2, "updated": 3}
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Site:
-    daemon: Daemon
-    key: Path
-    work: Path
-
-    def sftp(self, tenant: str, commands: str) -> None:
-        result = sftp_batch(self.key, self.daemon.port, tenant, commands, self.work)
-        assert 0 == result.returncode, result.stderr
-
-
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Site]:
+) -> Iterator[SftpSite]:
     home = tmp_path_factory.mktemp(f"validate-{request.param}")
     with database_url(request.param, home) as url:
-        daemon = Daemon(
-            home=home,
-            db_url=url,
-            port=free_port(),
-            extra={"import": {"rescan_seconds": RESCAN, "chunk_rows": 2}},
-        )
-        work = home / "client"
-        work.mkdir()
-        key = ssh_key(home)
-        add_tenants(daemon, TENANTS, key)
-        (work / "seed.persons").write_text(SEED_FILE)
-        (work / "check.persons").write_text(CHECK)
-        start(daemon, TENANTS)
-        try:
-            yield Site(daemon=daemon, key=key, work=work)
-        finally:
-            daemon.stop()
+        imports = {"rescan_seconds": RESCAN, "chunk_rows": 2}
+        files = {"seed.persons": SEED_FILE, "check.persons": CHECK}
+        with sftp_site(home, url, TENANTS, imports=imports, files=files) as (daemon, key, work):
+            yield SftpSite(daemon=daemon, key=key, work=work)
 
 
 def summary_of(daemon: Daemon, tenant: str, file: str, mode: str) -> dict[str, Any]:
@@ -97,18 +69,20 @@ def errors_csv(daemon: Daemon, tenant: str, summary: dict[str, Any]) -> bytes:
     return (daemon.outbox(tenant) / summary["reports"]["errors"]).read_bytes()
 
 
-def seeded(site: Site, tenant: str) -> str:
+def seeded(site: SftpSite, tenant: str) -> str:
     """Import the seed file through /inbox; the export afterwards."""
-    site.sftp(tenant, "put seed.persons /inbox/seed.persons\n")
+    site.put(tenant, "put seed.persons /inbox/seed.persons\n")
     assert 4 == summary_of(site.daemon, tenant, "seed.persons", "import")["rows"]["created"]
     return site.daemon.export(tenant)
 
 
-def check_against_import(site: Site, tenant: str, validated: dict[str, Any], before: str) -> None:
+def check_against_import(
+    site: SftpSite, tenant: str, validated: dict[str, Any], before: str
+) -> None:
     """The export is as before; the import of the same file reports the same."""
     daemon = site.daemon
     assert before == daemon.export(tenant), "the validation changed persons"
-    site.sftp(tenant, "put check.persons /inbox/check.persons\n")
+    site.put(tenant, "put check.persons /inbox/check.persons\n")
     imported = summary_of(daemon, tenant, "check.persons", "import")
     assert errors_csv(daemon, tenant, imported) == errors_csv(daemon, tenant, validated)
     assert (ROWS, ROWS) == (imported["rows"], validated["rows"])
@@ -117,11 +91,11 @@ def check_against_import(site: Site, tenant: str, validated: dict[str, Any], bef
     assert before != daemon.export(tenant), "the import wrote persons"
 
 
-def test_openssh_sftp_into_validate_predicts_the_import(site: Site) -> None:
+def test_openssh_sftp_into_validate_predicts_the_import(site: SftpSite) -> None:
     """SPEC 11: OpenSSH `sftp` into /validate: the import's reports, nothing written."""
     tenant = "vopenssh"
     before = seeded(site, tenant)
-    site.sftp(tenant, "put check.persons /validate/check.persons\n")
+    site.put(tenant, "put check.persons /validate/check.persons\n")
     validated = summary_of(site.daemon, tenant, "check.persons", "validate")
     assert {
         "PersonErrors::MobilePhoneAlreadyAssigned": 2,
@@ -139,25 +113,19 @@ def test_openssh_sftp_into_validate_predicts_the_import(site: Site) -> None:
     check_against_import(site, tenant, validated, before)
 
 
-def test_paramiko_into_validate_predicts_the_import(site: Site) -> None:
+def test_paramiko_into_validate_predicts_the_import(site: SftpSite) -> None:
     """SPEC 11: paramiko into /validate, reports fetched from /outbox; nothing written."""
     tenant = "vparamiko"
     before = seeded(site, tenant)
-    transport = paramiko.Transport(("127.0.0.1", site.daemon.port))
-    try:
-        transport.connect(username=tenant, pkey=paramiko.Ed25519Key(filename=str(site.key)))
-        sftp = paramiko.SFTPClient.from_transport(transport)
-        assert sftp is not None
+    with sftp_session(site.daemon.port, tenant, site.key) as sftp:
         sftp.put(str(site.work / "check.persons"), "/validate/check.persons")
         validated = summary_of(site.daemon, tenant, "check.persons", "validate")
         with sftp.open(f"/outbox/check.persons.{validated['import_id']}.summary.json") as fh:
             assert "validate" == json.loads(fh.read())["mode"]
-    finally:
-        transport.close()
     check_against_import(site, tenant, validated, before)
 
 
-def test_validate_and_inbox_files_run_in_drop_order(site: Site) -> None:
+def test_validate_and_inbox_files_run_in_drop_order(site: SftpSite) -> None:
     """SPEC 5: one tenant's /validate and /inbox files run one at a time, in drop order.
 
     The validation dropped before the seed import sees no persons (all created);
@@ -166,7 +134,7 @@ def test_validate_and_inbox_files_run_in_drop_order(site: Site) -> None:
     tenant = "vorder"
     probe = site.work / "probe.persons"
     probe.write_text("mdn,first_name\n+12995550005,Probe\n")
-    site.sftp(
+    site.put(
         tenant,
         "put probe.persons /validate/early.persons\n"
         "put seed.persons /inbox/seed.persons\n"

@@ -12,7 +12,8 @@ from __future__ import annotations
 import csv
 import io
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,7 @@ import reference
 from engine_helpers import (
     add_tenant,
     export,
-    fast_dir,
-    fast_url,
+    fast_engine,
     make_config,
     new_tenant_name,
     normalise_export,
@@ -40,9 +40,14 @@ from layer_helpers import VARIANTS, Keys, with_pgp_home, wrap
 from personsd.config import Config
 from personsd.fieldtypes import CustomField
 from personsd.rules import Person
-from personsd.store import db
 
 CHUNK_SIZES = (1, 3, 5000)
+# For tests whose examples each run several imports on the shared bench.
+FORTY_EXAMPLES = settings(
+    max_examples=40,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    deadline=None,
+)
 
 # Four persons every example starts from; the file names them by index (@pid0,
 # @key0...) since their real ids and keys are known only once seeded.
@@ -157,7 +162,7 @@ def render(spec: FileSpec, seeded: list[Person]) -> bytes:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Bench:
-    """One database and tenant, seeded once, shared by every example of a test."""
+    """One database and tenant seeded with SEED's four persons, shared by a test's examples."""
 
     engine: Engine
     root: Path
@@ -168,16 +173,14 @@ class Bench:
     seeded: list[Person]
 
 
-@pytest.fixture
-def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
+@contextmanager
+def seeded_bench(db_url: str, scratch: Path, chunk_sizes: Iterable[int]) -> Iterator[Bench]:
+    """A :class:`Bench` with one config per chunk size, its tenant seeded with SEED."""
     # Hundreds of imports per test: keep their fsyncs off the disk (tmpfs when
     # there is one) and let PostgreSQL commit without waiting for its WAL
     # flush. Neither changes what an import does, only how long it waits.
-    with fast_dir(tmp_path) as root:
-        url = fast_url(db_url, root)
-        engine = db.connect(url)
-        db.upgrade(engine)
-        configs = {n: make_config(root, url, chunk_rows=n) for n in CHUNK_SIZES}
+    with fast_engine(db_url, scratch) as (root, url, engine):
+        configs = {n: make_config(root, url, chunk_rows=n) for n in chunk_sizes}
         tenant = new_tenant_name()
         tenant_id, fields = add_tenant(engine, tenant)
         (root / "seed.persons").write_bytes(SEED)
@@ -192,7 +195,12 @@ def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
             fields=fields,
             seeded=persons_of(engine, tenant_id),
         )
-        engine.dispose()
+
+
+@pytest.fixture
+def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
+    with seeded_bench(db_url, tmp_path, CHUNK_SIZES) as seeded:
+        yield seeded
 
 
 def reference_persons(bench: Bench) -> list[dict[str, Any]]:
@@ -302,11 +310,7 @@ LAYER_CHUNK_ROWS = 3
 
 # Five imports an example (two through gpg): 40 examples take about 15 s.
 @pytest.mark.timeout(300)
-@settings(
-    max_examples=40,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    deadline=None,
-)
+@FORTY_EXAMPLES
 @given(spec=file_specs())
 def test_layers_never_change_the_outcome(bench: Bench, pgp_keys: Keys, spec: FileSpec) -> None:
     """SPEC 11: plain, .gz, .zip, .pgp and .gz.pgp give identical exports and reports."""

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cli_helpers import FIXED_COLUMNS, Site, make_site, shared_database
+from http_helpers import CarrierStub, send_json
 
 MDN_FORMAT = (
     "MobilePhoneErrors::InvalidMDNFormat",
@@ -507,43 +506,19 @@ def test_file_error_rejects_the_file(shared: Site, case: FileCase) -> None:
 # -- the carrier lookup service ----------------------------------------------------------------
 
 
-class CarrierService:
+class CarrierService(CarrierStub):
     """A real HTTP carrier lookup on 127.0.0.1 (SPEC 2 `http`): GET ?mdn= -> {"valid": bool}."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.answer = "valid"  # "valid", "invalid" or "error" (HTTP 500)
-        self.asked: list[str] = []
-        service = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-                service.asked.extend(query.get("mdn", []))
-                if service.answer == "error":
-                    self.send_response(500)
-                    self.end_headers()
-                    return
-                body = json.dumps({"valid": service.answer == "valid"}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/lookup"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> CarrierService:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def answer_request(self, request: BaseHTTPRequestHandler) -> None:
+        if self.answer == "error":
+            request.send_response(500)
+            request.end_headers()
+            return
+        send_json(request, {"valid": self.answer == "valid"})
 
 
 @pytest.fixture

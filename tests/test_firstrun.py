@@ -37,6 +37,26 @@ def _start(cwd: Path, home: Path, port: int) -> tuple[subprocess.Popen[str], Pat
     return proc, out
 
 
+def _sftp(argv: list[str], batch: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    """The printed sftp command ``argv`` run on ``batch``, as the user whose home is ``home``."""
+    return subprocess.run(
+        [
+            argv[0],
+            "-b",
+            str(batch),
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            *argv[1:],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOME": str(home)},
+    )
+
+
 def test_printed_sftp_command_uploads_and_gets_reports(tmp_path: Path) -> None:
     """With a key in ~/.ssh, the printed sftp command logs in and the example imports."""
     home = tmp_path / "home"
@@ -57,22 +77,7 @@ def test_printed_sftp_command_uploads_and_gets_reports(tmp_path: Path) -> None:
         argv = shlex.split(command.group(1).replace("~", str(home)))
         batch = cwd / "batch"
         batch.write_text(f"{put.group(1)}\n")
-        result = subprocess.run(
-            [
-                argv[0],
-                "-b",
-                str(batch),
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                *argv[1:],
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "HOME": str(home)},
-        )
+        result = _sftp(argv, batch, home)
         assert 0 == result.returncode, result.stderr
         outbox = cwd / "var" / "tenants" / "demo" / "outbox"
         summary_path = wait_for(
@@ -85,22 +90,7 @@ def test_printed_sftp_command_uploads_and_gets_reports(tmp_path: Path) -> None:
         ]
         get = batch.with_name("get")
         get.write_text(f"get /outbox/{summary_path.name} {cwd / 'fetched.json'}\n")
-        fetched = subprocess.run(
-            [
-                argv[0],
-                "-b",
-                str(get),
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "BatchMode=yes",
-                *argv[1:],
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "HOME": str(home)},
-        )
+        fetched = _sftp(argv, get, home)
         assert 0 == fetched.returncode, fetched.stderr
         assert summary == json.loads((cwd / "fetched.json").read_text())
         assert key.with_suffix(".pub").exists()

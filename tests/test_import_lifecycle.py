@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 from structlog.testing import capture_logs
 
+from engine_helpers import migrate_with_tenant
 from fault_helpers import fill, tmpfs
 from personsd import config, importer
 from personsd.logging import Event
@@ -93,12 +94,7 @@ def _site(root: Path, db_url: str, max_attempts: int = 3) -> config.Config:
         base=root,
         env={},
     )
-    engine = db.connect(db_url)
-    db.upgrade(engine)
-    with db.write_tx(engine) as conn:
-        store_tenants.add_tenant(conn, "acme")
-    cfg.outbox("acme").mkdir(parents=True)
-    engine.dispose()
+    migrate_with_tenant(cfg, "acme")
     return cfg
 
 

@@ -12,10 +12,9 @@ import json
 import socket
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,8 @@ import pytest
 from sqlalchemy import Engine
 from structlog.testing import capture_logs
 
-from engine_helpers import add_tenant, persons_of, run_import
+from engine_helpers import add_tenant, persons_of, run_import, var_config
+from http_helpers import CarrierStub, send_json
 from personsd import config, digest, importer
 from personsd.errors import TransientError
 from personsd.fileformat import name_bytes
@@ -49,15 +49,7 @@ class Site:
 
 @pytest.fixture
 def site(tmp_path: Path, db_url: str) -> Iterator[Site]:
-    cfg = config.parse(
-        {
-            "paths": {"root": str(tmp_path / "var")},
-            "database": {"url": db_url},
-            "import": {"carrier_lookup": "none"},
-        },
-        base=tmp_path,
-        env={},
-    )
+    cfg = var_config(tmp_path, db_url)
     engine = db.connect(db_url)
     db.upgrade(engine)
     for tenant in ("slow", "quick"):
@@ -262,42 +254,22 @@ def test_leftover_publications_are_each_on_their_own(site: Site, tmp_path: Path)
 # -- carrier lookups ------------------------------------------------------------------------
 
 
-class HeldService:
+class HeldService(CarrierStub):
     """A real carrier service on 127.0.0.1 that holds each request until released."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.arrived = threading.Event()
         self.release = threading.Event()
-        self.asked: list[str] = []
-        service = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-                service.asked.extend(query.get("mdn", []))
-                service.arrived.set()
-                service.release.wait(20)
-                body = b'{"valid": true}'
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/lookup"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> HeldService:
-        self.thread.start()
-        return self
+    def answer_request(self, request: BaseHTTPRequestHandler) -> None:
+        self.arrived.set()
+        self.release.wait(20)
+        send_json(request, {"valid": True})
 
     def __exit__(self, *exc: object) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().__exit__(*exc)
 
 
 def test_a_slow_carrier_lookup_holds_no_write_lock(site: Site, tmp_path: Path) -> None:

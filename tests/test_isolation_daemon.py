@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import paramiko
 import pytest
 from sqlalchemy import text
 
-from daemon_helpers import Daemon, free_port, ssh_key
+from daemon_helpers import Daemon, free_port, sftp_session, ssh_key
 from personsd.fileformat import cut_name, name_bytes
 from personsd.logging import Event
 from personsd.store import db
@@ -100,12 +99,8 @@ def test_long_names_never_stall_loop_or_stop_a_restart(site: tuple[Daemon, Path]
     daemon, key = site
     start(daemon)
     names = [long_name(length, unit) for length in LENGTHS for unit in ("a", "é", "€")]
-    transport = paramiko.Transport(("127.0.0.1", daemon.port))
     refused = []
-    try:
-        transport.connect(username="alpha", pkey=paramiko.Ed25519Key(filename=str(key)))
-        sftp = paramiko.SFTPClient.from_transport(transport)
-        assert sftp is not None
+    with sftp_session(daemon.port, "alpha", key) as sftp:
         for name in names:
             try:
                 with sftp.open(f"/inbox/{name}", "wb") as fh:
@@ -113,8 +108,6 @@ def test_long_names_never_stall_loop_or_stop_a_restart(site: tuple[Daemon, Path]
             except OSError:
                 refused.append(name)
                 drop(daemon, "alpha", name)  # another writer gets it there all the same
-    finally:
-        transport.close()
 
     summaries = {name: summary_of(daemon, "alpha", name) for name in names}
 

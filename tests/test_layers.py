@@ -15,12 +15,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from cli_helpers import Site, write_config
-from engine_helpers import add_tenant, make_config, new_tenant_name, published, run_import
+from engine_helpers import (
+    import_summary,
+)
 from layer_helpers import gzip_bytes, zip_bytes
 from personsd import fileformat, layers
 from personsd.errors import FileRejected
 from personsd.logging import Event
-from personsd.store import db
 
 MiB = 1 << 20
 
@@ -186,66 +187,42 @@ def test_bad_archives_are_rejected_before_any_row(
     db_url: str, tmp_path: Path, suffix: str, content: bytes, message: str
 ) -> None:
     """SPEC 11: a corrupt, truncated or wrongly filled archive is rejected, no row applied."""
-    root = tmp_path / "root"
-    engine = db.connect(db_url)
-    db.upgrade(engine)
-    cfg = make_config(root, db_url, chunk_rows=1)
-    tenant = new_tenant_name()
-    add_tenant(engine, tenant)
     path = tmp_path / f"nightly.persons{suffix}"
     path.write_bytes(content)
-    outcome = run_import(engine, cfg, tenant, path)
-    summary = published(cfg, tenant, outcome).summary
+    summary = import_summary(db_url, tmp_path / "root", path, chunk_rows=1)
     assert "rejected" == summary["status"]
     assert {"class": "PersonErrors::InvalidImportFileFormat", "message": message} == summary[
         "file_error"
     ]
     assert [layers.split_name(path.name)[1][0]] == summary["layers"]
     assert 0 == summary["rows"]["total"]
-    engine.dispose()
 
 
 def test_a_zip_with_a_directory_entry_and_one_file_is_read(db_url: str, tmp_path: Path) -> None:
     """SPEC 11: a folder entry or macOS's __MACOSX/ forks are not files of the archive."""
-    root = tmp_path / "root"
-    engine = db.connect(db_url)
-    db.upgrade(engine)
-    cfg = make_config(root, db_url, chunk_rows=1)
-    tenant = new_tenant_name()
-    add_tenant(engine, tenant)
     path = tmp_path / "nightly.persons.zip"
     path.write_bytes(
         _zip({"out/": b"", "out/x.persons": GOOD, "__MACOSX/out/._x.persons": b"\0\5"})
     )
-    outcome = run_import(engine, cfg, tenant, path)
-    summary = published(cfg, tenant, outcome).summary
+    summary = import_summary(db_url, tmp_path / "root", path, chunk_rows=1)
     assert ("completed", 2, ["zip"]) == (
         summary["status"],
         summary["rows"]["created"],
         summary["layers"],
     )
-    engine.dispose()
 
 
 def test_a_bomb_is_rejected_at_the_expansion_cap(sqlite_url: str, tmp_path: Path) -> None:
     """SPEC 11: a file expanding past MAX_EXPANSION times its size is rejected, and logged."""
-    root = tmp_path / "root"
-    engine = db.connect(sqlite_url)
-    db.upgrade(engine)
-    cfg = make_config(root, sqlite_url, chunk_rows=1000)
-    tenant = new_tenant_name()
-    add_tenant(engine, tenant)
     path = tmp_path / "bomb.persons.gz"
     block = gzip.compress(b"\n" * MiB, compresslevel=9)
     path.write_bytes(gzip_bytes(b"external_person_id\n") + block * 100)  # 100 MiB of blank lines
     with capture_logs() as logs:
-        outcome = run_import(engine, cfg, tenant, path)
-    summary = published(cfg, tenant, outcome).summary
+        summary = import_summary(sqlite_url, tmp_path / "root", path, chunk_rows=1000)
     message = f"Compressed file expands to more than {layers.MAX_EXPANSION} times its size"
     assert message == summary["file_error"]["message"]
     capped = [e for e in logs if e["event"] == Event.IMPORT_EXPANSION_CAPPED]
     assert [("gzip", path.stat().st_size)] == [(e["layer"], e["bytes"]) for e in capped]
-    engine.dispose()
 
 
 MEMORY_PROBE = r"""

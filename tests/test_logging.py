@@ -12,12 +12,11 @@ import select
 import subprocess
 import sys
 import tty
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -29,6 +28,7 @@ from personsd.logging import (
     configure,
     get_logger,
 )
+from polling import Clock
 
 SPEC_EVENTS = {
     "sftp.login",
@@ -54,21 +54,8 @@ SPEC_EVENTS = {
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+def _restore_logging(restore_logging: None) -> None:
+    """Tests here configure logging: undo it for the next tests."""
 
 
 def test_event_names_are_spec_names() -> None:
@@ -191,7 +178,7 @@ def test_reconfigure_keeps_one_stdlib_handler() -> None:
 
 def test_progress_not_before_interval() -> None:
     """No progress event before `interval` seconds, then one, then none until the next interval."""
-    clock = Clock()
+    clock = Clock(100.0)
     reporter = ProgressReporter(1000, interval=5, clock=clock)
     clock.now += 4.9
     assert None is reporter.update(10, 100)
@@ -205,7 +192,7 @@ def test_progress_not_before_interval() -> None:
 
 def test_progress_values() -> None:
     """rows, rows/s, percent of bytes and ETA from the byte rate."""
-    clock = Clock()
+    clock = Clock(100.0)
     reporter = ProgressReporter(1000, clock=clock)
     clock.now += 10
     progress = reporter.update(500, 250)
@@ -217,7 +204,7 @@ def test_progress_values() -> None:
 
 def test_progress_resumed_counts_only_this_run() -> None:
     """A resumed import's rate counts rows and bytes since the resume, not the earlier run's."""
-    clock = Clock()
+    clock = Clock(100.0)
     reporter = ProgressReporter(1000, clock=clock, start_rows=400, start_bytes=500)
     clock.now += 10
     progress = reporter.measure(500, 600)
@@ -231,7 +218,7 @@ def test_progress_resumed_counts_only_this_run() -> None:
 
 def test_progress_edge_cases() -> None:
     """No time elapsed: no rate and no ETA; an empty file is 100 % done."""
-    clock = Clock()
+    clock = Clock(100.0)
     assert (0.0, None) == (lambda p: (p.rows_per_s, p.eta_seconds))(
         ProgressReporter(1000, clock=clock).measure(0, 0)
     )
@@ -247,7 +234,7 @@ def test_progress_edge_cases() -> None:
 )
 def test_progress_bounds(total: int, done: int, rows: int, elapsed: float) -> None:
     """Percent stays within 0..100, rate and ETA are never negative."""
-    clock = Clock()
+    clock = Clock(100.0)
     reporter = ProgressReporter(total, clock=clock)
     clock.now += elapsed
     progress = reporter.measure(rows, done)

@@ -12,6 +12,7 @@ from sqlalchemy import Engine, update
 
 from engine_helpers import add_tenant, make_config, new_tenant_name, run_import
 from personsd import importer, metrics, reports, status
+from personsd.config import Config
 from personsd.sftp import SftpLimits, SftpServer, load_or_create_host_key
 from personsd.store import db
 from personsd.store import imports as store_imports
@@ -92,15 +93,21 @@ def test_state_gauges_come_from_the_database(engine: Engine, tmp_path: Path) -> 
     assert 0 < samples[("personsd_disk_free_bytes", ())]
 
 
-def test_the_last_completed_import_is_the_newest_completed_not_the_newest_ended(
-    engine: Engine, tmp_path: Path
-) -> None:
-    """A later failed import does not count as the tenant having sent its data."""
+def config_and_tenant(engine: Engine, tmp_path: Path) -> tuple[Config, str]:
+    """A config on ``engine``'s database (100-row chunks) and a fresh tenant in it."""
     cfg = make_config(
         tmp_path / "root", engine.url.render_as_string(hide_password=False), chunk_rows=100
     )
     name = new_tenant_name()
     add_tenant(engine, name)
+    return cfg, name
+
+
+def test_the_last_completed_import_is_the_newest_completed_not_the_newest_ended(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A later failed import does not count as the tenant having sent its data."""
+    cfg, name = config_and_tenant(engine, tmp_path)
     path = tmp_path / "a.persons"
     path.write_text("external_person_id\np1\n")
     done = run_import(engine, cfg, name, path)
@@ -252,11 +259,7 @@ def test_the_status_snapshot_shows_running_progress_and_recent_failures(
     engine: Engine, tmp_path: Path
 ) -> None:
     """personsd status: a running import's rows and % of bytes; failed imports listed."""
-    cfg = make_config(
-        tmp_path / "root", engine.url.render_as_string(hide_password=False), chunk_rows=100
-    )
-    name = new_tenant_name()
-    add_tenant(engine, name)
+    cfg, name = config_and_tenant(engine, tmp_path)
     path = tmp_path / "a.persons"
     path.write_text("external_person_id\n" + "".join(f"p{i}\n" for i in range(100)))
     running = importer.create(engine, tenant=name, path=path, source="cli")

@@ -22,8 +22,7 @@ from engine_helpers import (
     Published,
     add_tenant,
     export,
-    fast_dir,
-    fast_url,
+    fast_engine,
     make_config,
     new_tenant_name,
     normalise_export,
@@ -33,7 +32,6 @@ from engine_helpers import (
 from layer_helpers import VARIANTS, Keys, with_pgp_home, wrap
 from personsd import importer
 from personsd.config import Config
-from personsd.store import db
 from personsd.store import imports as store_imports
 
 CHUNK_ROWS = 10
@@ -86,10 +84,7 @@ class Bench:
 
 @pytest.fixture
 def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
-    with fast_dir(tmp_path) as root:
-        url = fast_url(db_url, root)
-        engine = db.connect(url)
-        db.upgrade(engine)
+    with fast_engine(db_url, tmp_path) as (root, url, engine):
         cfg = make_config(root, url, chunk_rows=CHUNK_ROWS)
         path = root / "nightly.persons"
         make_file(path)
@@ -101,7 +96,6 @@ def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
             reports=published(cfg, tenant, outcome),
         )
         yield Bench(engine=engine, cfg=cfg, path=path, baseline=baseline)
-        engine.dispose()
 
 
 class Crash(Exception):

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from personsd import config
@@ -35,14 +33,8 @@ def write_config(path: Path, root: Path, url: str, keep_days: int) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
+def _restore_logging(restore_logging: None) -> None:
     """reload() reconfigures logging onto the test's stdout: undo it for the next tests."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    structlog.reset_defaults()
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from personsd.sftp.guard import LoginGuard
 from personsd.sftp.limits import LimitLog
 from personsd.sftp.paths import canonical, creatable_name, resolve, visible_name
 from personsd.sftp.quota import LocalInboxQuota
+from polling import Clock
 
 # -- virtual paths --------------------------------------------------------------------------
 
@@ -125,17 +126,9 @@ def test_creatable_names(name: str, expected: bool) -> None:
 # -- throttling -----------------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_failures_within_the_window_ban_then_the_ban_expires() -> None:
     """max_failed_logins failures in the window ban the address for ban_seconds."""
-    clock = Clock()
+    clock = Clock(1000.0)
     guard = LoginGuard(
         SftpLimits(max_failed_logins=3, failed_window_seconds=60, ban_seconds=300), clock
     )
@@ -148,7 +141,7 @@ def test_failures_within_the_window_ban_then_the_ban_expires() -> None:
 
 def test_failures_outside_the_window_do_not_add_up() -> None:
     """Failures spread wider than the window never ban."""
-    clock = Clock()
+    clock = Clock(1000.0)
     guard = LoginGuard(SftpLimits(max_failed_logins=2, failed_window_seconds=10), clock)
     results = []
     for _ in range(5):
@@ -168,7 +161,7 @@ def test_connection_slots_per_address() -> None:
 
 def test_password_guesses_are_booked_before_they_are_verified() -> None:
     """Failures plus guesses in flight never pass max_failed_logins: parallel guesses wait."""
-    clock = Clock()
+    clock = Clock(1000.0)
     guard = LoginGuard(SftpLimits(max_failed_logins=3, failed_window_seconds=60), clock)
     assert [None, None, None, "throttled"] == [guard.begin_guess("h") for _ in range(4)]
     assert False is guard.end_guess("h", failed=False)  # a right password frees its booking
@@ -180,7 +173,7 @@ def test_password_guesses_are_booked_before_they_are_verified() -> None:
 
 def test_limit_events_repeat_at_most_every_interval() -> None:
     """sftp.limit for one cap and client is logged once per interval, then with a count."""
-    clock = Clock()
+    clock = Clock(1000.0)
     limit_log = LimitLog(interval=10, clock=clock)
     with capture_logs() as logs:
         for _ in range(5):

@@ -11,77 +11,41 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from sqlalchemy import Engine, event
 
 import reference
 from engine_helpers import (
     Published,
-    add_tenant,
     export,
-    fast_dir,
-    fast_url,
-    make_config,
-    new_tenant_name,
-    persons_of,
     published,
     restore_persons,
     run_import,
 )
 from personsd import importer
-from personsd.config import Config
-from personsd.fieldtypes import CustomField
 from personsd.phones import offline_lookup
 from personsd.rules import Person
 from personsd.store import db, overlay
 from personsd.store import imports as store_imports
-from test_differential import SEED, FileSpec, file_specs, render
-
-SEEDED = 4
-CHUNK_SIZES = (1, 3, 5000)
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Bench:
-    """One database and tenant seeded with SEED's four persons."""
-
-    engine: Engine
-    root: Path
-    configs: dict[int, Config]
-    tenant: str
-    tenant_id: int
-    fields: list[CustomField]
-    seeded: list[Person]
+from test_differential import (
+    CHUNK_SIZES,
+    FORTY_EXAMPLES,
+    Bench,
+    FileSpec,
+    file_specs,
+    reference_persons,
+    render,
+    seeded_bench,
+)
 
 
 @pytest.fixture
 def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
-    with fast_dir(tmp_path) as root:
-        url = fast_url(db_url, root)
-        engine = db.connect(url)
-        db.upgrade(engine)
-        configs = {n: make_config(root, url, chunk_rows=n) for n in (*CHUNK_SIZES, 2)}
-        tenant = new_tenant_name()
-        tenant_id, fields = add_tenant(engine, tenant)
-        (root / "seed.persons").write_bytes(SEED)
-        assert (
-            SEEDED
-            == run_import(engine, configs[5000], tenant, root / "seed.persons").summary.rows.created
-        )
-        yield Bench(
-            engine=engine,
-            root=root,
-            configs=configs,
-            tenant=tenant,
-            tenant_id=tenant_id,
-            fields=fields,
-            seeded=persons_of(engine, tenant_id),
-        )
-        engine.dispose()
+    with seeded_bench(db_url, tmp_path, (*CHUNK_SIZES, 2)) as seeded:
+        yield seeded
 
 
 def validate(
@@ -147,26 +111,13 @@ def validation_then_import(
 
 
 @pytest.mark.timeout(300)
-@settings(
-    max_examples=40,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-    deadline=None,
-)
+@FORTY_EXAMPLES
 @given(spec=file_specs())
 def test_validation_reports_what_the_model_imports(bench: Bench, spec: FileSpec) -> None:
     """SPEC 11: at chunk sizes 1, 3, 5000 a validation reports as the model, writes nothing."""
     data = render(spec, bench.seeded)
     path = write_file(bench, data)
-    names = {str(f.id): f.name for f in bench.fields}
-    seeded = []
-    for p in bench.seeded:
-        person = reference.new_person(p.person_id, p.person_key)
-        person.update(
-            external_person_id=p.external_person_id, mdn=p.mdn, vibes_device_id=p.vibes_device_id
-        )
-        person["fields"] = {names[k]: v for k, v in p.attributes.items()}
-        seeded.append(person)
-    ref = reference.run(data, bench.fields, seeded)
+    ref = reference.run(data, bench.fields, reference_persons(bench))
     counts = {k: ref.counts[k] for k in ("total", "succeeded", "failed", "created", "updated")}
     restore_persons(bench.engine, bench.tenant_id, bench.seeded)
     before = export(bench.engine, bench.tenant_id)

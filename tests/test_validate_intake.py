@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 from structlog.testing import capture_logs
 
 from engine_helpers import add_tenant, make_config, new_tenant_name
+from personsd.config import Config
 from personsd.intake import Intake
 from personsd.store import imports as store_imports
 from personsd.watcher import ReadyFile
@@ -93,14 +94,19 @@ def ready_file(path: Path, tenant: str, completed_at: float) -> ReadyFile:
     )
 
 
+def tenant_intake(engine: Engine, tmp_path: Path, db_url: str) -> tuple[Config, str, Intake]:
+    """A config on ``tmp_path``, a fresh tenant and an Intake over both."""
+    cfg = make_config(tmp_path, db_url, chunk_rows=10)
+    tenant = new_tenant_name()
+    add_tenant(engine, tenant)
+    return cfg, tenant, Intake(engine=engine, cfg=cfg, on_queued=lambda: None)
+
+
 def test_validate_and_inbox_files_queue_in_completion_order(
     engine: Engine, tmp_path: Path, db_url: str
 ) -> None:
     """SPEC 5: one queue per tenant, in completion order, whichever box a file came from."""
-    cfg = make_config(tmp_path, db_url, chunk_rows=10)
-    tenant = new_tenant_name()
-    add_tenant(engine, tenant)
-    intake = Intake(engine=engine, cfg=cfg, on_queued=lambda: None)
+    cfg, tenant, intake = tenant_intake(engine, tmp_path, db_url)
     drops = [("validate", "a.persons"), ("inbox", "b.persons"), ("validate", "c.persons")]
     with capture_logs() as logs:
         for n, (box, name) in enumerate(drops):
@@ -121,10 +127,7 @@ def test_a_claimed_validate_file_is_recovered_as_a_validation(
     engine: Engine, tmp_path: Path, db_url: str
 ) -> None:
     """A crash between the claim and the record: recover() queues the file as a validation."""
-    cfg = make_config(tmp_path, db_url, chunk_rows=10)
-    tenant = new_tenant_name()
-    add_tenant(engine, tenant)
-    intake = Intake(engine=engine, cfg=cfg, on_queued=lambda: None)
+    _, tenant, intake = tenant_intake(engine, tmp_path, db_url)
     folder = intake.claimed_dir / tenant
     folder.mkdir(parents=True)
     write(folder / "17000000000000000001v.check.persons")

@@ -27,8 +27,7 @@ from engine_helpers import (
     Published,
     add_tenant,
     export,
-    fast_dir,
-    fast_url,
+    fast_engine,
     make_config,
     new_tenant_name,
     normalise_export,
@@ -39,7 +38,6 @@ from personsd.config import Config
 from personsd.errors import ErrorKind, InternalError, RowError
 from personsd.fieldtypes import CustomField
 from personsd.phones import CarrierCheck
-from personsd.store import db
 from test_differential import FileSpec, file_specs, render
 from test_resume import make_file
 
@@ -340,12 +338,8 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture
 def site(db_url: str, tmp_path: Path) -> Iterator[tuple[Engine, Config]]:
-    with fast_dir(tmp_path) as root:
-        url = fast_url(db_url, root)
-        engine = db.connect(url)
-        db.upgrade(engine)
+    with fast_engine(db_url, tmp_path) as (root, url, engine):
         yield engine, make_config(root, url, chunk_rows=10)
-        engine.dispose()
 
 
 def _import(

@@ -37,13 +37,25 @@ def deliveries(engine: Engine) -> list[DeliveryRow]:
         return list(conn.execute(select(DeliveryRow).order_by(DeliveryRow.id)).all())  # type: ignore[arg-type]
 
 
-def imported(
-    engine: Engine, cfg: config.Config, tmp_path: Path, text: str = GOOD
-) -> tuple[str, importer.Outcome]:
+def tenant_file(engine: Engine, tmp_path: Path, text: str = GOOD) -> tuple[str, Path]:
+    """A fresh tenant and a file ``people.persons`` holding ``text``."""
     name = new_tenant_name()
     add_tenant(engine, name)
     path = tmp_path / "people.persons"
     path.write_text(text)
+    return name, path
+
+
+def queued(engine: Engine, tmp_path: Path) -> int:
+    """A fresh tenant's import of GOOD, created but not run: its id."""
+    name, path = tenant_file(engine, tmp_path)
+    return importer.create(engine, tenant=name, path=path, source="cli")
+
+
+def imported(
+    engine: Engine, cfg: config.Config, tmp_path: Path, text: str = GOOD
+) -> tuple[str, importer.Outcome]:
+    name, path = tenant_file(engine, tmp_path, text)
     return name, run_import(engine, cfg, name, path)
 
 
@@ -78,11 +90,7 @@ def test_a_rejected_import_records_an_import_rejected_delivery(
 def test_a_failed_import_records_an_import_failed_delivery(engine: Engine, tmp_path: Path) -> None:
     """importer.fail (after the last attempt) writes the import.failed delivery."""
     cfg = notify_config(tmp_path, engine, "http://127.0.0.1:9/x")
-    name = new_tenant_name()
-    add_tenant(engine, name)
-    path = tmp_path / "people.persons"
-    path.write_text(GOOD)
-    import_id = importer.create(engine, tenant=name, path=path, source="cli")
+    import_id = queued(engine, tmp_path)
     importer.fail(engine, cfg, import_id, "boom")
     assert [("import.failed", "failed")] == [
         (r.event, json.loads(r.body)["status"]) for r in deliveries(engine)
@@ -112,11 +120,7 @@ def test_the_tenant_url_wins_over_notify_url(engine: Engine, tmp_path: Path) -> 
 def test_a_rolled_back_end_leaves_no_delivery(engine: Engine, tmp_path: Path) -> None:
     """The outbox row commits with the final status or not at all."""
     cfg = notify_config(tmp_path, engine, "http://127.0.0.1:9/x")
-    name = new_tenant_name()
-    add_tenant(engine, name)
-    path = tmp_path / "people.persons"
-    path.write_text(GOOD)
-    import_id = importer.create(engine, tenant=name, path=path, source="cli")
+    import_id = queued(engine, tmp_path)
     with pytest.raises(RuntimeError), write_tx(engine) as conn:
         store_imports.set_status(conn, import_id, "failed", finished_at=datetime.now(UTC))
         assert webhooks.enqueue(conn, cfg, import_id) is not None

@@ -8,17 +8,19 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import Engine
 
+from engine_helpers import migrate_with_tenant, var_config
 from personsd import config, importer
 from personsd.cli import main as cli_main
 from personsd.retry import RetryPolicy
 from personsd.store import db
 from personsd.store import imports as store_imports
 from personsd.store import queue as store_queue
-from personsd.store import tenants as store_tenants
 from personsd.workers import Workers, sweep_archive
 from polling import wait_for
 
@@ -27,21 +29,8 @@ GOOD = "external_person_id\nalice\nbob\n"
 
 @pytest.fixture
 def site(tmp_path: Path, db_url: str) -> Iterator[config.Config]:
-    cfg = config.parse(
-        {
-            "paths": {"root": str(tmp_path / "var")},
-            "database": {"url": db_url},
-            "import": {"max_attempts": 2, "carrier_lookup": "none", "workers": 1},
-        },
-        base=tmp_path,
-        env={},
-    )
-    engine = db.connect(db_url)
-    db.upgrade(engine)
-    with db.write_tx(engine) as conn:
-        store_tenants.add_tenant(conn, "acme")
-    cfg.outbox("acme").mkdir(parents=True)
-    engine.dispose()
+    cfg = var_config(tmp_path, db_url, max_attempts=2, workers=1)
+    migrate_with_tenant(cfg, "acme")
     yield cfg
 
 
@@ -52,6 +41,25 @@ def _status(cfg: config.Config, import_id: int) -> str:
             return store_imports.get(conn, import_id).status
     finally:
         engine.dispose()
+
+
+def _work_until(engine: Engine, cfg: config.Config, import_id: int, status: str, **kw: Any) -> None:
+    """Run the daemon's workers until import ``import_id`` reaches ``status``."""
+    stop = threading.Event()
+    workers = Workers(engine=engine, cfg=cfg, stop=stop, **kw)
+    workers.start()
+    try:
+        wait_for(lambda: _status(cfg, import_id) == status)
+    finally:
+        stop.set()
+        workers.join(time.monotonic() + 10)
+
+
+def _summary(cfg: config.Config, import_id: int) -> Any:
+    """The summary.json published for ``nightly.persons`` as import ``import_id``."""
+    return json.loads(
+        (cfg.outbox("acme") / f"nightly.persons.{import_id}.summary.json").read_text()
+    )
 
 
 def test_poison_import_fails_after_max_attempts_and_retry_completes_it(
@@ -69,17 +77,8 @@ def test_poison_import_fails_after_max_attempts_and_retry_completes_it(
     # A directory where the file should be: every attempt fails with an OSError.
     claimed.unlink()
     claimed.mkdir()
-    stop = threading.Event()
-    workers = Workers(engine=engine, cfg=cfg, stop=stop, policy=RetryPolicy(base=0.01, cap=0.05))
-    workers.start()
-    try:
-        wait_for(lambda: _status(cfg, import_id) == "failed")
-    finally:
-        stop.set()
-        workers.join(time.monotonic() + 10)
-    summary = json.loads(
-        (cfg.outbox("acme") / f"nightly.persons.{import_id}.summary.json").read_text()
-    )
+    _work_until(engine, cfg, import_id, "failed", policy=RetryPolicy(base=0.01, cap=0.05))
+    summary = _summary(cfg, import_id)
     assert "failed" == summary["status"]
     quarantined = cfg.quarantine_dir / "acme" / f"{import_id}.nightly.persons"
     assert quarantined.is_dir()
@@ -100,17 +99,8 @@ def test_poison_import_fails_after_max_attempts_and_retry_completes_it(
         cli_main, ["--config", str(config_file), "imports", "retry", str(import_id)]
     )
     assert 0 == result.exit_code, result.output
-    stop = threading.Event()
-    workers = Workers(engine=engine, cfg=cfg, stop=stop)
-    workers.start()
-    try:
-        wait_for(lambda: _status(cfg, import_id) == "completed")
-    finally:
-        stop.set()
-        workers.join(time.monotonic() + 10)
-    summary = json.loads(
-        (cfg.outbox("acme") / f"nightly.persons.{import_id}.summary.json").read_text()
-    )
+    _work_until(engine, cfg, import_id, "completed")
+    summary = _summary(cfg, import_id)
     assert ("completed", 2) == (summary["status"], summary["rows"]["created"])
     assert (cfg.archive_dir / "acme" / f"{import_id}.nightly.persons").is_file()
     engine.dispose()

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from http_helpers import serving
+
 
 @dataclass(frozen=True)
 class Received:
@@ -86,11 +88,5 @@ def receiver(
     codes: list[int] | None = None, default: int = 200, port: int = 0
 ) -> Iterator[Receiver]:
     """A receiver on ``port`` (0: any free one), shut down afterwards."""
-    server = Receiver(codes, default, port)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(Receiver(codes, default, port)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
