@@ -115,6 +115,20 @@ def test_publication_is_fenced_too(engine: Engine, cfg: config.Config) -> None:
         importer.publish(engine, cfg, import_id, lease=stale)
 
 
+def test_a_released_lease_is_no_longer_renewed(engine: Engine, cfg: config.Config) -> None:
+    """A clean stop hands the lease back for good: it leaves the heartbeat's list and the row
+    has no expiry, so the next claim takes it at once and counts no abrupt end."""
+    import_id = queued(engine, cfg)
+    held = claim(engine, "node-a")
+    workers = Workers(engine=engine, cfg=cfg, stop=threading.Event())
+    workers._leases[import_id] = held.lease
+    workers._release(held.lease)
+    assert {} == workers._leases
+    assert None is get(engine, import_id).lease_expires
+    again = claim(engine, "node-b")
+    assert (import_id, 0) == (again.record.id, again.record.abrupt_ends)
+
+
 def store_tenants_id(engine: Engine) -> int:
     with engine.connect() as conn:
         found = store_tenants.get_tenant(conn, "acme")
@@ -145,10 +159,11 @@ def test_the_heartbeat_renews_held_leases_and_reports_a_lost_one(
             while get(engine, import_id).lease_expires == first_expiry:
                 assert time.monotonic() < deadline, "the lease was never renewed"
                 time.sleep(0.05)
-            # Another instance takes it over (as after an expiry).
-            with db.write_tx(engine) as conn:
-                store_imports.release(conn, held.lease)
-            claim(engine, "node-b", lease=30)
+            # Another instance takes it over (as after an expiry), between two renewals.
+            with workers._renew_lock:
+                with db.write_tx(engine) as conn:
+                    store_imports.release(conn, held.lease)
+                assert claim(engine, "node-b", lease=30) is not None
             while not any(e["event"] == Event.CLUSTER_LEASE_LOST for e in logs):
                 assert time.monotonic() < deadline, "lease_lost never logged"
                 time.sleep(0.05)

@@ -88,6 +88,10 @@ class Workers:
         self._threads: list[threading.Thread] = []
         # The leases this instance holds now, by import id (the heartbeat's list).
         self._leases: dict[int, Lease] = {}
+        # A renewal and a release never interleave: a renewal that read the
+        # lease list before a release would otherwise extend a released lease,
+        # keeping another instance waiting a lease and counting an abrupt end.
+        self._renew_lock = threading.Lock()
         # With SQLite one daemon serves the database (instance.hold_lock): any
         # running import it does not run now is abandoned, and no heartbeat
         # competes with the chunks for the single write lock.
@@ -150,16 +154,17 @@ class Workers:
         """Renew this instance's leases every third of ``cluster.lease_seconds``."""
         period = self.cfg.cluster.lease_seconds / 3
         while not self.stop.wait(period):
-            with self._busy_lock:
-                leases = list(self._leases.values())
-            if not leases:
-                continue
-            try:
-                with write_tx(self.engine) as conn:
-                    lost = store_leases.renew(conn, leases)
-            except Exception as exc:  # noqa: BLE001 -- database down: fencing keeps writes safe
-                log.warning(Event.CLUSTER_HEARTBEAT_FAILED, error=repr(exc)[:300])
-                continue
+            with self._renew_lock:
+                with self._busy_lock:
+                    leases = list(self._leases.values())
+                if not leases:
+                    continue
+                try:
+                    with write_tx(self.engine) as conn:
+                        lost = store_leases.renew(conn, leases)
+                except Exception as exc:  # noqa: BLE001 -- database down: fencing keeps writes safe
+                    log.warning(Event.CLUSTER_HEARTBEAT_FAILED, error=repr(exc)[:300])
+                    continue
             for lease in lost:
                 self._lost(lease, "heartbeat")
 
@@ -247,13 +252,16 @@ class Workers:
         Also on SQLite (one daemon): the released lease tells the next claim
         that this run ended cleanly, so it counts no abrupt end.
         """
-        try:
-            with write_tx(self.engine) as conn:
-                store_leases.release(conn, lease)
-        except Exception as exc:  # noqa: BLE001 -- it then expires by itself
-            log.warning(
-                Event.CLUSTER_RELEASE_FAILED, import_id=lease.import_id, error=repr(exc)[:300]
-            )
+        with self._renew_lock:
+            with self._busy_lock:
+                self._leases.pop(lease.import_id, None)  # the heartbeat lets it go
+            try:
+                with write_tx(self.engine) as conn:
+                    store_leases.release(conn, lease)
+            except Exception as exc:  # noqa: BLE001 -- it then expires by itself
+                log.warning(
+                    Event.CLUSTER_RELEASE_FAILED, import_id=lease.import_id, error=repr(exc)[:300]
+                )
 
     def _beat(self) -> None:
         self.last_beat = time.monotonic()
