@@ -337,12 +337,12 @@ def test_lease_is_validated_when_built() -> None:
         imports.Lease(import_id=1, holder="i1", generation=1, seconds=0)
 
 
+# PostgreSQL only: SQLite runs no heartbeat (one daemon, one writer).
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_renew_skips_a_row_its_own_chunk_holds_instead_of_waiting(
     engine: Engine, tenant_ids: tuple[int, int]
 ) -> None:
     """The heartbeat never waits behind a chunk's transaction (PostgreSQL row locks)."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite runs no heartbeat: one daemon, one writer")
     acme, _ = tenant_ids
     with db.write_tx(engine) as conn:
         queue(conn, acme, "a.persons", 0)
