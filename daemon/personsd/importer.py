@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 import structlog
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 
 from personsd import digest, fileformat, layers, lookahead, reports, rules, validation, workarea
 from personsd.config import Config
@@ -204,10 +204,8 @@ def run(
             lease,
         )
     except FileRejected as rejected:
-        layers.discard(cfg.work_dir / str(import_id))
         return reject(engine, cfg, record, rejected, lease)
 
-    layers.discard(cfg.work_dir / str(import_id))
     outcome = finish(engine, cfg, import_id, "completed", lease=lease)
     rows = outcome.summary.rows
     bound.info(
@@ -391,14 +389,11 @@ def _fence_chunk(conn: Connection, lease: Lease) -> None:
     """The lease checked before the chunk writes anything, report lines included.
 
     On PostgreSQL this also locks the import's row for the transaction (no
-    takeover can slip in before the checkpoint), and bounds how long the
-    transaction may sit idle: a holder frozen mid-chunk (SIGSTOP, a VM
-    paused) loses its session, so its locks do not hold up the instance that
-    takes over.
+    takeover can slip in before the checkpoint). A holder frozen mid-chunk
+    (SIGSTOP, a VM paused) loses its session after a lease idle in the
+    transaction, so its locks do not hold up the instance that takes over:
+    the daemon's engine sets that for every session (``db.connect``).
     """
-    if conn.dialect.name == "postgresql":
-        idle_ms = max(1000, int(lease.seconds * 1000))
-        conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms}"))
     store_leases.fence(conn, lease)
 
 

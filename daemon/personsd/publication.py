@@ -96,7 +96,9 @@ def finish(
     import never goes back to the queue (store.imports.TRANSITIONS). The
     webhook's delivery row is written in the transaction that ends the import
     (SPEC 10); with a ``lease``, both steps only while it holds (SPEC 12).
+    A decrypted work copy (SPEC 11) goes first, whichever way the import ends.
     """
+    layers.discard(cfg.work_dir / str(import_id))
     changes = {"finished_at": now(), **changes}
     check(engine, lease)
     with engine.connect() as conn:
@@ -176,7 +178,6 @@ def fail(
     """
     with engine.connect() as conn:
         record = store_imports.get(conn, import_id)
-    layers.discard(cfg.work_dir / str(import_id))
     if record.sha256 == digest.UNHASHED:
         try:
             digest.record(engine, record, None, lease)
