@@ -14,42 +14,9 @@ import pytest
 
 from cli_helpers import FIXED_COLUMNS, Site, make_site, shared_database
 from http_helpers import CarrierStub, send_json
+from reference import FILE_FORMAT, ROW_FORMAT, SPEC3
 
-MDN_FORMAT = (
-    "MobilePhoneErrors::InvalidMDNFormat",
-    "The MDN is incorrectly formatted. It should be an E.164 MDN.",
-)
-FIELD_NOT_FOUND = ("PersonErrors::CustomFieldNotFound", "Custom field not found")
-CHARSET = (
-    "PersonErrors::InvalidSelectCustomFieldValue",
-    "Custom field value is incompatible with the field’s character set",
-)
-BAD_SELECT = ("PersonErrors::InvalidSelectCustomFieldValue", "Invalid custom field value")
-BAD_VALUE = ("PersonErrors::InvalidCustomFieldValue", "Invalid custom field value")
-NOT_FOUND = ("PersonErrors::PersonNotFound", "Person not found")
-ASSIGNED = ("PersonErrors::MobilePhoneAlreadyAssigned", "Mobile Phone Already Assigned")
-BAD_PERSON_ID = ("PersonErrors::InvalidPersonID", "Invalid person_id")
-MDN_CHANGE = ("PersonErrors::MdnChangeNotAllowed", "mdn change not allowed")
-NEEDS_KEY = (
-    "PersonErrors::PersonCreateRequiresDeviceOrExternalPersonId",
-    "Creating a person requires a device or an external person id",
-)
-UNIQUE = ("PG::UniqueViolation", "duplicate key value violates unique constraint")
-TRANSIENT = (
-    "CarrierLookupService::TransientLookupFailureError",
-    "A temporary issue with the carrier lookup service prevented the row from being "
-    "processed. Please try again later.",
-)
-PERMANENT = (
-    "CarrierLookupService::PermanentLookupFailureError",
-    "The MDN supplied is not a valid mobile phone active on a valid carrier.",
-)
-ROW_FORMAT = "PersonErrors::InvalidImportRowFormat"
-ENCODING = (
-    "FileEngine::EncodingDetection::Unknown8BitEncodingDetected",
-    "File is not UTF-8 or ASCII encoded",
-)
-FILE_FORMAT = "PersonErrors::InvalidImportFileFormat"
+# SPEC 1.3's message for a field-name row without an identifier column.
 NO_IDENTIFIER = "Couldn't find an external_person_id, mdn, or vibes_device_id field"
 
 FIELDS = [
@@ -83,86 +50,116 @@ class RowCase:
 
 ROW_CASES = {
     "mdn-format": RowCase(
-        body="external_person_id,mdn\np2,12345\n", error=MDN_FORMAT, field="mdn", value="12345"
+        body="external_person_id,mdn\np2,12345\n",
+        error=SPEC3["mdn_format"],
+        field="mdn",
+        value="12345",
     ),
     "custom-field-not-found": RowCase(
         body="external_person_id,nosuch\np1,zzz\n",
-        error=FIELD_NOT_FOUND,
+        error=SPEC3["field_not_found"],
         field="nosuch",
         value="zzz",
     ),
     "charset": RowCase(
-        body="external_person_id,nick\np1,café\n", error=CHARSET, field="nick", value="café"
+        body="external_person_id,nick\np1,café\n",
+        error=SPEC3["charset"],
+        field="nick",
+        value="café",
     ),
     "single-select": RowCase(
-        body="external_person_id,color\np1,green\n", error=BAD_SELECT, field="color", value="green"
+        body="external_person_id,color\np1,green\n",
+        error=SPEC3["bad_select"],
+        field="color",
+        value="green",
     ),
     "single-select-case": RowCase(
-        body="external_person_id,color\np1,Red\n", error=BAD_SELECT, field="color", value="Red"
+        body="external_person_id,color\np1,Red\n",
+        error=SPEC3["bad_select"],
+        field="color",
+        value="Red",
     ),
     "multi-select": RowCase(
-        body="external_person_id,tags\np1,a|zzz\n", error=BAD_SELECT, field="tags", value="a|zzz"
+        body="external_person_id,tags\np1,a|zzz\n",
+        error=SPEC3["bad_select"],
+        field="tags",
+        value="a|zzz",
     ),
     "number": RowCase(
-        body="external_person_id,score\np1,1e5\n", error=BAD_VALUE, field="score", value="1e5"
+        body="external_person_id,score\np1,1e5\n",
+        error=SPEC3["bad_value"],
+        field="score",
+        value="1e5",
     ),
     "date": RowCase(
         body="external_person_id,born\np1,2020-13-01\n",
-        error=BAD_VALUE,
+        error=SPEC3["bad_value"],
         field="born",
         value="2020-13-01",
     ),
     "postal-code": RowCase(
-        body="external_person_id,zip\np1,1234\n", error=BAD_VALUE, field="zip", value="1234"
+        body="external_person_id,zip\np1,1234\n",
+        error=SPEC3["bad_value"],
+        field="zip",
+        value="1234",
     ),
     "string-too-long": RowCase(
-        body="external_person_id,bio\np1,abcdef\n", error=BAD_VALUE, field="bio", value="abcdef"
+        body="external_person_id,bio\np1,abcdef\n",
+        error=SPEC3["bad_value"],
+        field="bio",
+        value="abcdef",
     ),
     "person-id-not-found": RowCase(
-        body="person_id,nick\n999999,x\n", error=NOT_FOUND, field="person_id", value="999999"
+        body="person_id,nick\n999999,x\n",
+        error=SPEC3["not_found"],
+        field="person_id",
+        value="999999",
     ),
     "person-key-upper-case": RowCase(
         body="person_key,nick\n{p1_key_upper},x\n",
-        error=NOT_FOUND,
+        error=SPEC3["not_found"],
         field="person_key",
         value="{p1_key_upper}",
     ),
     "phone-already-assigned": RowCase(
         body="external_person_id,mdn\np2,(229) 555-1234\n",
-        error=ASSIGNED,
+        error=SPEC3["phone_taken"],
         field="mdn",
         value="(229) 555-1234",
     ),
     "invalid-person-id": RowCase(
-        body="person_id,nick\nabc,x\n", error=BAD_PERSON_ID, field="person_id", value="abc"
+        body="person_id,nick\nabc,x\n", error=SPEC3["bad_person_id"], field="person_id", value="abc"
     ),
     "mdn-change": RowCase(
         body="external_person_id,mdn\np1,+12295559999\n",
-        error=MDN_CHANGE,
+        error=SPEC3["mdn_change"],
         field="mdn",
         value="+12295559999",
     ),
     "mdn-null-clear": RowCase(
-        body="external_person_id,mdn\np1,[null]\n", error=MDN_CHANGE, field="mdn", value="[null]"
+        body="external_person_id,mdn\np1,[null]\n",
+        error=SPEC3["mdn_change"],
+        field="mdn",
+        value="[null]",
     ),
     "create-requires-key": RowCase(
-        body="external_person_id,nick\n,x\n", error=NEEDS_KEY, field="", value=""
+        body="external_person_id,nick\n,x\n", error=SPEC3["no_key"], field="", value=""
     ),
     "unique-external-id": RowCase(
         body="person_id,external_person_id\n{p2_id},p1\n",
-        error=UNIQUE,
+        error=SPEC3["unique"],
         field="external_person_id",
         value="p1",
     ),
     "unique-device-id": RowCase(
         body="external_person_id,vibes_device_id\np2,d1\n",
-        error=UNIQUE,
+        error=SPEC3["unique"],
         field="vibes_device_id",
         value="d1",
     ),
     "permanent-lookup": RowCase(
         body="external_person_id,mdn\np2,+12995550005\n",
-        error=PERMANENT,
+        error=SPEC3["permanent"],
         field="mdn",
         value="+12995550005",
         carrier="offline",
@@ -181,7 +178,7 @@ ROW_CASES = {
         extra={"max_row_bytes": 80},
     ),
     "row-invalid-utf8": RowCase(
-        body="external_person_id,nick\np1,caf\udce9\n", error=ENCODING, field="", value=""
+        body="external_person_id,nick\np1,caf\udce9\n", error=SPEC3["encoding"], field="", value=""
     ),
 }
 
@@ -261,11 +258,15 @@ def test_all_value_errors_of_a_row_are_reported(tmp_path: Path, db_url: str) -> 
     done = site.import_bytes("two.persons", "external_person_id,mdn,score,color\np2,12,abc,green\n")
 
     assert [
-        ("2", "1", *MDN_FORMAT, "mdn", "12"),
-        ("2", "1", *BAD_VALUE, "score", "abc"),
-        ("2", "1", *BAD_SELECT, "color", "green"),
+        ("2", "1", *SPEC3["mdn_format"], "mdn", "12"),
+        ("2", "1", *SPEC3["bad_value"], "score", "abc"),
+        ("2", "1", *SPEC3["bad_select"], "color", "green"),
     ] == done.errors_at()
-    assert {MDN_FORMAT[0]: 1, BAD_VALUE[0]: 1, BAD_SELECT[0]: 1} == done.summary["errors"]
+    assert {
+        SPEC3["mdn_format"][0]: 1,
+        SPEC3["bad_value"][0]: 1,
+        SPEC3["bad_select"][0]: 1,
+    } == done.summary["errors"]
     assert {"total": 1, "succeeded": 0, "failed": 1, "created": 0, "updated": 0} == (
         done.summary["rows"]
     )
@@ -281,7 +282,7 @@ def test_failed_row_leaves_earlier_and_later_rows_applied(tmp_path: Path, db_url
         "external_person_id,mdn,nick\np3,,three\np1,+12295559999,changed\np1,,again\n",
     )
 
-    assert [("3", "2", *MDN_CHANGE, "mdn", "+12295559999")] == done.errors_at()
+    assert [("3", "2", *SPEC3["mdn_change"], "mdn", "+12295559999")] == done.errors_at()
     assert {"total": 3, "succeeded": 2, "failed": 1, "created": 1, "updated": 1} == (
         done.summary["rows"]
     )
@@ -312,10 +313,10 @@ def test_rows_see_the_rows_before_them_whatever_the_chunks(shared: Site, chunk_r
     done = site.import_bytes("seq.persons", SEQUENCE, tenant)
 
     assert [
-        ("3", "2", *ASSIGNED, "mdn", "229.555.0101"),
-        ("4", "3", *UNIQUE, "vibes_device_id", "dn1"),
-        ("6", "5", *MDN_CHANGE, "mdn", "+12295550199"),
-        ("8", "7", *UNIQUE, "vibes_device_id", "dn2"),
+        ("3", "2", *SPEC3["phone_taken"], "mdn", "229.555.0101"),
+        ("4", "3", *SPEC3["unique"], "vibes_device_id", "dn1"),
+        ("6", "5", *SPEC3["mdn_change"], "mdn", "+12295550199"),
+        ("8", "7", *SPEC3["unique"], "vibes_device_id", "dn2"),
     ] == done.errors_at()
     assert {"total": 7, "succeeded": 3, "failed": 4, "created": 2, "updated": 1} == (
         done.summary["rows"]
@@ -430,8 +431,8 @@ FILE_CASES = {
     "invalid-utf8-field-names": FileCase(
         name="f.persons",
         data=b"external_person_id,caf\xe9\np9,x\n",
-        error_class=ENCODING[0],
-        message=ENCODING[1],
+        error_class=SPEC3["encoding"][0],
+        message=SPEC3["encoding"][1],
         line="1",
     ),
     "no-identifier-in-fields-header": FileCase(
@@ -444,29 +445,29 @@ FILE_CASES = {
     "utf-16": FileCase(
         name="u.persons",
         data="external_person_id\np9\n".encode("utf-16"),
-        error_class=ENCODING[0],
-        message=ENCODING[1],
+        error_class=SPEC3["encoding"][0],
+        message=SPEC3["encoding"][1],
         line="",
     ),
     "utf-16-be": FileCase(
         name="u.persons",
         data=b"\xfe\xff" + "external_person_id\np9\n".encode("utf-16-be"),
-        error_class=ENCODING[0],
-        message=ENCODING[1],
+        error_class=SPEC3["encoding"][0],
+        message=SPEC3["encoding"][1],
         line="",
     ),
     "utf-32": FileCase(
         name="u.persons",
         data="external_person_id\np9\n".encode("utf-32"),
-        error_class=ENCODING[0],
-        message=ENCODING[1],
+        error_class=SPEC3["encoding"][0],
+        message=SPEC3["encoding"][1],
         line="",
     ),
     "nul-in-first-64k": FileCase(
         name="n.persons",
         data=b"external_person_id\np\x009\np8\n",
-        error_class=ENCODING[0],
-        message=ENCODING[1],
+        error_class=SPEC3["encoding"][0],
+        message=SPEC3["encoding"][1],
         line="",
     ),
 }
@@ -570,8 +571,8 @@ def test_transient_lookup_failure_writes_a_retry_file(
     done = site.import_bytes("night.persons", body)
 
     line = str(body.count("\n", 0, body.index("p2")) + 1)
-    assert [(line, "1", *TRANSIENT, "mdn", "+12295550001")] == done.errors_at()
-    assert {TRANSIENT[0]: 1} == done.summary["errors"]
+    assert [(line, "1", *SPEC3["transient"], "mdn", "+12295550001")] == done.errors_at()
+    assert {SPEC3["transient"][0]: 1} == done.summary["errors"]
     assert {"total": 2, "succeeded": 1, "failed": 1, "created": 1, "updated": 0} == (
         done.summary["rows"]
     )
@@ -607,7 +608,7 @@ def test_negative_http_answer_is_permanent(
 
     done = site.import_bytes("n.persons", "external_person_id,mdn\np2,229-555-0001\n")
 
-    assert [("2", "1", *PERMANENT, "mdn", "229-555-0001")] == done.errors_at()
+    assert [("2", "1", *SPEC3["permanent"], "mdn", "229-555-0001")] == done.errors_at()
     assert None is done.summary["reports"]["retry"]
     assert ["+12295550001"] == carrier_service.asked[-1:]
     assert before == site.export_text()
