@@ -55,18 +55,14 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     # Each daemon its own cluster.instance, kept across its restarts (SPEC 12).
     instance: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
+    config: Path = field(init=False)
+    root: Path = field(init=False)
+    log_path: Path = field(init=False)
 
-    @property
-    def config(self) -> Path:
-        return self.home / "personsd.toml"
-
-    @property
-    def root(self) -> Path:
-        return self.home / "var"
-
-    @property
-    def log_path(self) -> Path:
-        return self.home / "daemon.log"
+    def __post_init__(self) -> None:
+        self.config = self.home / "personsd.toml"
+        self.root = self.home / "var"
+        self.log_path = self.home / "daemon.log"
 
     def write_config(self) -> None:
         sections: dict[str, dict[str, Any]] = {

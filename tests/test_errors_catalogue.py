@@ -14,42 +14,9 @@ import pytest
 
 from cli_helpers import FIXED_COLUMNS, Site, make_site, shared_database
 from http_helpers import CarrierStub, send_json
+from reference import FILE_FORMAT, ROW_FORMAT, SPEC3
 
-MDN_FORMAT = (
-    "MobilePhoneErrors::InvalidMDNFormat",
-    "The MDN is incorrectly formatted. It should be an E.164 MDN.",
-)
-FIELD_NOT_FOUND = ("PersonErrors::CustomFieldNotFound", "Custom field not found")
-CHARSET = (
-    "PersonErrors::InvalidSelectCustomFieldValue",
-    "Custom field value is incompatible with the field’s character set",
-)
-BAD_SELECT = ("PersonErrors::InvalidSelectCustomFieldValue", "Invalid custom field value")
-BAD_VALUE = ("PersonErrors::InvalidCustomFieldValue", "Invalid custom field value")
-NOT_FOUND = ("PersonErrors::PersonNotFound", "Person not found")
-ASSIGNED = ("PersonErrors::MobilePhoneAlreadyAssigned", "Mobile Phone Already Assigned")
-BAD_PERSON_ID = ("PersonErrors::InvalidPersonID", "Invalid person_id")
-MDN_CHANGE = ("PersonErrors::MdnChangeNotAllowed", "mdn change not allowed")
-NEEDS_KEY = (
-    "PersonErrors::PersonCreateRequiresDeviceOrExternalPersonId",
-    "Creating a person requires a device or an external person id",
-)
-UNIQUE = ("PG::UniqueViolation", "duplicate key value violates unique constraint")
-TRANSIENT = (
-    "CarrierLookupService::TransientLookupFailureError",
-    "A temporary issue with the carrier lookup service prevented the row from being "
-    "processed. Please try again later.",
-)
-PERMANENT = (
-    "CarrierLookupService::PermanentLookupFailureError",
-    "The MDN supplied is not a valid mobile phone active on a valid carrier.",
-)
-ROW_FORMAT = "PersonErrors::InvalidImportRowFormat"
-ENCODING = (
-    "FileEngine::EncodingDetection::Unknown8BitEncodingDetected",
-    "File is not UTF-8 or ASCII encoded",
-)
-FILE_FORMAT = "PersonErrors::InvalidImportFileFormat"
+# SPEC 1.3's message for a field-name row without an identifier column.
 NO_IDENTIFIER = "Couldn't find an external_person_id, mdn, or vibes_device_id field"
 
 FIELDS = [
@@ -69,120 +36,70 @@ PRIOR = (
 )
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(frozen=True, slots=True)
 class RowCase:
     """A one-row file that fails with one error, against the PRIOR state."""
 
-    body: str  # field-name row and the failing row; {p1_id}, {p2_id}, {p1_key} filled in
+    body: str  # field-name row and the failing row; {p1_id}, {p2_id}, {p1_key_upper} filled in
     error: tuple[str, str]
-    field: str
-    value: str
+    field: str = ""
+    value: str = ""
     carrier: str = "none"
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+# Rows naming a PRIOR person by external_person_id with one bad cell: the person, the
+# column, the cell and the SPEC 3 row it fails with.
+CELL_CASES = {
+    "mdn-format": ("p2", "mdn", "12345", "mdn_format"),
+    "custom-field-not-found": ("p1", "nosuch", "zzz", "field_not_found"),
+    "charset": ("p1", "nick", "café", "charset"),
+    "single-select": ("p1", "color", "green", "bad_select"),
+    "single-select-case": ("p1", "color", "Red", "bad_select"),
+    "multi-select": ("p1", "tags", "a|zzz", "bad_select"),
+    "number": ("p1", "score", "1e5", "bad_value"),
+    "date": ("p1", "born", "2020-13-01", "bad_value"),
+    "postal-code": ("p1", "zip", "1234", "bad_value"),
+    "string-too-long": ("p1", "bio", "abcdef", "bad_value"),
+    "phone-already-assigned": ("p2", "mdn", "(229) 555-1234", "phone_taken"),
+    "mdn-change": ("p1", "mdn", "+12295559999", "mdn_change"),
+    "mdn-null-clear": ("p1", "mdn", "[null]", "mdn_change"),
+    "unique-device-id": ("p2", "vibes_device_id", "d1", "unique"),
+}
 ROW_CASES = {
-    "mdn-format": RowCase(
-        body="external_person_id,mdn\np2,12345\n", error=MDN_FORMAT, field="mdn", value="12345"
-    ),
-    "custom-field-not-found": RowCase(
-        body="external_person_id,nosuch\np1,zzz\n",
-        error=FIELD_NOT_FOUND,
-        field="nosuch",
-        value="zzz",
-    ),
-    "charset": RowCase(
-        body="external_person_id,nick\np1,café\n", error=CHARSET, field="nick", value="café"
-    ),
-    "single-select": RowCase(
-        body="external_person_id,color\np1,green\n", error=BAD_SELECT, field="color", value="green"
-    ),
-    "single-select-case": RowCase(
-        body="external_person_id,color\np1,Red\n", error=BAD_SELECT, field="color", value="Red"
-    ),
-    "multi-select": RowCase(
-        body="external_person_id,tags\np1,a|zzz\n", error=BAD_SELECT, field="tags", value="a|zzz"
-    ),
-    "number": RowCase(
-        body="external_person_id,score\np1,1e5\n", error=BAD_VALUE, field="score", value="1e5"
-    ),
-    "date": RowCase(
-        body="external_person_id,born\np1,2020-13-01\n",
-        error=BAD_VALUE,
-        field="born",
-        value="2020-13-01",
-    ),
-    "postal-code": RowCase(
-        body="external_person_id,zip\np1,1234\n", error=BAD_VALUE, field="zip", value="1234"
-    ),
-    "string-too-long": RowCase(
-        body="external_person_id,bio\np1,abcdef\n", error=BAD_VALUE, field="bio", value="abcdef"
-    ),
+    **{
+        name: RowCase(f"external_person_id,{column}\n{who},{cell}\n", SPEC3[error], column, cell)
+        for name, (who, column, cell, error) in CELL_CASES.items()
+    },
     "person-id-not-found": RowCase(
-        body="person_id,nick\n999999,x\n", error=NOT_FOUND, field="person_id", value="999999"
+        "person_id,nick\n999999,x\n", SPEC3["not_found"], "person_id", "999999"
     ),
     "person-key-upper-case": RowCase(
-        body="person_key,nick\n{p1_key_upper},x\n",
-        error=NOT_FOUND,
-        field="person_key",
-        value="{p1_key_upper}",
-    ),
-    "phone-already-assigned": RowCase(
-        body="external_person_id,mdn\np2,(229) 555-1234\n",
-        error=ASSIGNED,
-        field="mdn",
-        value="(229) 555-1234",
+        "person_key,nick\n{p1_key_upper},x\n", SPEC3["not_found"], "person_key", "{p1_key_upper}"
     ),
     "invalid-person-id": RowCase(
-        body="person_id,nick\nabc,x\n", error=BAD_PERSON_ID, field="person_id", value="abc"
+        "person_id,nick\nabc,x\n", SPEC3["bad_person_id"], "person_id", "abc"
     ),
-    "mdn-change": RowCase(
-        body="external_person_id,mdn\np1,+12295559999\n",
-        error=MDN_CHANGE,
-        field="mdn",
-        value="+12295559999",
-    ),
-    "mdn-null-clear": RowCase(
-        body="external_person_id,mdn\np1,[null]\n", error=MDN_CHANGE, field="mdn", value="[null]"
-    ),
-    "create-requires-key": RowCase(
-        body="external_person_id,nick\n,x\n", error=NEEDS_KEY, field="", value=""
-    ),
+    "create-requires-key": RowCase("external_person_id,nick\n,x\n", SPEC3["no_key"]),
     "unique-external-id": RowCase(
-        body="person_id,external_person_id\n{p2_id},p1\n",
-        error=UNIQUE,
-        field="external_person_id",
-        value="p1",
-    ),
-    "unique-device-id": RowCase(
-        body="external_person_id,vibes_device_id\np2,d1\n",
-        error=UNIQUE,
-        field="vibes_device_id",
-        value="d1",
+        "person_id,external_person_id\n{p2_id},p1\n", SPEC3["unique"], "external_person_id", "p1"
     ),
     "permanent-lookup": RowCase(
-        body="external_person_id,mdn\np2,+12995550005\n",
-        error=PERMANENT,
-        field="mdn",
-        value="+12995550005",
+        "external_person_id,mdn\np2,+12995550005\n",
+        SPEC3["permanent"],
+        "mdn",
+        "+12995550005",
         carrier="offline",
     ),
     "row-field-count": RowCase(
-        body="external_person_id,nick\np1,x,extra\n",
-        error=(ROW_FORMAT, "Expected 2 fields, found 3"),
-        field="",
-        value="",
+        "external_person_id,nick\np1,x,extra\n", (ROW_FORMAT, "Expected 2 fields, found 3")
     ),
     "row-too-long": RowCase(
-        body="external_person_id,nick\np1," + "x" * 100 + "\n",
-        error=(ROW_FORMAT, "Row exceeds 80 bytes"),
-        field="",
-        value="",
+        "external_person_id,nick\np1," + "x" * 100 + "\n",
+        (ROW_FORMAT, "Row exceeds 80 bytes"),
         extra={"max_row_bytes": 80},
     ),
-    "row-invalid-utf8": RowCase(
-        body="external_person_id,nick\np1,caf\udce9\n", error=ENCODING, field="", value=""
-    ),
+    "row-invalid-utf8": RowCase("external_person_id,nick\np1,caf\udce9\n", SPEC3["encoding"]),
 }
 
 
@@ -191,18 +108,10 @@ def encode(text: str) -> bytes:
     return text.encode("utf-8", errors="surrogateescape")
 
 
-def prepared(
-    tmp_path: Path,
-    db_url: str,
-    *,
-    carrier: str = "none",
-    carrier_url: str = "",
-    extra: dict[str, Any] | None = None,
-) -> Site:
-    """A site whose tenant `acme` has FIELDS and the persons of PRIOR."""
-    site = make_site(
-        tmp_path / "site", db_url, carrier=carrier, carrier_url=carrier_url, extra_import=extra
-    )
+def prepared(tmp_path: Path, db_url: str, carrier_url: str = "") -> Site:
+    """A site whose tenant `acme` has FIELDS and PRIOR's persons; lookup `http` given a URL."""
+    carrier = "http" if carrier_url else "none"
+    site = make_site(tmp_path / "site", db_url, carrier=carrier, carrier_url=carrier_url)
     site.add_tenant("acme", FIELDS)
     # PRIOR's MDN is well-formed and valid, so every carrier mode lets it through.
     first = site.import_bytes("prior.persons", PRIOR)
@@ -261,11 +170,15 @@ def test_all_value_errors_of_a_row_are_reported(tmp_path: Path, db_url: str) -> 
     done = site.import_bytes("two.persons", "external_person_id,mdn,score,color\np2,12,abc,green\n")
 
     assert [
-        ("2", "1", *MDN_FORMAT, "mdn", "12"),
-        ("2", "1", *BAD_VALUE, "score", "abc"),
-        ("2", "1", *BAD_SELECT, "color", "green"),
+        ("2", "1", *SPEC3["mdn_format"], "mdn", "12"),
+        ("2", "1", *SPEC3["bad_value"], "score", "abc"),
+        ("2", "1", *SPEC3["bad_select"], "color", "green"),
     ] == done.errors_at()
-    assert {MDN_FORMAT[0]: 1, BAD_VALUE[0]: 1, BAD_SELECT[0]: 1} == done.summary["errors"]
+    assert {
+        SPEC3["mdn_format"][0]: 1,
+        SPEC3["bad_value"][0]: 1,
+        SPEC3["bad_select"][0]: 1,
+    } == done.summary["errors"]
     assert {"total": 1, "succeeded": 0, "failed": 1, "created": 0, "updated": 0} == (
         done.summary["rows"]
     )
@@ -281,7 +194,7 @@ def test_failed_row_leaves_earlier_and_later_rows_applied(tmp_path: Path, db_url
         "external_person_id,mdn,nick\np3,,three\np1,+12295559999,changed\np1,,again\n",
     )
 
-    assert [("3", "2", *MDN_CHANGE, "mdn", "+12295559999")] == done.errors_at()
+    assert [("3", "2", *SPEC3["mdn_change"], "mdn", "+12295559999")] == done.errors_at()
     assert {"total": 3, "succeeded": 2, "failed": 1, "created": 1, "updated": 1} == (
         done.summary["rows"]
     )
@@ -312,10 +225,10 @@ def test_rows_see_the_rows_before_them_whatever_the_chunks(shared: Site, chunk_r
     done = site.import_bytes("seq.persons", SEQUENCE, tenant)
 
     assert [
-        ("3", "2", *ASSIGNED, "mdn", "229.555.0101"),
-        ("4", "3", *UNIQUE, "vibes_device_id", "dn1"),
-        ("6", "5", *MDN_CHANGE, "mdn", "+12295550199"),
-        ("8", "7", *UNIQUE, "vibes_device_id", "dn2"),
+        ("3", "2", *SPEC3["phone_taken"], "mdn", "229.555.0101"),
+        ("4", "3", *SPEC3["unique"], "vibes_device_id", "dn1"),
+        ("6", "5", *SPEC3["mdn_change"], "mdn", "+12295550199"),
+        ("8", "7", *SPEC3["unique"], "vibes_device_id", "dn2"),
     ] == done.errors_at()
     assert {"total": 7, "succeeded": 3, "failed": 4, "created": 2, "updated": 1} == (
         done.summary["rows"]
@@ -329,7 +242,7 @@ def test_rows_see_the_rows_before_them_whatever_the_chunks(shared: Site, chunk_r
 # -- file-level errors -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(frozen=True, slots=True)
 class FileCase:
     """A file rejected as a whole: its class, exact message (or a word it must name), line."""
 
@@ -341,134 +254,68 @@ class FileCase:
     exact: bool = True
 
 
+AFTER_HEADER = b"\n\nexternal_person_id\np9\n"  # end of the header line, blank line, body
+ENCODING = SPEC3["encoding"]
 FILE_CASES = {
     "name-not-persons": FileCase(
-        name="customer.csv",
-        data=b"external_person_id\np9\n",
-        error_class=FILE_FORMAT,
-        message="File name must end with .persons",
-        line="",
+        "customer.csv",
+        b"external_person_id\np9\n",
+        FILE_FORMAT,
+        "File name must end with .persons",
+        "",
     ),
-    "empty": FileCase(
-        name="empty.persons", data=b"", error_class=FILE_FORMAT, message="File is empty", line=""
-    ),
+    "empty": FileCase("empty.persons", b"", FILE_FORMAT, "File is empty", ""),
     "unknown-header": FileCase(
-        name="h.persons",
-        data=b"Delimeter: ;\n\nexternal_person_id\np9\n",
-        error_class=FILE_FORMAT,
-        message="Unknown header 'Delimeter'",
-        line="1",
+        "h.persons", b"Delimeter: ;" + AFTER_HEADER, FILE_FORMAT, "Unknown header 'Delimeter'", "1"
     ),
     "repeated-header": FileCase(
-        name="h.persons",
-        data=b"Delimiter: ;\ndelimiter: ;\n\nexternal_person_id\np9\n",
-        error_class=FILE_FORMAT,
-        message="Repeated header",
-        line="2",
+        "h.persons",
+        b"Delimiter: ;\ndelimiter: ;" + AFTER_HEADER,
+        FILE_FORMAT,
+        "Repeated header",
+        "2",
         exact=False,
     ),
     "long-delimiter": FileCase(
-        name="h.persons",
-        data=b"Delimiter: ;;\n\nexternal_person_id\np9\n",
-        error_class=FILE_FORMAT,
-        message="Delimiter",
-        line="1",
-        exact=False,
+        "h.persons", b"Delimiter: ;;" + AFTER_HEADER, FILE_FORMAT, "Delimiter", "1", exact=False
     ),
     "quote-delimiter": FileCase(
-        name="h.persons",
-        data=b'Multi-Select-Delimiter: "\n\nexternal_person_id\np9\n',
-        error_class=FILE_FORMAT,
-        message="Multi-Select-Delimiter",
-        line="1",
+        "h.persons",
+        b'Multi-Select-Delimiter: "' + AFTER_HEADER,
+        FILE_FORMAT,
+        "Multi-Select-Delimiter",
+        "1",
         exact=False,
     ),
     "unclosed-headers": FileCase(
-        name="h.persons",
-        data=b"Fields: external_person_id\n",
-        error_class=FILE_FORMAT,
-        message="not closed",
-        line="1",
-        exact=False,
+        "h.persons", b"Fields: external_person_id\n", FILE_FORMAT, "not closed", "1", exact=False
     ),
     "repeated-field": FileCase(
-        name="f.persons",
-        data=b"external_person_id,nick,nick\np9,a,b\n",
-        error_class=FILE_FORMAT,
-        message="nick",
-        line="1",
+        "f.persons",
+        b"external_person_id,nick,nick\np9,a,b\n",
+        FILE_FORMAT,
+        "nick",
+        "1",
         exact=False,
     ),
-    "no-identifier": FileCase(
-        name="f.persons",
-        data=b"nick,color\nx,red\n",
-        error_class=FILE_FORMAT,
-        message=NO_IDENTIFIER,
-        line="1",
-    ),
+    "no-identifier": FileCase("f.persons", b"nick,color\nx,red\n", FILE_FORMAT, NO_IDENTIFIER, "1"),
     "upper-case-identifier": FileCase(
-        name="f.persons",
-        data=b"MDN,nick\n+12295550001,x\n",
-        error_class=FILE_FORMAT,
-        message=NO_IDENTIFIER,
-        line="1",
+        "f.persons", b"MDN,nick\n+12295550001,x\n", FILE_FORMAT, NO_IDENTIFIER, "1"
     ),
-    "bom-only": FileCase(
-        name="empty.persons",
-        data=b"\xef\xbb\xbf",
-        error_class=FILE_FORMAT,
-        message="File is empty",
-        line="",
-    ),
-    "blank-lines-only": FileCase(
-        name="empty.persons",
-        data=b"\n \r\n\n",
-        error_class=FILE_FORMAT,
-        message="File is empty",
-        line="",
-    ),
+    "bom-only": FileCase("empty.persons", b"\xef\xbb\xbf", FILE_FORMAT, "File is empty", ""),
+    "blank-lines-only": FileCase("empty.persons", b"\n \r\n\n", FILE_FORMAT, "File is empty", ""),
     "invalid-utf8-field-names": FileCase(
-        name="f.persons",
-        data=b"external_person_id,caf\xe9\np9,x\n",
-        error_class=ENCODING[0],
-        message=ENCODING[1],
-        line="1",
+        "f.persons", b"external_person_id,caf\xe9\np9,x\n", *ENCODING, "1"
     ),
     "no-identifier-in-fields-header": FileCase(
-        name="f.persons",
-        data=b"Fields: nick\n\nx\n",
-        error_class=FILE_FORMAT,
-        message=NO_IDENTIFIER,
-        line="1",
+        "f.persons", b"Fields: nick\n\nx\n", FILE_FORMAT, NO_IDENTIFIER, "1"
     ),
-    "utf-16": FileCase(
-        name="u.persons",
-        data="external_person_id\np9\n".encode("utf-16"),
-        error_class=ENCODING[0],
-        message=ENCODING[1],
-        line="",
-    ),
+    "utf-16": FileCase("u.persons", "external_person_id\np9\n".encode("utf-16"), *ENCODING, ""),
     "utf-16-be": FileCase(
-        name="u.persons",
-        data=b"\xfe\xff" + "external_person_id\np9\n".encode("utf-16-be"),
-        error_class=ENCODING[0],
-        message=ENCODING[1],
-        line="",
+        "u.persons", b"\xfe\xff" + "external_person_id\np9\n".encode("utf-16-be"), *ENCODING, ""
     ),
-    "utf-32": FileCase(
-        name="u.persons",
-        data="external_person_id\np9\n".encode("utf-32"),
-        error_class=ENCODING[0],
-        message=ENCODING[1],
-        line="",
-    ),
-    "nul-in-first-64k": FileCase(
-        name="n.persons",
-        data=b"external_person_id\np\x009\np8\n",
-        error_class=ENCODING[0],
-        message=ENCODING[1],
-        line="",
-    ),
+    "utf-32": FileCase("u.persons", "external_person_id\np9\n".encode("utf-32"), *ENCODING, ""),
+    "nul-in-first-64k": FileCase("n.persons", b"external_person_id\np\x009\np8\n", *ENCODING, ""),
 }
 
 
@@ -563,15 +410,15 @@ def test_transient_lookup_failure_writes_a_retry_file(
     applied: tuple[str, str],
 ) -> None:
     """SPEC 2/4: 5xx after retries -> TransientLookupFailureError, row in a re-droppable file."""
-    site = prepared(tmp_path, db_url, carrier="http", carrier_url=carrier_service.url)
+    site = prepared(tmp_path, db_url, carrier_service.url)
     p2_before = site.by_external_id()["p2"]
     carrier_service.answer = "error"
 
     done = site.import_bytes("night.persons", body)
 
     line = str(body.count("\n", 0, body.index("p2")) + 1)
-    assert [(line, "1", *TRANSIENT, "mdn", "+12295550001")] == done.errors_at()
-    assert {TRANSIENT[0]: 1} == done.summary["errors"]
+    assert [(line, "1", *SPEC3["transient"], "mdn", "+12295550001")] == done.errors_at()
+    assert {SPEC3["transient"][0]: 1} == done.summary["errors"]
     assert {"total": 2, "succeeded": 1, "failed": 1, "created": 1, "updated": 0} == (
         done.summary["rows"]
     )
@@ -601,13 +448,13 @@ def test_negative_http_answer_is_permanent(
     tmp_path: Path, db_url: str, carrier_service: CarrierService
 ) -> None:
     """SPEC 2: a negative answer of the http service -> PermanentLookupFailureError, no retry."""
-    site = prepared(tmp_path, db_url, carrier="http", carrier_url=carrier_service.url)
+    site = prepared(tmp_path, db_url, carrier_service.url)
     before = site.export_text()
     carrier_service.answer = "invalid"
 
     done = site.import_bytes("n.persons", "external_person_id,mdn\np2,229-555-0001\n")
 
-    assert [("2", "1", *PERMANENT, "mdn", "229-555-0001")] == done.errors_at()
+    assert [("2", "1", *SPEC3["permanent"], "mdn", "229-555-0001")] == done.errors_at()
     assert None is done.summary["reports"]["retry"]
     assert ["+12295550001"] == carrier_service.asked[-1:]
     assert before == site.export_text()

@@ -27,22 +27,34 @@ def _pg_error(pg_url: str, sql: str) -> DBAPIError:
         engine.dispose()
 
 
+# PostgreSQL's condition names and their SQLSTATEs, by the kind SPEC 5 gives them.
+SQLSTATES = {
+    Kind.ENVIRONMENT: {
+        "disk_full": "53100",
+        "out_of_memory": "53200",
+        "too_many_connections": "53300",
+        "connection_failure": "08006",
+        "admin_shutdown": "57P01",
+        "cannot_connect_now": "57P03",
+        "serialization_failure": "40001",
+        "deadlock_detected": "40P01",
+        "lock_not_available": "55P03",
+    },
+    Kind.INTERNAL: {
+        "unique_violation": "23505",
+        "undefined_column": "42703",
+        "query_canceled": "57014",
+        "raise_exception": "P0001",
+    },
+}
+
+
 @pytest.mark.parametrize(
     ("sqlstate", "kind"),
     [
-        ("53100", Kind.ENVIRONMENT),  # disk_full
-        ("53200", Kind.ENVIRONMENT),  # out_of_memory
-        ("53300", Kind.ENVIRONMENT),  # too_many_connections
-        ("08006", Kind.ENVIRONMENT),  # connection_failure
-        ("57P01", Kind.ENVIRONMENT),  # admin_shutdown
-        ("57P03", Kind.ENVIRONMENT),  # cannot_connect_now
-        ("40001", Kind.ENVIRONMENT),  # serialization_failure
-        ("40P01", Kind.ENVIRONMENT),  # deadlock_detected
-        ("55P03", Kind.ENVIRONMENT),  # lock_not_available
-        ("23505", Kind.INTERNAL),  # unique_violation
-        ("42703", Kind.INTERNAL),  # undefined_column
-        ("57014", Kind.INTERNAL),  # query_canceled
-        ("P0001", Kind.INTERNAL),  # raise_exception
+        pytest.param(sqlstate, kind, id=f"{sqlstate}-{name}")
+        for kind, conditions in SQLSTATES.items()
+        for name, sqlstate in conditions.items()
     ],
 )
 def test_postgresql_errors_are_classified_by_sqlstate(

@@ -208,31 +208,28 @@ def test_every_value_error_is_reported() -> None:
     assert expected == actual
 
 
-@pytest.mark.parametrize(
-    ("column", "cell", "expected"),
-    [
-        ("nickname", "", ()),
-        ("nickname", "[null]", (("3", None),)),
-        ("nickname", "Bob", (("3", "Bob"),)),
-        ("score", "", ()),
-        ("score", "[null]", (("4", None),)),
-        ("score", "007.50", (("4", "7.5"),)),
-        ("birthday", "", ()),
-        ("birthday", "[null]", (("5", None),)),
-        ("birthday", "2024-02-03", (("5", "2024-02-03T00:00:00Z"),)),
-        ("zip", "", ()),
-        ("zip", "[null]", (("6", None),)),
-        ("zip", "k1a0b1", (("6", "K1A 0B1"),)),
-        ("color", "", (("1", None),)),
-        ("color", "[null]", (("1", None),)),
-        ("color", "red", (("1", "red"),)),
-        ("sports", "", (("2", None),)),
-        ("sports", "[null]", (("2", None),)),
-        ("sports", "golf|soccer|golf", (("2", ("golf", "soccer")),)),
-    ],
-)
-def test_custom_blank_and_null_table(column: str, cell: str, expected: tuple[object, ...]) -> None:
+# SPEC 1.5 by custom field: its attribute key, whether a blank cell clears it, a value and
+# the form that value is stored in.
+CUSTOM_CELLS = {
+    "nickname": ("3", False, "Bob", "Bob"),
+    "score": ("4", False, "007.50", "7.5"),
+    "birthday": ("5", False, "2024-02-03", "2024-02-03T00:00:00Z"),
+    "zip": ("6", False, "k1a0b1", "K1A 0B1"),
+    "color": ("1", True, "red", "red"),
+    "sports": ("2", True, "golf|soccer|golf", ("golf", "soccer")),
+}
+
+
+@pytest.mark.parametrize("given", ["blank", "null", "value"])
+@pytest.mark.parametrize("column", CUSTOM_CELLS)
+def test_custom_blank_and_null_table(column: str, given: str) -> None:
     """SPEC 1.5: selects clear on blank and [null]; other types keep on blank, clear on [null]."""
+    key, blank_clears, value, stored = CUSTOM_CELLS[column]
+    cell, expected = {
+        "blank": ("", ((key, None),) if blank_clears else ()),
+        "null": ("[null]", ((key, None),)),
+        "value": (value, ((key, stored),)),
+    }[given]
     assert expected == change_of({"external_person_id": "e1", column: cell}).custom
 
 

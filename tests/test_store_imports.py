@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Connection, Engine
@@ -21,6 +22,11 @@ T0 = datetime(2026, 11, 23, 2, 15, tzinfo=UTC)
 def tenant_ids(engine: Engine) -> tuple[int, int]:
     with db.write_tx(engine) as conn:
         return tenants.add_tenant(conn, "acme"), tenants.add_tenant(conn, "beta")
+
+
+@pytest.fixture
+def acme(tenant_ids: tuple[int, int]) -> int:
+    return tenant_ids[0]
 
 
 def queue(conn: Connection, tenant_id: int, name: str, minute: int, sha256: str = "a" * 64) -> int:
@@ -126,18 +132,6 @@ def test_find_duplicate(engine: Engine, tenant_ids: tuple[int, int]) -> None:
     assert (three, one, None, None) == found
 
 
-def claim(
-    engine: Engine,
-    instance: str,
-    busy: set[int] | None = None,
-    *,
-    lease: float = 30.0,
-    single: bool = False,
-) -> ImportRecord | None:
-    found = claim_lease(engine, instance, busy, lease=lease, single=single)
-    return None if found is None else found.record
-
-
 def claim_lease(
     engine: Engine,
     instance: str,
@@ -154,6 +148,33 @@ def claim_lease(
             lease_seconds=lease,
             single_daemon=single,
         )
+
+
+def claim(engine: Engine, instance: str, **options: Any) -> ImportRecord | None:
+    """claim_lease's import record, if it claimed one."""
+    found = claim_lease(engine, instance, **options)
+    return None if found is None else found.record
+
+
+def must_claim(engine: Engine, instance: str, **options: Any) -> store_queue.Claim:
+    """claim_lease where the test's arrangement leaves an import to claim."""
+    found = claim_lease(engine, instance, **options)
+    assert found is not None
+    return found
+
+
+def queued(engine: Engine, tenant_id: int, *names: str) -> list[int]:
+    """Queue ``names`` for one tenant, a minute apart in that order; their import ids."""
+    with db.write_tx(engine) as conn:
+        return [queue(conn, tenant_id, name, minute) for minute, name in enumerate(names)]
+
+
+def running(engine: Engine, tenant_id: int, instance: str, **options: Any) -> store_queue.Claim:
+    """The tenant's one queued import, as ``instance`` claimed it."""
+    (import_id,) = queued(engine, tenant_id, "a.persons")
+    found = must_claim(engine, instance, **options)
+    assert import_id == found.record.id
+    return found
 
 
 def expire(engine: Engine, import_id: int) -> None:
@@ -185,42 +206,29 @@ def test_claim_oldest_first_one_per_tenant(engine: Engine, tenant_ids: tuple[int
 
 
 def test_a_tenants_oldest_file_goes_first_even_when_a_later_one_is_older_by_id(
-    engine: Engine, tenant_ids: tuple[int, int]
+    engine: Engine, acme: int
 ) -> None:
     """The oldest unfinished file of a tenant blocks its later ones on every instance."""
-    acme, _ = tenant_ids
-    with db.write_tx(engine) as conn:
-        first = queue(conn, acme, "first.persons", 1)
-        second = queue(conn, acme, "second.persons", 2)
-    taken = claim_lease(engine, "i1")
-    assert taken is not None and first == taken.record.id
+    first, second = queued(engine, acme, "first.persons", "second.persons")
+    assert first == must_claim(engine, "i1").record.id
     expire(engine, first)
     # Expired, not finished: the takeover resumes it; the second file still waits.
-    again = claim_lease(engine, "i2")
-    assert again is not None
+    again = must_claim(engine, "i2")
     assert (first, "i1", 2) == (again.record.id, again.taken_from, again.lease.generation)
     assert None is claim(engine, "i3")
     with db.write_tx(engine) as conn:
         imports.set_status(conn, first, "completed")
-    later = claim(engine, "i3")
-    assert later is not None and second == later.id
+    assert second == must_claim(engine, "i3").record.id
 
 
-def test_a_live_lease_is_never_taken_and_an_expired_one_is(
-    engine: Engine, tenant_ids: tuple[int, int]
-) -> None:
+def test_a_live_lease_is_never_taken_and_an_expired_one_is(engine: Engine, acme: int) -> None:
     """Another instance takes a running import only once its lease has expired (SPEC 12)."""
-    acme, _ = tenant_ids
-    with db.write_tx(engine) as conn:
-        import_id = queue(conn, acme, "a.persons", 0)
-        queue(conn, acme, "b.persons", 1)
-    first = claim_lease(engine, "i1", lease=60)
-    assert first is not None and None is first.taken_from
+    import_id, _ = queued(engine, acme, "a.persons", "b.persons")
+    assert None is must_claim(engine, "i1", lease=60).taken_from
     assert None is claim(engine, "i1", busy={acme})
     assert None is claim(engine, "i2")
     expire(engine, import_id)
-    taken = claim_lease(engine, "i2")
-    assert taken is not None
+    taken = must_claim(engine, "i2")
     record = taken.record
     assert (import_id, "i2", "i2", 2, 0) == (
         record.id, record.claimed_by, record.lease_holder, record.lease_generation, record.attempts
@@ -229,32 +237,20 @@ def test_a_live_lease_is_never_taken_and_an_expired_one_is(
     assert record.lease_expires is not None and record.lease_expires > datetime.now(UTC)
 
 
-def test_a_restarted_instance_reclaims_its_own_live_lease(
-    engine: Engine, tenant_ids: tuple[int, int]
-) -> None:
+def test_a_restarted_instance_reclaims_its_own_live_lease(engine: Engine, acme: int) -> None:
     """The same configured instance, restarted, resumes its import without waiting."""
-    acme, _ = tenant_ids
-    with db.write_tx(engine) as conn:
-        import_id = queue(conn, acme, "a.persons", 0)
-    first = claim_lease(engine, "node-a", lease=60)
-    assert first is not None
-    again = claim_lease(engine, "node-a", lease=60)
-    assert again is not None
-    assert (import_id, 2) == (again.record.id, again.lease.generation)
+    first = running(engine, acme, "node-a", lease=60)
+    again = must_claim(engine, "node-a", lease=60)
+    assert (first.record.id, 2) == (again.record.id, again.lease.generation)
 
 
 def test_sqlite_single_daemon_resumes_abandoned_imports_whatever_the_lease(
-    engine: Engine, tenant_ids: tuple[int, int]
+    engine: Engine, acme: int
 ) -> None:
     """With one daemon per database, a running import it does not run now is abandoned."""
-    acme, _ = tenant_ids
-    with db.write_tx(engine) as conn:
-        import_id = queue(conn, acme, "a.persons", 0)
-    first = claim(engine, "host:1:aa", lease=3600)
-    assert first is not None
+    import_id = running(engine, acme, "host:1:aa", lease=3600).record.id
     assert None is claim(engine, "host:2:bb", busy={acme}, single=True)
-    again = claim(engine, "host:2:bb", single=True)
-    assert again is not None
+    again = must_claim(engine, "host:2:bb", single=True).record
     assert (import_id, 0) == (again.id, again.attempts)  # no claim spends one
 
 
@@ -280,20 +276,17 @@ def test_concurrent_claims_never_share_a_tenant(
 
 
 def test_a_stale_generations_checkpoint_fails_and_rolls_the_chunk_back(
-    engine: Engine, tenant_ids: tuple[int, int]
+    engine: Engine, acme: int
 ) -> None:
     """Fencing: once taken over, the old holder's checkpoint write raises LeaseLost, undone."""
-    acme, _ = tenant_ids
-    with db.write_tx(engine) as conn:
-        import_id = queue(conn, acme, "a.persons", 0)
-    old = claim_lease(engine, "i1", lease=60)
-    assert old is not None
+    old = running(engine, acme, "i1", lease=60)
+    import_id = old.record.id
     ours = Checkpoint(next_offset=100, next_line=5, next_row=3, rows_total=3)
     with db.write_tx(engine) as conn:
         imports.save_checkpoint(conn, import_id, ours, old.lease)
     expire(engine, import_id)
-    new = claim_lease(engine, "i2", lease=60)
-    assert new is not None and old.lease.generation + 1 == new.lease.generation
+    new = must_claim(engine, "i2", lease=60)
+    assert old.lease.generation + 1 == new.lease.generation
     stale = Checkpoint(next_offset=200, next_line=9, next_row=7, rows_total=7)
     with pytest.raises(LeaseLost), db.write_tx(engine) as conn:
         tenants.add_tenant(conn, "written-in-the-chunk")
@@ -312,20 +305,17 @@ def test_fence_and_renew_report_a_lost_lease(engine: Engine, tenant_ids: tuple[i
     with db.write_tx(engine) as conn:
         a = queue(conn, acme, "a.persons", 0)
         queue(conn, beta, "b.persons", 1)
-    held_a = claim_lease(engine, "i1", lease=60)
-    held_b = claim_lease(engine, "i1", busy={acme}, lease=60)
-    assert held_a is not None and held_b is not None
+    held_a = must_claim(engine, "i1", lease=60)
+    held_b = must_claim(engine, "i1", busy={acme}, lease=60)
     expire(engine, a)
-    taken = claim_lease(engine, "i2", lease=60)
-    assert taken is not None and a == taken.record.id
+    assert a == must_claim(engine, "i2", lease=60).record.id
     with db.write_tx(engine) as conn:
         assert [held_a.lease] == imports.renew(conn, [held_a.lease, held_b.lease])
     with pytest.raises(LeaseLost), db.write_tx(engine) as conn:
         imports.fence(conn, held_a.lease)
     with db.write_tx(engine) as conn:
         imports.release(conn, held_b.lease)
-    released = claim_lease(engine, "i3", lease=60)
-    assert released is not None
+    released = must_claim(engine, "i3", lease=60)
     assert (held_b.record.id, "i1") == (released.record.id, released.taken_from)
 
 
@@ -340,14 +330,10 @@ def test_lease_is_validated_when_built() -> None:
 # PostgreSQL only: SQLite runs no heartbeat (one daemon, one writer).
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_renew_skips_a_row_its_own_chunk_holds_instead_of_waiting(
-    engine: Engine, tenant_ids: tuple[int, int]
+    engine: Engine, acme: int
 ) -> None:
     """The heartbeat never waits behind a chunk's transaction (PostgreSQL row locks)."""
-    acme, _ = tenant_ids
-    with db.write_tx(engine) as conn:
-        queue(conn, acme, "a.persons", 0)
-    held = claim_lease(engine, "i1", lease=60)
-    assert held is not None
+    held = running(engine, acme, "i1", lease=60)
     with db.write_tx(engine) as chunk:
         imports.fence(chunk, held.lease)  # the chunk's transaction locks the row
         started = time.monotonic()
@@ -356,24 +342,17 @@ def test_renew_skips_a_row_its_own_chunk_holds_instead_of_waiting(
         assert time.monotonic() - started < 5
 
 
-def test_an_abrupt_end_is_counted_and_a_clean_stop_is_not(
-    engine: Engine, tenant_ids: tuple[int, int]
-) -> None:
+def test_an_abrupt_end_is_counted_and_a_clean_stop_is_not(engine: Engine, acme: int) -> None:
     """SPEC 5: a run that ends abruptly counts one abrupt end (no attempt); a released one none."""
-    acme, _ = tenant_ids
-    with db.write_tx(engine) as conn:
-        import_id = queue(conn, acme, "a.persons", 0)
-    first = claim_lease(engine, "host:1:aa", single=True)
-    assert first is not None and 0 == first.record.abrupt_ends
+    first = running(engine, acme, "host:1:aa", single=True)
+    assert 0 == first.record.abrupt_ends
     # kill -9: the lease is left as it was; the next daemon finds it running.
-    crashed = claim_lease(engine, "host:2:bb", single=True)
-    assert crashed is not None
-    assert (import_id, 1, 0) == (
+    crashed = must_claim(engine, "host:2:bb", single=True)
+    assert (first.record.id, 1, 0) == (
         crashed.record.id, crashed.record.abrupt_ends, crashed.record.attempts
     )  # fmt: skip
     # SIGTERM: the lease is released; the next claim counts nothing more.
     with db.write_tx(engine) as conn:
         imports.release(conn, crashed.lease)
-    clean = claim(engine, "host:3:cc", single=True)
-    assert clean is not None
+    clean = must_claim(engine, "host:3:cc", single=True).record
     assert (1, 0) == (clean.abrupt_ends, clean.attempts)

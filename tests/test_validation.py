@@ -36,23 +36,12 @@ from engine_helpers import (
 from personsd import fileformat, importer, phones, rules, validation
 from personsd.config import Config
 from personsd.errors import ErrorKind, InternalError, RowError
-from personsd.fieldtypes import CustomField
 from personsd.phones import CarrierCheck
 from test_differential import FileSpec, file_specs, render
 from test_resume import make_file
 
 # Fields with ids, as the store gives them (the schema keys attributes by id).
-FIELDS = tuple(
-    CustomField(
-        id=i,
-        name=f.name,
-        type=f.type,
-        options=f.options,
-        charset=f.charset,
-        max_length=f.max_length,
-    )
-    for i, f in enumerate(TEST_FIELDS, start=1)
-)
+FIELDS = tuple(dataclasses.replace(f, id=i) for i, f in enumerate(TEST_FIELDS, start=1))
 MAX_ROW = 1 << 20
 
 
