@@ -14,7 +14,6 @@ Prints ``{"rows": N, "created": C, "updated": U, "failed": F, "seconds": S}``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import json
@@ -27,6 +26,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from loading import arguments
 from personsd.errors import RowError
 from personsd.fieldtypes import CustomField, FieldType, StoredValue
 from personsd.phones import normalize_mdn, offline_lookup
@@ -119,11 +119,7 @@ def import_row(session: Session, tenant_id: int, row: dict[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("file", type=Path)
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--tenant-id", type=int, required=True)
-    parser.add_argument("--rows", type=int, default=None, help="only the first N rows")
+    parser = arguments(__doc__.splitlines()[0], tenant_id=True, pragmas=False)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     counts = import_file(args.url, args.file, args.tenant_id, args.rows)

@@ -22,17 +22,16 @@ are parsed and encoded beforehand (not timed), so this is the ceiling, not a riv
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import json
-import sqlite3
 import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from loading import arguments, sqlite_connect, sqlite_insert
 from personsd.errors import RowError
 from personsd.fieldtypes import CustomField, StoredValue
 from personsd.phones import normalize_mdn
@@ -144,42 +143,17 @@ def load_sqlite(
 ) -> tuple[int, float]:
     """executemany of rows built beforehand (in batches): only the inserts are timed."""
     fields = tenant_fields(url, tenant_id)
-    database = url.removeprefix("sqlite:///")
     stamp = sqlite_timestamp(datetime.now(UTC))
-    conn = sqlite3.connect(database, isolation_level=None)
-    seconds = 0.0
+    conn = sqlite_connect(url, pragmas)
     sql = f"INSERT INTO persons ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
     try:
-        for pragma in pragmas:
-            conn.execute(f"PRAGMA {pragma}")
-        conn.execute("BEGIN IMMEDIATE")
-        before = conn.total_changes
-        rows = records(path, tenant_id, fields, limit, stamp)
-        while batch := list(itertools.islice(rows, 50_000)):
-            start = time.perf_counter()
-            conn.executemany(sql, batch)
-            seconds += time.perf_counter() - start
-        start = time.perf_counter()
-        count = conn.total_changes - before
-        conn.execute("COMMIT")
-        seconds += time.perf_counter() - start
+        return sqlite_insert(conn, sql, records(path, tenant_id, fields, limit, stamp))
     finally:
         conn.close()
-    return count, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("file", type=Path)
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--tenant-id", type=int, required=True)
-    parser.add_argument("--rows", type=int, default=None, help="only the first N rows")
-    parser.add_argument(
-        "--pragma",
-        action="append",
-        default=[],
-        help="SQLite: a PRAGMA to set first, NAME=VALUE (repeatable)",
-    )
+    parser = arguments(__doc__.splitlines()[0], tenant_id=True, pragmas=True)
     args = parser.parse_args(argv)
     if args.url.startswith("sqlite"):
         count, seconds = load_sqlite(args.url, args.file, args.tenant_id, args.rows, args.pragma)

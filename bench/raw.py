@@ -17,15 +17,15 @@ database the URL names, which should be empty.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import json
-import sqlite3
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from loading import arguments, sqlite_connect, sqlite_insert
 
 TABLE = "raw_persons"
 UNIQUE = ("external_person_id", "mdn")
@@ -79,46 +79,22 @@ def load_postgresql(url: str, path: Path, limit: int | None) -> tuple[int, float
 
 
 def load_sqlite(url: str, path: Path, limit: int | None, pragmas: list[str]) -> tuple[int, float]:
-    database = url.removeprefix("sqlite:///")
     columns = _header(path)
-    conn = sqlite3.connect(database, isolation_level=None)
-    seconds = 0.0
+    conn = sqlite_connect(url, pragmas)
     sql = f"INSERT INTO {TABLE} VALUES ({', '.join('?' * len(columns))})"
     try:
-        for pragma in pragmas:
-            conn.execute(f"PRAGMA {pragma}")
         for statement in _ddl(columns):
             conn.execute(statement)
         with path.open(encoding="utf-8", newline="") as fh:
             reader = csv.reader(fh)
             next(reader)
-            rows = itertools.islice(reader, limit)
-            conn.execute("BEGIN IMMEDIATE")
-            before = conn.total_changes
-            while batch := list(itertools.islice(rows, 50_000)):
-                start = time.perf_counter()
-                conn.executemany(sql, batch)
-                seconds += time.perf_counter() - start
-            start = time.perf_counter()
-            count = conn.total_changes - before
-            conn.execute("COMMIT")
-            seconds += time.perf_counter() - start
+            return sqlite_insert(conn, sql, itertools.islice(reader, limit))
     finally:
         conn.close()
-    return count, seconds
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("file", type=Path)
-    parser.add_argument("--url", required=True)
-    parser.add_argument("--rows", type=int, default=None, help="only the first N rows")
-    parser.add_argument(
-        "--pragma",
-        action="append",
-        default=[],
-        help="SQLite: a PRAGMA to set first, NAME=VALUE (repeatable)",
-    )
+    parser = arguments(__doc__.splitlines()[0], tenant_id=False, pragmas=True)
     args = parser.parse_args(argv)
     if args.url.startswith("sqlite"):
         count, seconds = load_sqlite(args.url, args.file, args.rows, args.pragma)

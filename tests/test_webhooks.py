@@ -14,7 +14,7 @@ import structlog
 from sqlalchemy import Engine, select, update
 
 from engine_helpers import add_tenant, make_config, new_tenant_name, published, run_import
-from personsd import config, importer, webhooks
+from personsd import config, importer, notifier, webhooks
 from personsd.logging import Event
 from personsd.retry import RetryPolicy
 from personsd.store import imports as store_imports
@@ -128,8 +128,8 @@ def test_a_rolled_back_end_leaves_no_delivery(engine: Engine, tmp_path: Path) ->
     assert [] == deliveries(engine)
 
 
-def sender(engine: Engine, cfg: config.Config, **kw: object) -> webhooks.Sender:
-    return webhooks.Sender(engine=engine, cfg=cfg, stop=threading.Event(), **kw)  # type: ignore[arg-type]
+def sender(engine: Engine, cfg: config.Config, **kw: object) -> notifier.Sender:
+    return notifier.Sender(engine=engine, cfg=cfg, stop=threading.Event(), **kw)  # type: ignore[arg-type]
 
 
 def claim_one(engine: Engine) -> webhooks.Delivery:
@@ -207,7 +207,7 @@ def test_a_delivery_failing_past_the_give_up_time_is_marked_failed(
         with write_tx(engine) as conn:
             conn.execute(
                 update(DeliveryRow).values(
-                    created_at=datetime.now(UTC) - webhooks.GIVE_UP_AFTER - timedelta(minutes=1)
+                    created_at=datetime.now(UTC) - notifier.GIVE_UP_AFTER - timedelta(minutes=1)
                 )
             )
         with structlog.testing.capture_logs() as logs:
@@ -262,7 +262,7 @@ def test_the_backoff_starts_within_5_s_caps_within_10_min_and_gives_up_after_24_
     start = datetime(2026, 1, 1, tzinfo=UTC)
     pauses = []
     now, attempts = start, 0
-    while (nxt := webhooks.next_attempt(start, attempts + 1, now)) is not None:
+    while (nxt := notifier.next_attempt(start, attempts + 1, now)) is not None:
         attempts += 1
         pauses.append((nxt - now).total_seconds())
         now = nxt
@@ -356,8 +356,8 @@ def test_the_receiver_example_in_the_docs_accepts_a_signed_delivery_and_refuses_
         def send(secret: bytes) -> int | None:
             try:
                 headers = webhooks.headers_for(delivery, secret, time.time())
-                return webhooks.post(delivery.url, body, headers, 5.0)
-            except webhooks.DeliveryError:
+                return notifier.post(delivery.url, body, headers, 5.0)
+            except notifier.DeliveryError:
                 return None
 
         assert 204 == wait_for(lambda: send(b"k3y"), what="the example receiver")

@@ -28,6 +28,9 @@ REPORT_MODE = 0o644
 _TEMP_TRIES = 16  # fresh random temp names before giving up (each try is O_EXCL)
 _RENAME_TRIES = 3  # directories moved off the final name before giving up
 _NOT_MOVABLE = (errno.EACCES, errno.EPERM, errno.EXDEV)
+# Opens a file created by this very call: never one already there, nor the
+# target of a symlink planted at its name. For temp names in tenant-facing places.
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class DiskFull(TransientError, OSError):
@@ -60,12 +63,7 @@ def _write_temp(scratch_fd: int, source: Path | bytes) -> str:
     for _ in range(_TEMP_TRIES):
         temp = f".{_token()}.publish"
         try:
-            fd = os.open(
-                temp,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=scratch_fd,
-            )
+            fd = os.open(temp, NEW_FILE, 0o600, dir_fd=scratch_fd)
         except FileExistsError:
             continue
         try:

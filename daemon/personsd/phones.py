@@ -45,6 +45,7 @@ from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, PhoneMetadata, PhoneNumber
 
 from personsd.config import CARRIER_LOOKUPS
 from personsd.errors import ErrorKind, RowError, TransientError
+from personsd.retry import RetryPolicy
 
 CarrierCheck = Callable[[str], RowError | None]
 
@@ -268,7 +269,11 @@ class HttpCarrierLookup:
         self.url = url
         self.timeout = timeout
         self.retries = retries
-        self.backoff = backoff
+        # Pauses of backoff, then doubling, all exact: no jitter, and a cap past the
+        # last of ``retries`` pauses. 0: every retry at once.
+        self.policy = (
+            RetryPolicy(base=backoff, cap=backoff * 2**retries, jitter=0.0) if backoff > 0 else None
+        )
         self.breaker_failures = breaker_failures
         self.breaker_seconds = breaker_seconds
         self._lock = threading.Lock()
@@ -303,8 +308,8 @@ class HttpCarrierLookup:
             headers={"Accept": "application/json"},
         )
         for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+            if attempt and self.policy is not None:
+                time.sleep(self.policy.delay(attempt))
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     body = response.read(64 * 1024)

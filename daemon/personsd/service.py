@@ -23,7 +23,7 @@ from types import FrameType
 from sqlalchemy import make_url
 
 from personsd import config as config_mod
-from personsd import instance, metrics, sdnotify, webhooks
+from personsd import instance, metrics, notifier, sdnotify
 from personsd.config import Config
 from personsd.errors import ConfigError
 from personsd.intake import Intake
@@ -73,7 +73,7 @@ class Daemon:
         )
         self.sftp: SftpServer | None = None
         self.republisher = Republisher(engine=self.engine, cfg=lambda: self.cfg)
-        self.sender = webhooks.Sender(engine=self.engine, cfg=cfg, stop=self.stop)
+        self.sender = notifier.Sender(engine=self.engine, cfg=cfg, stop=self.stop)
         self.metrics: metrics.MetricsServer | None = None
 
     # -- signals: flags only ----------------------------------------------

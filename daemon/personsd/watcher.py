@@ -51,8 +51,8 @@ mtime; for a file the SFTP server vouches for, the time of that call.
 ``on_ready`` runs in the watcher's thread, in completion order; it must be
 quick (enqueue only).
 
-Over 400 lines on purpose: the pure settle state is in ``settle`` already; what
-is left is one thread's inotify shell and scan loop.
+The pure settle state is in ``settle``, the inotify shell (watchdog's events
+as messages) in ``inboxevents``; here are the thread and its scans.
 """
 
 from __future__ import annotations
@@ -66,30 +66,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirMovedEvent,
-    FileAttribEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
 from watchdog.observers.api import BaseObserver
 
 from personsd.fileformat import classify_name
+from personsd.inboxevents import UPLOAD_BOXES, VALIDATE, Gone, Saw, Scan, watch
 from personsd.logging import Event, get_logger
 from personsd.settle import Seen, Settled, SettleTracker, Stamp
 
 log = get_logger()
-
-INBOX = "inbox"
-VALIDATE = "validate"
-# Watched alike; a file's box decides its mode (SPEC 11: /validate writes nothing).
-UPLOAD_BOXES = (INBOX, VALIDATE)
 
 # The settle state's names, where callers and tests always found them.
 __all__ = ["InboxWatcher", "ReadyFile", "Seen", "SettleTracker", "Settled", "Stamp"]
@@ -119,24 +103,8 @@ class ReadyFile:
         return "validate" if self.path.parent.name == VALIDATE else "import"
 
 
-# Messages from the observer and callers to the watcher thread, which alone
-# touches the tracker.
-@dataclass(frozen=True, slots=True)
-class _Saw:
-    path: str
-    seen: Seen
-
-
-@dataclass(frozen=True, slots=True)
-class _Gone:
-    path: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Scan:
-    inbox: Path | None  # None: every inbox
-
-
+# Messages from callers to the watcher thread, which alone touches the
+# tracker; the observer's (Saw, Gone, Scan) come from inboxevents.
 @dataclass(frozen=True, slots=True)
 class _Trust:
     path: Path
@@ -147,83 +115,7 @@ class _Stop:
     pass
 
 
-_Message = _Saw | _Gone | _Scan | _Trust | _Stop
-
-_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileAttribEvent,
-    FileClosedEvent,
-    FileMovedEvent,
-    FileDeletedEvent,
-    DirCreatedEvent,
-    DirMovedEvent,
-]
-
-
-class _Handler(FileSystemEventHandler):
-    """Runs in watchdog's thread: filters and forwards, nothing more."""
-
-    def __init__(self, root: str, post: Callable[[_Message], None]) -> None:
-        super().__init__()
-        self._root = root
-        self._post = post
-
-    def _in_inbox(self, path: str) -> bool:
-        inbox = os.path.dirname(path)
-        tenant_dir = os.path.dirname(inbox)
-        return (
-            os.path.basename(inbox) in UPLOAD_BOXES
-            and os.path.dirname(tenant_dir) == self._root
-            and not os.path.basename(tenant_dir).startswith(".")
-            and classify_name(os.path.basename(path)) != "ignore"
-        )
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        src = os.fsdecode(event.src_path)
-        dest = os.fsdecode(event.dest_path)
-        if event.is_directory:
-            if isinstance(event, DirCreatedEvent | DirMovedEvent):
-                self._new_dir(dest or src)
-            return
-        if isinstance(event, FileMovedEvent):
-            if src and self._in_inbox(src):
-                self._post(_Gone(src))
-            if dest and self._in_inbox(dest):
-                self._post(_Saw(dest, Seen.CLOSED))
-            return
-        if not self._in_inbox(src):
-            return
-        if isinstance(event, FileClosedEvent):
-            self._post(_Saw(src, Seen.CLOSED))
-        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
-            self._post(_Saw(src, Seen.WRITTEN))
-        elif isinstance(event, FileAttribEvent):
-            self._post(_Saw(src, Seen.TOUCHED))
-        elif isinstance(event, FileDeletedEvent):
-            self._post(_Gone(src))
-
-    def _new_dir(self, path: str) -> None:
-        # Files may have landed before watchdog added the new directory's watch.
-        if os.path.dirname(path) == self._root:
-            for box in UPLOAD_BOXES:
-                self._post(_Scan(Path(path, box)))
-        elif (
-            os.path.basename(path) in UPLOAD_BOXES
-            and os.path.dirname(os.path.dirname(path)) == self._root
-        ):
-            self._post(_Scan(Path(path)))
-
-
-def _new_observer() -> BaseObserver:
-    try:
-        from watchdog.observers.inotify import InotifyObserver
-    except ImportError:  # not Linux: whatever watchdog offers, moves in may look like creations
-        from watchdog.observers import Observer
-
-        return Observer()
-    # Full events: a file moved in from outside the tree is a move (complete), not a creation.
-    return InotifyObserver(generate_full_events=True)
+_Message = Saw | Gone | Scan | _Trust | _Stop
 
 
 class InboxWatcher:
@@ -264,7 +156,7 @@ class InboxWatcher:
                 raise RuntimeError("InboxWatcher already started")
             self._root.mkdir(parents=True, exist_ok=True)
             if self._use_events:
-                self._observer = self._start_observer()
+                self._observer = watch(self._root, self._messages.put)
             # Before the thread exists, so the tracker is still ours alone; after the
             # watch, so that nothing falls between the two.
             self._scan(None)
@@ -292,23 +184,7 @@ class InboxWatcher:
 
     def rescan(self) -> None:
         """Scan every inbox now (in the watcher's thread)."""
-        self._messages.put(_Scan(None))
-
-    def _start_observer(self) -> BaseObserver | None:
-        observer = _new_observer()
-        try:
-            observer.schedule(
-                _Handler(str(self._root), self._messages.put),
-                str(self._root),
-                recursive=True,
-                event_filter=_EVENTS,
-            )
-            observer.start()
-        except OSError as exc:  # e.g. out of inotify watches: the rescans still find everything
-            log.warning(Event.WATCHER_EVENTS_UNAVAILABLE, root=str(self._root), error=str(exc))
-            observer.stop()
-            return None
-        return observer
+        self._messages.put(Scan(None))
 
     def _run(self) -> None:
         next_rescan = time.monotonic() + self._rescan_seconds
@@ -334,11 +210,11 @@ class InboxWatcher:
                     break
 
     def _handle(self, message: _Message) -> None:
-        if isinstance(message, _Saw):
+        if isinstance(message, Saw):
             self._stat_and(Path(message.path), message.seen)
-        elif isinstance(message, _Gone):
+        elif isinstance(message, Gone):
             self._tracker.forget(Path(message.path))
-        elif isinstance(message, _Scan):
+        elif isinstance(message, Scan):
             self._scan(message.inbox)
         elif isinstance(message, _Trust):
             self._stat_and(message.path, None)

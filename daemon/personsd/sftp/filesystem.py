@@ -58,6 +58,7 @@ import paramiko
 
 from personsd.fileformat import classify_name
 from personsd.logging import Event, get_logger
+from personsd.outbox import NEW_FILE
 from personsd.sftp.handles import Download, Upload
 from personsd.sftp.paths import (
     BOXES,
@@ -286,12 +287,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
         # A dot-name of our own, distinct from any a client can create (UPLOAD_TEMP).
         temp = f".{name[:40]}.{secrets.token_hex(8)}.upload"
         try:
-            fd = os.open(
-                temp,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o640,
-                dir_fd=self._fds[box],
-            )
+            fd = os.open(temp, NEW_FILE, 0o640, dir_fd=self._fds[box])
         except OSError as exc:
             return errno_code(exc)
         upload = Upload(self, box, fd, temp, name)

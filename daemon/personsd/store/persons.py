@@ -11,7 +11,8 @@ dumps text-format arrays with a regex per element, six times slower.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -222,11 +223,16 @@ def write(
             raise ValueError("an update pair must be the same person")
     changed = [after for before, after in updated if before != after]
     moving = _blocking(created, updated)
+    sql = _POSTGRESQL if conn.dialect.name == "postgresql" else _SQLITE
     now = datetime.now(UTC)
-    if conn.dialect.name == "postgresql":
-        _write_postgresql(conn, tenant_id, created, changed, moving, now)
-    else:
-        _write_sqlite(conn, tenant_id, created, changed, moving, now)
+    if moving:
+        result = conn.exec_driver_sql(sql.clear, sql.clear_params(tenant_id, moving))
+        _check_count(len(moving), result.rowcount)
+    if created:
+        conn.exec_driver_sql(sql.insert, sql.insert_params(tenant_id, created, now))
+    if changed:
+        result = conn.exec_driver_sql(sql.update, sql.update_params(tenant_id, changed, now))
+        _check_count(len(changed), result.rowcount)
 
 
 def _blocking(created: Sequence[Person], updated: Sequence[tuple[Person, Person]]) -> list[int]:
@@ -256,59 +262,50 @@ def _check_count(expected: int, actual: int) -> None:
         )
 
 
-def _write_sqlite(
-    conn: Connection,
-    tenant_id: int,
-    created: Sequence[Person],
-    changed: Sequence[Person],
-    moving: Sequence[int],
-    now: datetime,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class _Phases:
+    """One database's statements for the three phases of :func:`write`, and their parameters."""
+
+    clear: str
+    insert: str
+    update: str
+    clear_params: Callable[[int, Sequence[int]], Any]
+    insert_params: Callable[[int, Sequence[Person], datetime], Any]
+    update_params: Callable[[int, Sequence[Person], datetime], Any]
+
+
+def _sqlite_inserted(tenant_id: int, persons: Sequence[Person], now: datetime) -> list[Any]:
     stamp = sqlite_timestamp(now)
-    if moving:
-        result = conn.exec_driver_sql(
-            "UPDATE persons SET external_person_id = NULL, mdn = NULL, vibes_device_id = NULL"
-            " WHERE person_id = ? AND tenant_id = ?",
-            [(pid, tenant_id) for pid in moving],
+    return [
+        (
+            tenant_id,
+            p.person_id,
+            p.person_key,
+            p.external_person_id,
+            p.mdn,
+            p.vibes_device_id,
+            _encode(p.attributes),
+            stamp,
+            stamp,
         )
-        _check_count(len(moving), result.rowcount)
-    if created:
-        conn.exec_driver_sql(
-            f"INSERT INTO persons (tenant_id, {_COLUMNS}, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    tenant_id,
-                    p.person_id,
-                    p.person_key,
-                    p.external_person_id,
-                    p.mdn,
-                    p.vibes_device_id,
-                    _encode(p.attributes),
-                    stamp,
-                    stamp,
-                )
-                for p in created
-            ],
+        for p in persons
+    ]
+
+
+def _sqlite_updated(tenant_id: int, persons: Sequence[Person], now: datetime) -> list[Any]:
+    stamp = sqlite_timestamp(now)
+    return [
+        (
+            p.external_person_id,
+            p.mdn,
+            p.vibes_device_id,
+            _encode(p.attributes),
+            stamp,
+            p.person_id,
+            tenant_id,
         )
-    if changed:
-        result = conn.exec_driver_sql(
-            "UPDATE persons SET external_person_id = ?, mdn = ?, vibes_device_id = ?,"
-            " attributes = ?, updated_at = ? WHERE person_id = ? AND tenant_id = ?",
-            [
-                (
-                    p.external_person_id,
-                    p.mdn,
-                    p.vibes_device_id,
-                    _encode(p.attributes),
-                    stamp,
-                    p.person_id,
-                    tenant_id,
-                )
-                for p in changed
-            ],
-        )
-        _check_count(len(changed), result.rowcount)
+        for p in persons
+    ]
 
 
 def _arrays(persons: Sequence[Person]) -> dict[str, list[Any]]:
@@ -322,39 +319,37 @@ def _arrays(persons: Sequence[Person]) -> dict[str, list[Any]]:
     }
 
 
-def _write_postgresql(
-    conn: Connection,
-    tenant_id: int,
-    created: Sequence[Person],
-    changed: Sequence[Person],
-    moving: Sequence[int],
-    now: datetime,
-) -> None:
-    if moving:
-        result = conn.exec_driver_sql(
-            "UPDATE persons SET external_person_id = NULL, mdn = NULL, vibes_device_id = NULL"
-            " WHERE tenant_id = %(t)s AND person_id = ANY(%(ids)b::bigint[])",
-            {"t": tenant_id, "ids": list(moving)},
-        )
-        _check_count(len(moving), result.rowcount)
-    if created:
-        conn.exec_driver_sql(
-            f"INSERT INTO persons (tenant_id, {_COLUMNS}, created_at, updated_at)"
-            f" SELECT %(t)s, v.*, %(now)s, %(now)s FROM {_PG_UNNEST}",
-            {"t": tenant_id, "now": now, **_arrays(created)},
-        )
-    if changed:
-        result = conn.exec_driver_sql(
-            "UPDATE persons AS p SET external_person_id = v.external_person_id, mdn = v.mdn,"
-            " vibes_device_id = v.vibes_device_id, attributes = v.attributes,"
-            f" updated_at = %(now)s FROM {_PG_UNNEST}"
-            " WHERE p.person_id = v.person_id AND p.tenant_id = %(t)s"
-            # Redundant for the result; without it the planner hash-joins
-            # against a scan of all the tenant's persons.
-            " AND p.person_id = ANY(%(ids)b::bigint[])",
-            {"t": tenant_id, "now": now, **_arrays(changed)},
-        )
-        _check_count(len(changed), result.rowcount)
+def _postgresql_rows(tenant_id: int, persons: Sequence[Person], now: datetime) -> dict[str, Any]:
+    return {"t": tenant_id, "now": now, **_arrays(persons)}
+
+
+_SQLITE = _Phases(
+    clear="UPDATE persons SET external_person_id = NULL, mdn = NULL, vibes_device_id = NULL"
+    " WHERE person_id = ? AND tenant_id = ?",
+    insert=f"INSERT INTO persons (tenant_id, {_COLUMNS}, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    update="UPDATE persons SET external_person_id = ?, mdn = ?, vibes_device_id = ?,"
+    " attributes = ?, updated_at = ? WHERE person_id = ? AND tenant_id = ?",
+    clear_params=lambda tenant_id, moving: [(pid, tenant_id) for pid in moving],
+    insert_params=_sqlite_inserted,
+    update_params=_sqlite_updated,
+)
+_POSTGRESQL = _Phases(
+    clear="UPDATE persons SET external_person_id = NULL, mdn = NULL, vibes_device_id = NULL"
+    " WHERE tenant_id = %(t)s AND person_id = ANY(%(ids)b::bigint[])",
+    insert=f"INSERT INTO persons (tenant_id, {_COLUMNS}, created_at, updated_at)"
+    f" SELECT %(t)s, v.*, %(now)s, %(now)s FROM {_PG_UNNEST}",
+    update="UPDATE persons AS p SET external_person_id = v.external_person_id, mdn = v.mdn,"
+    " vibes_device_id = v.vibes_device_id, attributes = v.attributes,"
+    f" updated_at = %(now)s FROM {_PG_UNNEST}"
+    " WHERE p.person_id = v.person_id AND p.tenant_id = %(t)s"
+    # Redundant for the result; without it the planner hash-joins
+    # against a scan of all the tenant's persons.
+    " AND p.person_id = ANY(%(ids)b::bigint[])",
+    clear_params=lambda tenant_id, moving: {"t": tenant_id, "ids": list(moving)},
+    insert_params=_postgresql_rows,
+    update_params=_postgresql_rows,
+)
 
 
 def lock_tenant(conn: Connection, tenant_id: int) -> None:
