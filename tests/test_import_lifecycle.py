@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from structlog.testing import capture_logs
 
 from engine_helpers import migrate_with_tenant
 from fault_helpers import fill, tmpfs
-from personsd import config, importer
+from personsd import admin, config, importer
 from personsd.logging import Event
 from personsd.retry import RetryPolicy
 from personsd.store import db
@@ -375,3 +377,142 @@ def test_a_file_that_keeps_ending_the_process_is_failed_not_run_again(
     assert "ended abruptly" in (record.last_error or "")
     assert [] == [e for e in logs if e["event"] == "import.started"]
     assert (cfg.quarantine_dir / "acme").is_dir()
+
+
+# -- personsd import: the same accounting in the foreground ----------------------
+
+
+def _impatient(url: str) -> Engine:
+    """An engine that gives up on a lock another connection holds after 0.1 s."""
+    engine = db.connect(url)
+
+    def give_up_soon(dbapi_connection: Any, _record: object) -> None:
+        cursor = dbapi_connection.cursor()
+        if engine.dialect.name == "sqlite":
+            cursor.execute("PRAGMA busy_timeout=100")
+        else:
+            cursor.execute("SET lock_timeout = 100")
+            dbapi_connection.commit()  # a SET rolled back would be undone
+        cursor.close()
+
+    event.listen(engine, "connect", give_up_soon)
+    return engine
+
+
+def _hold_lock(url: str, until: Callable[[], bool]) -> threading.Thread:
+    """Another connection holds the write lock (SQLite) or the imports table (PostgreSQL)
+    until ``until()``; returns once it is held."""
+    held = threading.Event()
+
+    def hold() -> None:
+        engine = db.connect(url)
+        try:
+            with db.write_tx(engine) as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql("LOCK TABLE imports IN ACCESS EXCLUSIVE MODE")
+                held.set()
+                wait_for(until, what="the import to wait")
+        finally:
+            engine.dispose()
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert held.wait(10)
+    return holder
+
+
+def _cli_import(engine: Engine, tmp_path: Path) -> int:
+    source = tmp_path / "a.persons"
+    source.write_text(ROWS)
+    return importer.create(engine, tenant="acme", path=source, source="cli", claimed_by="cli:t")
+
+
+def test_personsd_import_waits_out_a_locked_database_spending_no_attempt(
+    db_url: str, tmp_path: Path
+) -> None:
+    """SPEC 5 for `personsd import`: a database locked by another connection (a real lock)
+    is an environment fault: waited out, no attempt spent, even with max_attempts 1."""
+    cfg = _site(tmp_path / "var", db_url, max_attempts=1)
+    engine = _impatient(db_url)
+    import_id = _cli_import(engine, tmp_path)
+    with capture_logs() as logs:
+
+        def waited_twice() -> bool:
+            return 2 <= sum(e["event"] == Event.IMPORT_WAITING for e in logs)
+
+        holder = _hold_lock(db_url, waited_twice)
+        outcome = admin.run_with_attempts(
+            engine, cfg, import_id, tenant="acme", file_name="a.persons",
+            policy=RetryPolicy(base=0.2, cap=0.4),
+        )  # fmt: skip
+        holder.join(10)
+    engine.dispose()
+    reason = "sqlite SQLITE_BUSY" if db_url.startswith("sqlite") else "sqlstate 55P03"
+    waiting = [e for e in logs if e["event"] == Event.IMPORT_WAITING]
+    assert [("acme", import_id, "a.persons", reason)] * 2 == [
+        (e["tenant"], e["import_id"], e["file"], e["reason"]) for e in waiting[:2]
+    ]
+    assert ("completed", 40) == (outcome.summary.status, outcome.summary.rows.created)
+    assert [] == [e for e in logs if e["event"] == Event.IMPORT_ATTEMPT_FAILED]
+
+
+def _foreground(
+    cfg: config.Config, monkeypatch: pytest.MonkeyPatch, run: Callable[..., importer.Outcome]
+) -> tuple[importer.Outcome, list[int], list[int]]:
+    """`personsd import`'s loop over a fresh import whose runs are ``run``: its outcome, the
+    waits its import.waiting lines count and the attempts its import.attempt_failed ones do."""
+    engine = db.connect(cfg.database.url)
+    import_id = _cli_import(engine, cfg.root)
+    monkeypatch.setattr(importer, "run", run)
+    with capture_logs() as logs:
+        outcome = admin.run_with_attempts(
+            engine, cfg, import_id, tenant="acme", file_name="a.persons",
+            policy=RetryPolicy(base=0.01, cap=0.02),
+        )  # fmt: skip
+    engine.dispose()
+    return (
+        outcome,
+        [e["waits"] for e in logs if e["event"] == Event.IMPORT_WAITING],
+        [e["attempt"] for e in logs if e["event"] == Event.IMPORT_ATTEMPT_FAILED],
+    )
+
+
+def test_personsd_import_spends_attempts_on_an_environment_fault_past_its_waits(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A foreground import never loops: a fault that outlasts MAX_WAITS waits in a row spends
+    an attempt each run, then the import is failed."""
+
+    def disk_full(*_args: object, **_kwargs: object) -> importer.Outcome:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    cfg = _site(tmp_path / "var", db_url, max_attempts=2)
+    outcome, waits, attempts = _foreground(cfg, monkeypatch, disk_full)
+    assert list(range(1, admin.MAX_WAITS + 1)) == waits
+    assert [1, 2] == attempts
+    assert "failed" == outcome.summary.status
+
+
+def test_personsd_import_counts_its_waits_in_a_row(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk committed between two faults starts the count of waits again: only a fault
+    that outlasts MAX_WAITS waits without progress spends an attempt."""
+    runs = iter(range(2 * admin.MAX_WAITS + 1))
+    real = importer.run
+
+    def full_at_first(
+        engine: Engine, cfg: config.Config, import_id: int, **kw: Any
+    ) -> importer.Outcome:
+        run = next(runs)
+        if run == 2 * admin.MAX_WAITS:
+            return real(engine, cfg, import_id, **kw)
+        if run == admin.MAX_WAITS:
+            kw["on_chunk"](1, 1)  # a chunk committed, then the disk is full again
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    cfg = _site(tmp_path / "var", db_url, max_attempts=1)
+    outcome, waits, attempts = _foreground(cfg, monkeypatch, full_at_first)
+    assert list(range(1, admin.MAX_WAITS + 1)) * 2 == waits
+    assert [] == attempts
+    assert "completed" == outcome.summary.status

@@ -7,13 +7,16 @@ carrier service on 127.0.0.1; the daemon-level counterparts are in
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -34,8 +37,9 @@ from personsd.republish import Republisher
 from personsd.retry import RetryPolicy
 from personsd.store import db
 from personsd.store import imports as store_imports
+from personsd.store import queue as store_queue
 from personsd.watcher import ReadyFile
-from personsd.workers import NAME_MAX, kept_name
+from personsd.workers import NAME_MAX, Workers, kept_name
 from polling import wait_for
 
 FAST = RetryPolicy(base=0.05, cap=0.2)
@@ -349,20 +353,81 @@ def test_a_carrier_service_outage_is_an_environment_fault(site: Site, tmp_path: 
     assert [] == list(cfg.outbox("slow").iterdir())
 
 
-def test_hashing_a_big_file_keeps_the_heartbeat_fresh(
-    site: Site, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """SPEC 5: an import being hashed is alive: its heartbeat moves, no instance takes it over."""
-    cfg, engine = site.cfg, site.engine
-    monkeypatch.setattr(digest, "_HASH_HEARTBEAT_SECONDS", 0.0)
-    path = cfg.inbox("slow") / "zeros.persons"
-    with path.open("wb") as fh:
-        fh.truncate(8 << 20)  # NUL bytes: rejected once hashed, so no checkpoint beats for it
-    import_id = importer.create(
-        engine, tenant="slow", path=path, source="sftp", size=path.stat().st_size
+def _write_end(fifo: Path) -> int:
+    """The write end of ``fifo``, once a reader has opened it (blocking writes)."""
+
+    def opened() -> int | None:
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: nobody reads it yet
+                raise
+            return None
+        os.set_blocking(fd, True)
+        return fd
+
+    return int(wait_for(opened, what=f"a reader of {fifo.name}"))
+
+
+def test_hashing_a_long_file_keeps_the_import_owned_postgresql(pg_url: str, tmp_path: Path) -> None:
+    """SPEC 5, 12: an import being hashed is alive: the heartbeat renews its lease while the
+    file is read (four leases long), no other instance takes it over; then it is rejected."""
+    cfg = config.parse(
+        {
+            "paths": {"root": str(tmp_path / "var")},
+            "database": {"url": pg_url},
+            "import": {"carrier_lookup": "none", "workers": 1},
+            "cluster": {"instance": "node-a", "lease_seconds": 0.6},
+        },
+        base=tmp_path,
+        env={},
     )
+    engine = db.connect(pg_url)
+    db.upgrade(engine)
+    add_tenant(engine, "slow", ())
+    cfg.outbox("slow").mkdir(parents=True)
+    fifo = cfg.work_dir / "claimed" / "slow" / "zeros.persons"
+    fifo.parent.mkdir(parents=True)
+    os.mkfifo(fifo)  # read as fast as the test writes: a hash as long as it likes
+    blocks = 12
+    import_id = importer.create(
+        engine, tenant="slow", path=fifo, source="sftp", size=blocks * digest.READ_BUFFER
+    )
+    # (holder, lease expiry, what another instance's claim got) while hashing
+    seen: list[tuple[str | None, datetime, store_queue.Claim | None]] = []
 
-    outcome = importer.run(engine, cfg, import_id)
+    def look() -> None:
+        with db.write_tx(engine) as conn:
+            taken = store_queue.claim_next(
+                conn, instance="node-b", tenants_busy=set(), lease_seconds=30
+            )
+            record = store_imports.get(conn, import_id)
+        assert record.lease_expires is not None
+        seen.append((record.lease_holder, record.lease_expires, taken))
 
-    assert "rejected" == outcome.record.status
-    assert outcome.record.heartbeat_at is not None
+    workers = Workers(engine=engine, cfg=cfg, stop=threading.Event())
+    try:
+        workers.start()
+        feed = _write_end(fifo)  # the worker hashes it
+        try:
+            for _ in range(blocks):  # the hash: 2.4 s, four leases
+                os.write(feed, b"\0" * digest.READ_BUFFER)
+                time.sleep(0.2)
+                look()
+            # The same bytes in a plain file for the reads after the hash (a FIFO
+            # cannot seek); the hash goes on reading the FIFO it opened.
+            plain = fifo.with_name("plain")
+            with plain.open("wb") as fh:
+                fh.truncate(blocks * digest.READ_BUFFER)  # NUL bytes: rejected once hashed
+            os.replace(plain, fifo)
+        finally:
+            os.close(feed)
+        expiries = [expires for _holder, expires, _taken in seen]
+        assert [("node-a", None)] * blocks == [(holder, taken) for holder, _, taken in seen]
+        assert sorted(expiries) == expiries
+        assert expiries[-1] - expiries[0] > timedelta(seconds=1)
+        wait_for(lambda: records(engine)[0].status == "rejected", what="rejected")
+    finally:
+        workers.stop.set()
+        workers.join(time.monotonic() + 10)
+        engine.dispose()

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from personsd import config
+from personsd import config, tenancy
 from personsd.service import Daemon
+from personsd.store import db
+from personsd.store import tenants as store_tenants
 
 CONFIG = """\
 [paths]
@@ -93,6 +95,29 @@ def test_a_broken_config_on_reload_keeps_the_running_one(
         daemon.reload()
     assert 30.0 == daemon.cfg.archive.keep_days
     assert "config.reload_failed" in [e["event"] for e in logs]
+
+
+def test_reload_makes_a_new_tenants_directories_through_tenancy(
+    served: tuple[Daemon, Path, threading.Thread], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tenant's directories come from tenancy.tenant_dirs, the one place deciding them."""
+    daemon, _source, _loop = served
+    with db.write_tx(daemon.engine) as conn:
+        store_tenants.add_tenant(conn, "acme", keys=[])
+    calls: list[str] = []
+    real = tenancy.tenant_dirs
+
+    def counted(cfg: config.Config, name: str) -> None:
+        calls.append(name)
+        real(cfg, name)
+
+    monkeypatch.setattr(tenancy, "tenant_dirs", counted)
+    daemon.reload()
+    cfg = daemon.cfg
+    assert ["acme"] == calls
+    assert [True, True, True] == [
+        box.is_dir() for box in (cfg.inbox("acme"), cfg.validate_box("acme"), cfg.outbox("acme"))
+    ]
 
 
 def test_shutdown_stops_the_loop_and_exits_0(

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
 from personsd.store import db
+from personsd.store import imports as store_imports
 from personsd.store.models import metadata
 
 TABLES = {
@@ -89,23 +91,58 @@ def test_a_database_behind_head_is_upgraded_through_alembic(engine: Engine) -> N
     assert TABLES == set(inspect(engine).get_table_names())
 
 
-def test_imports_recorded_before_0002_are_imports(engine: Engine) -> None:
-    """Migration 0002 gives every import made before it the mode import."""
+def _migrate_to(engine: Engine, revision: str, *, imports: int = 0) -> None:
+    """``engine``'s database at ``revision`` (up or down), then ``imports`` imports of acme
+    recorded with the columns of 0001."""
     from alembic import command
 
+    move = command.upgrade if db._stored_revision(engine) is None else command.downgrade
     with db.write_tx(engine) as conn:
-        command.upgrade(db._alembic_config(conn), "0001")
+        move(db._alembic_config(conn), revision)
+        if not imports:
+            return
         conn.exec_driver_sql("INSERT INTO tenants (name, created_at) VALUES ('acme', '2026-01-01')")
-        conn.exec_driver_sql(
-            "INSERT INTO imports (tenant_id, file_name, sha256, bytes, status, source, work_path,"
-            " attempts, received_at, next_row, rows_total, rows_succeeded, rows_failed,"
-            " rows_created, rows_updated, error_counts, errors_bytes, retry_bytes, retry_rows,"
-            " reports_published) SELECT id, 'a.persons', 'x', 0, 'queued', 'cli', '/a', 0,"
-            " '2026-01-01', 0, 0, 0, 0, 0, 0, '{}', 0, 0, 0, false FROM tenants"
-        )
+        for _ in range(imports):
+            conn.exec_driver_sql(
+                "INSERT INTO imports (tenant_id, file_name, sha256, bytes, status, source,"
+                " work_path, attempts, received_at, next_row, rows_total, rows_succeeded,"
+                " rows_failed, rows_created, rows_updated, error_counts, errors_bytes,"
+                " retry_bytes, retry_rows, reports_published) SELECT id, 'a.persons', 'x', 0,"
+                " 'queued', 'cli', '/a', 0, '2026-01-01', 0, 0, 0, 0, 0, 0, '{}', 0, 0, 0, false"
+                " FROM tenants"
+            )
+
+
+def test_imports_recorded_before_0002_are_imports(engine: Engine) -> None:
+    """Migration 0002 gives every import made before it the mode import."""
+    _migrate_to(engine, "0001", imports=1)
     db.upgrade(engine)
     with engine.connect() as conn:
         assert ["import"] == list(conn.exec_driver_sql("SELECT mode FROM imports").scalars())
+
+
+def test_0009_drops_heartbeat_at_keeping_imports_and_their_ids(engine: Engine) -> None:
+    """Migration 0009 drops the unread imports.heartbeat_at; rows stay, no id is given again;
+    its downgrade brings the column back, nullable and empty."""
+    _migrate_to(engine, "0002", imports=2)
+    with db.write_tx(engine) as conn:
+        conn.exec_driver_sql("DELETE FROM imports WHERE id = 2")  # the top id stays used
+    db.upgrade(engine)
+    assert "heartbeat_at" not in {c["name"] for c in inspect(engine).get_columns("imports")}
+    with db.write_tx(engine) as conn:
+        tenant = conn.exec_driver_sql("SELECT id FROM tenants").scalar_one()
+        fresh = store_imports.create(
+            conn, tenant_id=tenant, file_name="b.persons", sha256="y", bytes=0, source="cli",
+            work_path="/b", received_at=datetime(2026, 12, 7, tzinfo=UTC),
+        )  # fmt: skip
+    assert 3 == fresh
+    _migrate_to(engine, "0002")
+    columns = {c["name"]: c for c in inspect(engine).get_columns("imports")}
+    assert "0002" == db.current_revision(engine)
+    assert columns["heartbeat_at"]["nullable"]
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT id, heartbeat_at FROM imports ORDER BY id").all()
+    assert [(1, None), (3, None)] == [tuple(row) for row in rows]
 
 
 def test_sqlite_tables_keep_autoincrement_through_every_migration(sqlite_url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,7 +52,7 @@ def test_create_and_get(engine: Engine, tenant_ids: tuple[int, int]) -> None:
         id=import_id, tenant_id=tenant_ids[0], file_name="x.persons", sha256="a" * 64,
         bytes=212, status="queued", source="watcher", work_path="/state/work/x.persons",
         attempts=0, received_at=T0, started_at=None, finished_at=None, duplicate_of=None,
-        last_error=None, claimed_by=None, claimed_at=None, heartbeat_at=None,
+        last_error=None, claimed_by=None, claimed_at=None,
         next_offset=None, next_line=None, next_row=0, rows_total=0, rows_succeeded=0,
         rows_failed=0, rows_created=0, rows_updated=0, error_counts={}, errors_bytes=0,
         retry_bytes=0, retry_rows=0, file_error_class=None, file_error_message=None,
@@ -62,7 +63,7 @@ def test_create_and_get(engine: Engine, tenant_ids: tuple[int, int]) -> None:
 
 
 def test_checkpoint_round_trip(engine: Engine, tenant_ids: tuple[int, int]) -> None:
-    """A saved checkpoint reads back equal and refreshes the heartbeat."""
+    """A saved checkpoint reads back equal and renews the lease it is written under."""
     checkpoint = Checkpoint(
         next_offset=10_000_000_000, next_line=5003, next_row=5000, rows_total=5000,
         rows_succeeded=4990, rows_failed=10, rows_created=4000, rows_updated=990,
@@ -75,7 +76,14 @@ def test_checkpoint_round_trip(engine: Engine, tenant_ids: tuple[int, int]) -> N
     with engine.connect() as conn:
         record = imports.get(conn, import_id)
     assert checkpoint == record.checkpoint
-    assert record.heartbeat_at is not None and record.heartbeat_at.tzinfo is UTC
+    held = claim_lease(engine, "i1", lease=1.0)
+    assert held is not None
+    with db.write_tx(engine) as conn:
+        imports.save_checkpoint(conn, import_id, checkpoint, replace(held.lease, seconds=60.0))
+    with engine.connect() as conn:
+        record = imports.get(conn, import_id)
+    assert record.lease_expires is not None and record.lease_expires.tzinfo is UTC
+    assert record.lease_expires > datetime.now(UTC) + timedelta(seconds=30)
 
 
 def test_checkpoint_refuses_negative_counts() -> None:

@@ -15,11 +15,14 @@ from sqlalchemy import Engine
 from personsd import importer, layers
 from personsd.config import Config
 from personsd.errors import OperatorError, UnknownImport
+from personsd.logging import Event, get_logger
 from personsd.retry import RetryPolicy
-from personsd.store import db
+from personsd.store import db, faults
 from personsd.store import imports as store_imports
 from personsd.store import tenants as store_tenants
 from personsd.tenancy import init_paths
+
+log = get_logger("personsd.admin")
 
 OnChunk = Callable[[int, int], None]
 # Given the plain content's size (None: unknown), the progress display's
@@ -52,10 +55,11 @@ def import_file(
     with engine.connect() as conn:
         if store_tenants.get_tenant(conn, tenant) is None:
             raise OperatorError(f"unknown tenant {tenant!r}")
+    path = file.resolve()
     import_id = importer.create(
         engine,
         tenant=tenant,
-        path=file.resolve(),
+        path=path,
         source="cli",
         claimed_by=f"cli:{socket.gethostname()}:{os.getpid()}",
         mode="validate" if validate else "import",
@@ -64,29 +68,80 @@ def import_file(
     # says nothing of it, so its bar shows progress without an end.
     plain = not layers.split_name(file.name)[1]
     with progress(file.stat().st_size if plain else None) as on_chunk:
-        outcome = run_with_attempts(engine, cfg, import_id, on_chunk)
+        outcome = run_with_attempts(
+            engine, cfg, import_id, on_chunk, tenant=tenant, file_name=path.name
+        )
     if outcome.summary.status != "failed":
         shutil.rmtree(cfg.work_dir / str(import_id), ignore_errors=True)
     return outcome
 
 
-def run_with_attempts(
-    engine: Engine, cfg: Config, import_id: int, on_chunk: OnChunk | None = None
-) -> importer.Outcome:
-    """The engine, retried from its checkpoint on internal errors, then ``failed``.
+# The pauses between runs of ``personsd import``: those of the daemon's workers
+# (``import.waiting``), capped lower for a command someone waits on.
+POLICY = RetryPolicy(base=0.5, cap=10.0)
+# The daemon waits out the environment without a bound (its import stays
+# queued), but a foreground command must end: an environment fault that
+# outlasts this many waits in a row (no chunk committed between them; about a
+# minute of POLICY's pauses) spends an attempt, as a database error that
+# outlasts the retries does (SPEC 5).
+MAX_WAITS = 10
 
-    Unlike the daemon's workers, every error but an operator's spends an
-    attempt here, environment faults included.
+
+def run_with_attempts(
+    engine: Engine,
+    cfg: Config,
+    import_id: int,
+    on_chunk: OnChunk | None = None,
+    *,
+    tenant: str,
+    file_name: str,
+    policy: RetryPolicy = POLICY,
+) -> importer.Outcome:
+    """The engine, retried from its checkpoint, then ``failed``: the workers' accounting.
+
+    As in the daemon (``store.faults`` decides): an environment fault waits
+    (``import.waiting``) and spends no attempt, up to ``MAX_WAITS`` in a row;
+    an internal error, or an environment fault past that bound, spends one
+    (``import.attempt_failed``), and after ``import.max_attempts`` the import
+    is failed. ``tenant`` and ``file_name`` are for the log lines (SPEC 9).
     """
-    policy = RetryPolicy(base=0.5, cap=10.0)
-    attempt = 0
+    bound = log.bind(tenant=tenant, import_id=import_id, file=file_name)
+    attempt = waits = 0
+    progressed = False
+
+    def chunk_done(rows: int, done: int) -> None:
+        nonlocal progressed
+        progressed = True
+        if on_chunk is not None:
+            on_chunk(rows, done)
+
     while True:
-        attempt += 1
         try:
-            return importer.run(engine, cfg, import_id, on_chunk=on_chunk)
+            return importer.run(engine, cfg, import_id, on_chunk=chunk_done)
         except OperatorError:
             raise
-        except Exception as exc:  # noqa: BLE001 -- our fault: retry from the checkpoint
+        except Exception as exc:  # noqa: BLE001 -- classified below
+            if progressed:  # the environment came back meanwhile: a new run of waits
+                waits, progressed = 0, False
+            if faults.classify(exc) is not faults.Kind.INTERNAL and waits < MAX_WAITS:
+                waits += 1
+                pause = policy.delay(waits)
+                bound.warning(
+                    Event.IMPORT_WAITING,
+                    reason=faults.reason(exc),
+                    retry_in=round(pause, 2),
+                    waits=waits,
+                    error=repr(exc)[:300],
+                )
+                time.sleep(pause)
+                continue
+            attempt += 1
+            bound.error(
+                Event.IMPORT_ATTEMPT_FAILED,
+                attempt=attempt,
+                max_attempts=cfg.imports.max_attempts,
+                exc_info=exc,
+            )
             if attempt >= cfg.imports.max_attempts:
                 return importer.fail(engine, cfg, import_id, repr(exc))
             time.sleep(policy.delay(attempt))

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import Engine
 
-from personsd.outcome import Interrupted, now
+from personsd.outcome import Interrupted
 from personsd.store import imports as store_imports
 from personsd.store import leases as store_leases
 from personsd.store.db import write_tx
@@ -25,19 +23,10 @@ from personsd.store.leases import Lease
 # The sha256 of an import the intake queued without reading it (see importer.create).
 UNHASHED = ""
 READ_BUFFER = 1 << 20
-# While a big file is hashed at the import's start, its heartbeat is refreshed this often.
-_HASH_HEARTBEAT_SECONDS = 30.0
 
 
-def sha256_of(
-    path: Path,
-    stop: threading.Event | None = None,
-    on_block: Callable[[int], None] | None = None,
-) -> tuple[str, int]:
-    """The file's sha256 and size, streamed; :class:`Interrupted` when ``stop`` is set.
-
-    ``on_block(bytes_read)`` is called after every block (1 MiB).
-    """
+def sha256_of(path: Path, stop: threading.Event | None = None) -> tuple[str, int]:
+    """The file's sha256 and size, streamed; :class:`Interrupted` when ``stop`` is set."""
     digest = hashlib.sha256()
     size = 0
     with path.open("rb") as fh:
@@ -46,8 +35,6 @@ def sha256_of(
             size += len(block)
             if stop is not None and stop.is_set():
                 raise Interrupted(f"stopped while hashing {path.name}")
-            if on_block is not None:
-                on_block(size)
     return digest.hexdigest(), size
 
 
@@ -56,19 +43,11 @@ def record(
 ) -> ImportRecord:
     """The content's sha256, size and ``duplicate_of``, recorded at the import's start.
 
-    Hashing a file of tens of GiB takes a while: the heartbeat is kept fresh
-    meanwhile so that no other instance takes the import for abandoned.
+    Hashing a file of tens of GiB takes a while: meanwhile the workers'
+    heartbeat thread renews the import's lease (``Workers._heartbeat``), so no
+    other instance takes the import for abandoned (a SQLite daemon has no other).
     """
-    beat = time.monotonic()
-
-    def alive(_done: int) -> None:
-        nonlocal beat
-        if time.monotonic() - beat >= _HASH_HEARTBEAT_SECONDS:
-            beat = time.monotonic()
-            with write_tx(engine) as conn:
-                store_imports.set_status(conn, record.id, record.status, heartbeat_at=now())
-
-    digest, size = sha256_of(Path(record.work_path), stop, alive)
+    digest, size = sha256_of(Path(record.work_path), stop)
     with write_tx(engine) as conn:
         if lease is not None:  # an instance that lost the import writes nothing
             store_leases.fence(conn, lease)

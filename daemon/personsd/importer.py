@@ -123,7 +123,6 @@ def create(
                 duplicate_of=duplicate,
                 claimed_by=claimed_by,
                 claimed_at=moment,
-                heartbeat_at=moment,
                 started_at=moment,
                 attempts=1,
             )

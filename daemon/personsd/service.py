@@ -23,7 +23,7 @@ from types import FrameType
 from sqlalchemy import make_url
 
 from personsd import config as config_mod
-from personsd import instance, metrics, notifier, sdnotify
+from personsd import instance, metrics, notifier, sdnotify, tenancy
 from personsd.config import Config
 from personsd.errors import ConfigError
 from personsd.intake import Intake
@@ -55,8 +55,7 @@ class Daemon:
         if make_url(cfg.database.url).get_backend_name() == "sqlite":
             # Before anything listens or writes: a second daemon stops here.
             self.lock = instance.hold_lock(cfg, self.instance)
-        for path in (cfg.tenants_dir, cfg.work_dir, cfg.archive_dir, cfg.quarantine_dir):
-            path.mkdir(parents=True, exist_ok=True)
+        tenancy.init_paths(cfg)
         self.engine = db.connect(
             cfg.database.url, idle_in_transaction_seconds=cfg.cluster.lease_seconds
         )
@@ -101,8 +100,7 @@ class Daemon:
         while not self.stop.is_set():
             try:
                 db.upgrade(self.engine)
-                self.tenants.refresh()
-                self._ensure_tenant_dirs()
+                self._refresh_tenants()
                 self.intake.recover()
                 self._publish_unpublished()
                 return
@@ -113,11 +111,11 @@ class Daemon:
                 sdnotify.status(f"waiting for the database: {type(exc).__name__}")
                 self.stop.wait(delay)
 
-    def _ensure_tenant_dirs(self) -> None:
+    def _refresh_tenants(self) -> None:
+        """Tenants as the database has them now, each with its directories."""
+        self.tenants.refresh()
         for name in self.tenants.names():
-            self.cfg.inbox(name).mkdir(parents=True, exist_ok=True)
-            self.cfg.validate_box(name).mkdir(parents=True, exist_ok=True)
-            self.cfg.outbox(name).mkdir(parents=True, exist_ok=True)
+            tenancy.tenant_dirs(self.cfg, name)
 
     def _publish_unpublished(self) -> None:
         """A crash between finishing an import and publishing its reports.
@@ -202,8 +200,7 @@ class Daemon:
 
     def _housekeeping(self) -> None:
         try:
-            self.tenants.refresh()
-            self._ensure_tenant_dirs()
+            self._refresh_tenants()
             self.intake.recover()
         except Exception as exc:  # noqa: BLE001 -- database down: the next round retries
             log.warning(Event.DB_UNAVAILABLE, error=repr(exc)[:300])
@@ -234,8 +231,7 @@ class Daemon:
                 self.workers.cfg = fresh
                 self.sender.cfg = fresh
                 self.intake.cfg = fresh
-            self.tenants.refresh()
-            self._ensure_tenant_dirs()
+            self._refresh_tenants()
             log.info(Event.CONFIG_RELOADED, source=str(self.cfg.source))
         except (ConfigError, Exception) as exc:  # noqa: BLE001 -- keep running on the old one
             log.error(Event.CONFIG_RELOAD_FAILED, error=str(exc))

@@ -15,7 +15,7 @@ from personsd.store import tenants as store_tenants
 
 
 def init_paths(cfg: Config) -> None:
-    """personsd's own directories (tenants, work, archive, quarantine)."""
+    """personsd's own directories (tenants, work, archive, quarantine); the daemon's too."""
     for path in (cfg.tenants_dir, cfg.work_dir, cfg.archive_dir, cfg.quarantine_dir):
         path.mkdir(parents=True, exist_ok=True)
 
@@ -23,9 +23,8 @@ def init_paths(cfg: Config) -> None:
 def tenant_dirs(cfg: Config, name: str) -> None:
     """A tenant's inbox, validate and outbox directories (idempotent).
 
-    The daemon's service makes the same three for every tenant it serves
-    (``Service._ensure_tenant_dirs``); it should call this once service.py
-    is free to change.
+    The one place that decides them: ``personsd init``, ``personsd tenants add``
+    and the daemon (for every tenant it serves, at start, reload and housekeeping).
     """
     cfg.inbox(name).mkdir(parents=True, exist_ok=True)
     cfg.validate_box(name).mkdir(parents=True, exist_ok=True)

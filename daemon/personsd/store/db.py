@@ -30,7 +30,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration's revision (tests/test_store_db.py checks it against
 # alembic's head). A database already there is known without importing
 # alembic, a fifth of every CLI command's start-up.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0009"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Arbitrary constant shared by every instance: serialises concurrent upgrades.
 _MIGRATION_LOCK = 0x70657273_6F6E7364 & 0x7FFF_FFFF_FFFF_FFFF

@@ -44,7 +44,7 @@ class ImportStatus(enum.StrEnum):
 # The import life cycle, the one place it is written down (docs/design.md):
 # every status change goes through transition(). Finished imports never run
 # again on their own: only the operator's `imports retry` re-queues a failed
-# one. Staying in a status (a heartbeat, a report flag) is no transition.
+# one. Staying in a status (the sha256, a report flag) is no transition.
 TRANSITIONS: frozenset[tuple[ImportStatus, ImportStatus]] = frozenset(
     {
         (ImportStatus.QUEUED, ImportStatus.RUNNING),  # claimed (or `personsd import`)
@@ -135,7 +135,6 @@ class ImportRecord:
     last_error: str | None
     claimed_by: str | None
     claimed_at: datetime | None
-    heartbeat_at: datetime | None
     next_offset: int | None
     next_line: int | None
     next_row: int
@@ -254,20 +253,18 @@ def list_imports(conn: Connection, tenant_id: int | None = None) -> list[ImportR
 def save_checkpoint(
     conn: Connection, import_id: int, checkpoint: Checkpoint, lease: Lease | None = None
 ) -> None:
-    """Store the checkpoint (in the chunk's transaction); it doubles as a heartbeat.
+    """Store the checkpoint (in the chunk's transaction).
 
-    With a ``lease`` the write is fenced: it changes the row only while the
-    lease's generation and holder are still the row's, else it raises
-    :class:`LeaseLost` and the caller's transaction (the chunk) rolls back.
+    With a ``lease`` the write is fenced and renews the lease: it changes the
+    row only while the lease's generation and holder are still the row's, else
+    it raises :class:`LeaseLost` and the caller's transaction (the chunk) rolls back.
     """
     values: dict[str, Any] = {name: getattr(checkpoint, name) for name in _CHECKPOINT_FIELDS}
     values["error_counts"] = json.dumps(dict(checkpoint.error_counts), sort_keys=True)
-    now = datetime.now(UTC)
-    values["heartbeat_at"] = now
     if lease is None:
         _update(conn, import_id, values)
         return
-    values["lease_expires"] = now + timedelta(seconds=lease.seconds)
+    values["lease_expires"] = datetime.now(UTC) + timedelta(seconds=lease.seconds)
     fenced_update(conn, lease, values)
 
 

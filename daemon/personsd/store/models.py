@@ -183,9 +183,6 @@ class ImportRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     claimed_by: Mapped[str | None] = mapped_column(Text)
     claimed_at: Mapped[datetime | None]
-    # Refreshed by every checkpoint: a running import whose heartbeat is old
-    # belongs to a dead daemon instance.
-    heartbeat_at: Mapped[datetime | None]
     next_offset: Mapped[int | None] = mapped_column(BigInteger)
     next_line: Mapped[int | None] = mapped_column(BigInteger)
     next_row: Mapped[int] = mapped_column(BigInteger)

@@ -131,7 +131,6 @@ def claim_next(
             status="running",
             claimed_by=instance,
             claimed_at=now,
-            heartbeat_at=now,
             lease_holder=instance,
             lease_expires=now + timedelta(seconds=lease_seconds),
             lease_generation=ImportRow.lease_generation + 1,
