@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +120,23 @@ def test_reload_makes_a_new_tenants_directories_through_tenancy(
     assert [True, True, True] == [
         box.is_dir() for box in (cfg.inbox("acme"), cfg.validate_box("acme"), cfg.outbox("acme"))
     ]
+
+
+def test_tenant_boxes_are_made_0750_and_an_existing_box_keeps_its_mode(tmp_path: Path) -> None:
+    """tenancy.tenant_dirs makes a box as an SFTP login does (0750) and never re-modes one."""
+    cfg = config.parse({"paths": {"root": str(tmp_path)}}, base=tmp_path, env={})
+    cfg.inbox("acme").mkdir(parents=True)
+    cfg.inbox("acme").chmod(0o2770)  # deploy/openssh-tenant.sh's inbox
+    old = os.umask(0o022)
+    try:
+        tenancy.tenant_dirs(cfg, "acme")
+    finally:
+        os.umask(old)
+    modes = [
+        stat.S_IMODE(box.stat().st_mode)
+        for box in (cfg.inbox("acme"), cfg.validate_box("acme"), cfg.outbox("acme"))
+    ]
+    assert [0o2770, 0o750, 0o750] == modes
 
 
 def test_shutdown_stops_the_loop_and_exits_0(

@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from personsd.config import Config
 from personsd.errors import OperatorError
+from personsd.sftp.paths import BOX_MODE
 from personsd.store import db
 from personsd.store import tenants as store_tenants
 
@@ -26,9 +27,10 @@ def tenant_dirs(cfg: Config, name: str) -> None:
     The one place that decides them: ``personsd init``, ``personsd tenants add``
     and the daemon (for every tenant it serves, at start, reload and housekeeping).
     """
-    cfg.inbox(name).mkdir(parents=True, exist_ok=True)
-    cfg.validate_box(name).mkdir(parents=True, exist_ok=True)
-    cfg.outbox(name).mkdir(parents=True, exist_ok=True)
+    for box in (cfg.inbox(name), cfg.validate_box(name), cfg.outbox(name)):
+        # As an SFTP login makes them; an existing box keeps its mode (the OpenSSH
+        # set-up gives inboxes 2770, deploy/openssh-tenant.sh).
+        box.mkdir(mode=BOX_MODE, parents=True, exist_ok=True)
 
 
 def read_keys(files: tuple[Path, ...]) -> list[tuple[str, str, str]]:

@@ -61,6 +61,7 @@ from personsd.logging import Event, get_logger
 from personsd.outbox import NEW_FILE
 from personsd.sftp.handles import Download, Upload
 from personsd.sftp.paths import (
+    BOX_MODE,
     BOXES,
     MAX_NAME_BYTES,
     UPLOAD_BOXES,
@@ -106,7 +107,7 @@ class TenantFs(paramiko.SFTPServerInterface):  # type: ignore[misc]
     def session_started(self) -> None:
         tenant_dir = self.session.tenants_root / self.session.tenant
         for box in BOXES:
-            (tenant_dir / box).mkdir(mode=0o750, parents=True, exist_ok=True)
+            (tenant_dir / box).mkdir(mode=BOX_MODE, parents=True, exist_ok=True)
         tenant_fd = os.open(tenant_dir, _DIR)
         try:
             for box in BOXES:
