@@ -28,11 +28,11 @@ from paramiko.common import cMSG_CHANNEL_DATA
 from paramiko.sftp import CMD_CLOSE, CMD_WRITE, int64
 from structlog.testing import capture_logs
 
-from daemon_helpers import Daemon, add_tenants, free_port, ssh_key, start
+from daemon_helpers import Daemon, add_tenants, free_port, openssh_sftp, ssh_key, start
 from personsd.passwords import hash_password
 from personsd.sftp import SftpLimits
 from polling import wait_for
-from test_sftp import Harness, connect, events, openssh_sftp, running_server, sftp_client
+from test_sftp import Harness, connect, events, running_server, sftp_client
 
 pytestmark = pytest.mark.slow
 
