@@ -106,16 +106,23 @@ def pgp_keys() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def shared(
+def module_db(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
+) -> Iterator[tuple[Path, str]]:
+    """A folder and a fresh database shared by a module's tests, on each database in turn
+    (what ``db_url`` is to one test); for an installation or a daemon the module shares."""
+    home = tmp_path_factory.mktemp(f"{request.module.__name__}-{request.param}")
+    with database_url(request.param, home) as url:
+        yield home, url
+
+
+@pytest.fixture(scope="module")
+def shared(module_db: tuple[Path, str]) -> Any:
     """One CLI installation per database and module, for tests that look only at a tenant
     of their own (a module may override it with a prepared site)."""
-    from cli_helpers import make_site, shared_database
+    from cli_helpers import make_site
 
-    home = tmp_path_factory.mktemp(f"{request.module.__name__}-{request.param}")
-    with shared_database(request.param, home) as url:
-        yield make_site(home, url)
+    return make_site(*module_db)
 
 
 @pytest.fixture
