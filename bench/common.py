@@ -199,6 +199,25 @@ def pg_available() -> str | None:
 
 
 @contextmanager
+def pg_schema(url: str, prefix: str) -> Iterator[str]:
+    """``url`` with its search_path on a fresh schema (``prefix`` + random hex), dropped after.
+
+    tests/conftest.py gives every PostgreSQL test its schema through this too.
+    """
+    import psycopg
+
+    schema = prefix + uuid.uuid4().hex[:16]
+    with psycopg.connect(pg_conninfo(url), autocommit=True) as conn:
+        conn.execute(f'create schema "{schema}"')
+    sep = "&" if "?" in url else "?"
+    try:
+        yield f"{url}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(pg_conninfo(url), autocommit=True) as conn:
+            conn.execute(f'drop schema "{schema}" cascade')
+
+
+@contextmanager
 def scratch_db(kind: str, folder: Path) -> Iterator[str]:
     """A SQLAlchemy URL of an empty database: a fresh SQLite file, or a fresh PG schema."""
     if kind == "sqlite":
@@ -210,17 +229,8 @@ def scratch_db(kind: str, folder: Path) -> Iterator[str]:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
         return
-    import psycopg
-
-    schema = "bench_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(pg_conninfo(PG_URL), autocommit=True) as conn:
-        conn.execute(f'create schema "{schema}"')
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(pg_conninfo(PG_URL), autocommit=True) as conn:
-            conn.execute(f'drop schema "{schema}" cascade')
+    with pg_schema(PG_URL, "bench_") as url:
+        yield url
 
 
 def personsd_schema(url: str, fields: Sequence[tuple[str, str, str | None]] = ()) -> int:

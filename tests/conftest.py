@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
+import runpy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,8 +35,10 @@ PG_URL = os.environ.get("PERSONSD_TEST_PG_URL", "postgresql+psycopg://postgres@1
 REQUIRE_PG = os.environ.get("PERSONSD_TEST_REQUIRE_PG", "") not in ("", "0")
 
 
-def _pg_conninfo(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+# bench/ is a folder of scripts, not a package: its plumbing is read from the file.
+_BENCH = runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "common.py"))
+_pg_conninfo = _BENCH["pg_conninfo"]
+_pg_schema = _BENCH["pg_schema"]
 
 
 _pg_state: dict[str, str | None] = {}
@@ -71,17 +73,8 @@ def database_url(kind: str, folder: Path) -> Iterator[str]:
         if REQUIRE_PG:
             pytest.fail(reason + " (PERSONSD_TEST_REQUIRE_PG is set)")
         pytest.skip(reason)
-    import psycopg
-
-    schema = "t_" + uuid.uuid4().hex[:16]
-    with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as conn:
-        conn.execute(f'create schema "{schema}"')
-    sep = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with psycopg.connect(_pg_conninfo(PG_URL), autocommit=True) as conn:
-            conn.execute(f'drop schema "{schema}" cascade')
+    with _pg_schema(PG_URL, "t_") as url:
+        yield url
 
 
 @pytest.fixture
@@ -113,16 +106,23 @@ def pgp_keys() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def shared(
+def module_db(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
+) -> Iterator[tuple[Path, str]]:
+    """A folder and a fresh database shared by a module's tests, on each database in turn
+    (what ``db_url`` is to one test); for an installation or a daemon the module shares."""
+    home = tmp_path_factory.mktemp(f"{request.module.__name__}-{request.param}")
+    with database_url(request.param, home) as url:
+        yield home, url
+
+
+@pytest.fixture(scope="module")
+def shared(module_db: tuple[Path, str]) -> Any:
     """One CLI installation per database and module, for tests that look only at a tenant
     of their own (a module may override it with a prepared site)."""
-    from cli_helpers import make_site, shared_database
+    from cli_helpers import make_site
 
-    home = tmp_path_factory.mktemp(f"{request.module.__name__}-{request.param}")
-    with shared_database(request.param, home) as url:
-        yield make_site(home, url)
+    return make_site(*module_db)
 
 
 @pytest.fixture

@@ -262,30 +262,46 @@ def sftp_put(port: int, user: str, key: Path, local: Path) -> None:
 def sftp_batch(
     key: Path, port: int, user: str, commands: str, cwd: Path
 ) -> subprocess.CompletedProcess[str]:
-    """Run the OpenSSH `sftp` binary with a batch of commands."""
-    batch = cwd / "batch.sftp"
-    batch.write_text(commands)
+    """:func:`openssh_sftp` with the key first."""
+    return openssh_sftp(port, user, key, commands, cwd)
+
+
+def openssh_sftp(
+    port: int, user: str, key: Path, batch: str, cwd: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run OpenSSH's ``sftp`` binary in batch mode against 127.0.0.1; ``extra`` are
+    more options. The caller's ssh config, agent and known hosts play no part."""
+    batchfile = cwd / "batch.sftp"
+    batchfile.write_text(batch)
     return subprocess.run(
         [
             "sftp",
             "-b",
-            str(batch),
+            str(batchfile),
             "-i",
             str(key),
             "-P",
             str(port),
+            "-F",
+            "/dev/null",
             "-o",
             "StrictHostKeyChecking=no",
             "-o",
             "UserKnownHostsFile=/dev/null",
             "-o",
+            "IdentitiesOnly=yes",
+            "-o",
             "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            *extra,
             f"{user}@127.0.0.1",
         ],
+        cwd=cwd,
         capture_output=True,
         text=True,
-        cwd=cwd,
         timeout=60,
+        env={**os.environ, "SSH_AUTH_SOCK": ""},
     )
 
 

@@ -84,6 +84,22 @@ def add_tenant(
     return tenant_id, stored
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Tenant:
+    """A tenant on the database: its name, id and custom fields (with their ids)."""
+
+    name: str
+    id: int
+    fields: list[CustomField]
+
+
+def fresh_tenant(engine: Engine, fields: Iterable[CustomField] = TEST_FIELDS) -> Tenant:
+    """A tenant of a new random name with ``fields``."""
+    name = new_tenant_name()
+    tenant_id, stored = add_tenant(engine, name, fields)
+    return Tenant(name=name, id=tenant_id, fields=stored)
+
+
 def run_import(
     engine: Engine,
     cfg: config.Config,

@@ -7,7 +7,7 @@ import socketserver
 import threading
 import urllib.parse
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self, TypeVar
 
@@ -33,18 +33,17 @@ class CarrierStub:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/lookup"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._serving = ExitStack()
 
     def answer_request(self, request: BaseHTTPRequestHandler) -> None:
         send_json(request, {"valid": True})
 
     def __enter__(self) -> Self:
-        self.thread.start()
+        self._serving.enter_context(serving(self.server))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serving.close()
 
 
 def send_json(request: BaseHTTPRequestHandler, value: Any) -> None:

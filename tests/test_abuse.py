@@ -18,7 +18,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,11 @@ from paramiko.common import cMSG_CHANNEL_DATA
 from paramiko.sftp import CMD_CLOSE, CMD_WRITE, int64
 from structlog.testing import capture_logs
 
-from daemon_helpers import Daemon, add_tenants, free_port, ssh_key, start
+from daemon_helpers import Daemon, add_tenants, free_port, openssh_sftp, ssh_key, start
 from personsd.passwords import hash_password
 from personsd.sftp import SftpLimits
 from polling import wait_for
-from test_sftp import Harness, connect, events, openssh_sftp, running_server, sftp_client
+from test_sftp import Harness, connect, events, running_server, sftp_client
 
 pytestmark = pytest.mark.slow
 
@@ -161,38 +161,55 @@ def h(tmp_path: Path) -> Iterator[Harness]:
 # -- 2: memory and time before login --------------------------------------------------------
 
 
-def test_a_huge_packet_before_login_costs_no_memory(site: tuple[Daemon, Path]) -> None:
-    """A banner, then one declared 2 GiB packet streamed into: cut at max_packet_bytes."""
+def declare_a_huge_packet(sock: socket.socket) -> None:
+    """Exchange version strings, then begin one packet declared 2 GiB long."""
+    sock.settimeout(10)
+    assert sock.recv(64).startswith(b"SSH-2.0-")
+    sock.sendall(b"SSH-2.0-abuser\r\n")
+    # (size - 4) is a multiple of the 8-byte pre-kex block, as the framing demands.
+    sock.sendall(struct.pack(">I", 0x7FFFFFFC) + b"\x04" + b"\x00" * 3)
+
+
+@pytest.mark.parametrize(
+    ("prelude", "flooded", "limit", "unbounded"),
+    [
+        pytest.param(
+            declare_a_huge_packet,
+            48 * MiB,
+            "packet_bytes",
+            "the daemon read 48 MiB into one packet",
+            id="a-2-GiB-packet-after-the-banner",
+        ),
+        pytest.param(
+            None,
+            32 * MiB,
+            "banner_bytes",
+            "the daemon kept reading one banner line",
+            id="no-line-end-before-the-version-string",
+        ),
+    ],
+)
+def test_a_flood_before_login_costs_no_memory(
+    site: tuple[Daemon, Path],
+    prelude: Callable[[socket.socket], None] | None,
+    flooded: int,
+    limit: str,
+    unbounded: str,
+) -> None:
+    """Before login a packet is cut at max_packet_bytes, a banner line at max_banner_bytes."""
     daemon, _ = site
     mark = len(daemon.events())
     with (
         PeakRss(pid_of(daemon)) as mem,
         socket.create_connection(("127.0.0.1", daemon.port)) as sock,
     ):
-        sock.settimeout(10)
-        assert sock.recv(64).startswith(b"SSH-2.0-")
-        sock.sendall(b"SSH-2.0-abuser\r\n")
-        # (size - 4) is a multiple of the 8-byte pre-kex block, as the framing demands.
-        sock.sendall(struct.pack(">I", 0x7FFFFFFC) + b"\x04" + b"\x00" * 3)
-        hung_up = flood(sock, 48 * MiB)
+        if prelude is not None:
+            prelude(sock)
+        hung_up = flood(sock, flooded)
     assert mem.growth < GROWTH_ALLOWED, f"grew by {mem.growth / MiB:.0f} MiB"
-    assert hung_up, "the daemon read 48 MiB into one packet"
-    wait_for(lambda: limit_events(daemon, "packet_bytes", mark), what="sftp.limit packet_bytes")
-    assert "127.0.0.1" == limit_events(daemon, "packet_bytes", mark)[0]["ip"]
-
-
-def test_an_endless_line_before_the_banner_costs_no_memory(site: tuple[Daemon, Path]) -> None:
-    """Bytes with no line end before the version string: cut at max_banner_bytes."""
-    daemon, _ = site
-    mark = len(daemon.events())
-    with (
-        PeakRss(pid_of(daemon)) as mem,
-        socket.create_connection(("127.0.0.1", daemon.port)) as sock,
-    ):
-        hung_up = flood(sock, 32 * MiB)
-    assert mem.growth < GROWTH_ALLOWED, f"grew by {mem.growth / MiB:.0f} MiB"
-    assert hung_up, "the daemon kept reading one banner line"
-    wait_for(lambda: limit_events(daemon, "banner_bytes", mark), what="sftp.limit banner_bytes")
+    assert hung_up, unbounded
+    wait_for(lambda: limit_events(daemon, limit, mark), what=f"sftp.limit {limit}")
+    assert "127.0.0.1" == limit_events(daemon, limit, mark)[0]["ip"]
 
 
 def test_login_must_complete_within_the_grace_time(tmp_path: Path) -> None:

@@ -445,14 +445,16 @@ def test_fields_add_duplicate_and_unknown_tenant_exit_1(shared: Site, tenant: st
 
 # -- persons export / show --------------------------------------------------------------------
 
-EXPORT_FIELDS = [
-    ("zip", "postal_code"),
-    ("amount", "number"),
-    ("born", "date"),
-    ("tags", "multi_select", "--options", "a,b,c"),
-    ("color", "single_select", "--options", "red,blue"),
-    ("nick", "string"),
-]
+# One custom field of each type (`fields add` type and options, by name), added out of
+# the name order the export sorts them into.
+EXPORT_FIELDS = {
+    "zip": ["postal_code"],
+    "amount": ["number"],
+    "born": ["date"],
+    "tags": ["multi_select", "--options", "a,b,c"],
+    "color": ["single_select", "--options", "red,blue"],
+    "nick": ["string"],
+}
 EXPORT_SOURCE = (
     "external_person_id,mdn,vibes_device_id,zip,amount,born,tags,color,nick\n"
     'e1,(229) 555-1234,d1,k1a0b1,007.50,2020-01-02T03:04:05+0200,a|b|a,red,"x, y"\n'
@@ -462,8 +464,7 @@ EXPORT_SOURCE = (
 
 
 def export_tenant(site: Site, tenant: str) -> None:
-    for definition in EXPORT_FIELDS:
-        name, type_, *rest = definition
+    for name, (type_, *rest) in EXPORT_FIELDS.items():
         site.cli("fields", "add", "--tenant", tenant, name, "--type", type_, *rest)
     done = site.import_bytes("src.persons", EXPORT_SOURCE, tenant)
     assert [] == done.errors

@@ -12,13 +12,11 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import database_url
 from daemon_helpers import (
     SEED_FILE,
     Daemon,
@@ -54,24 +52,16 @@ QUIET = 1.5  # > settle_seconds + 2 * RESCAN: "never" has had its chances
 # -- a daemon per database, for the module --------------------------------------------------
 
 
-def module_db_url(kind: str, folder: Path) -> AbstractContextManager[str]:
-    """Like conftest's ``db_url``, but for a module: SQLite file or a private PG schema."""
-    return database_url(kind, folder)
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def site(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SftpSite]:
-    home = tmp_path_factory.mktemp(f"e2e-{request.param}")
-    with module_db_url(request.param, home) as url:
-        files = {"seed.persons": SEED}
-        with sftp_site(home, url, TENANTS, imports={"rescan_seconds": RESCAN}, files=files) as (
-            daemon,
-            key,
-            work,
-        ):
-            yield SftpSite(daemon=daemon, key=key, work=work)
+@pytest.fixture(scope="module")
+def site(module_db: tuple[Path, str]) -> Iterator[SftpSite]:
+    home, url = module_db
+    files = {"seed.persons": SEED}
+    with sftp_site(home, url, TENANTS, imports={"rescan_seconds": RESCAN}, files=files) as (
+        daemon,
+        key,
+        work,
+    ):
+        yield SftpSite(daemon=daemon, key=key, work=work)
 
 
 # -- helpers ---------------------------------------------------------------------------------

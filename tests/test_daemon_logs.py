@@ -25,9 +25,10 @@ from structlog.testing import capture_logs
 
 from daemon_helpers import Daemon, add_tenants, free_port, ssh_key, start
 from engine_helpers import add_tenant, make_config, run_import
+from personsd.logging import Event
 from personsd.store import db
 from polling import wait_for
-from test_daemon_e2e import SEED, SEED_ROWS, module_db_url
+from test_daemon_e2e import SEED, SEED_ROWS
 
 pytestmark = pytest.mark.slow
 
@@ -39,13 +40,13 @@ CHUNK_ROWS = 500
 # the first progress line, so a bigger file costs only its writing (~2 s).
 BULK_ROWS = 3_000_000
 IMPORT_EVENTS = (
-    "import.queued",
-    "import.started",
-    "import.progress",
-    "import.completed",
-    "import.rejected",
-    "import.failed",
-    "import.resumed",
+    Event.IMPORT_QUEUED,
+    Event.IMPORT_STARTED,
+    Event.IMPORT_PROGRESS,
+    Event.IMPORT_COMPLETED,
+    Event.IMPORT_REJECTED,
+    Event.IMPORT_FAILED,
+    Event.IMPORT_RESUMED,
 )
 UTC_ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -72,61 +73,60 @@ def login(port: int, password: str) -> paramiko.Transport:
     return transport
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    home = tmp_path_factory.mktemp(f"logs-{request.param}")
-    with module_db_url(request.param, home) as url:
-        daemon = Daemon(
-            home=home, db_url=url, port=free_port(), extra={"import": {"chunk_rows": CHUNK_ROWS}}
-        )
-        key = ssh_key(home)
-        add_tenants(daemon, ("acme",), key, password=PASSWORD)
-        add_tenants(daemon, ("bulk",), key, fields=(("color", "string", None),))
-        start(daemon, ("acme", "bulk"))
+@pytest.fixture(scope="module")
+def run(module_db: tuple[Path, str]) -> Iterator[Run]:
+    home, url = module_db
+    daemon = Daemon(
+        home=home, db_url=url, port=free_port(), extra={"import": {"chunk_rows": CHUNK_ROWS}}
+    )
+    key = ssh_key(home)
+    add_tenants(daemon, ("acme",), key, password=PASSWORD)
+    add_tenants(daemon, ("bulk",), key, fields=(("color", "string", None),))
+    start(daemon, ("acme", "bulk"))
+    try:
+        # What a load balancer's or monitoring's TCP check does: connect, close.
+        socket.create_connection(("127.0.0.1", daemon.port), timeout=2).close()
+        with pytest.raises(paramiko.AuthenticationException):
+            login(daemon.port, WRONG_PASSWORD).close()
+        transport = login(daemon.port, PASSWORD)
         try:
-            # What a load balancer's or monitoring's TCP check does: connect, close.
-            socket.create_connection(("127.0.0.1", daemon.port), timeout=2).close()
-            with pytest.raises(paramiko.AuthenticationException):
-                login(daemon.port, WRONG_PASSWORD).close()
-            transport = login(daemon.port, PASSWORD)
-            try:
-                sftp = paramiko.SFTPClient.from_transport(transport)
-                assert sftp is not None
-                with sftp.open("/inbox/seed.persons", "wb") as fh:
-                    fh.write(SEED.encode())
-            finally:
-                transport.close()
-            summary = daemon.summary("acme", "seed.persons")
-            wait_for(
-                lambda: daemon.has_event("import.completed", tenant="acme"),
-                what="import.completed of the small file",
-            )
-
-            staging = home / "bulk.persons"
-            staging.write_text(
-                "external_person_id,color\n" + "".join(f"p{i},c{i % 5}\n" for i in range(BULK_ROWS))
-            )
-            os.replace(staging, daemon.inbox("bulk") / "bulk.persons")
-            # ProgressReporter's interval is fixed at 5 s (not in the config).
-            wait_for(
-                lambda: daemon.has_event("import.progress", tenant="bulk"),
-                timeout=30,
-                what="import.progress of the large file",
-            )
-            started = time.monotonic()
-            code = daemon.stop()
-            stopped = time.monotonic() - started
+            sftp = paramiko.SFTPClient.from_transport(transport)
+            assert sftp is not None
+            with sftp.open("/inbox/seed.persons", "wb") as fh:
+                fh.write(SEED.encode())
         finally:
-            if daemon.proc is not None:
-                daemon.kill()
-        lines = daemon.log_path.read_text().splitlines()
-        yield Run(
-            lines=lines,
-            events=daemon.events(),
-            summary=summary,
-            exit_code=code,
-            stop_seconds=stopped,
+            transport.close()
+        summary = daemon.summary("acme", "seed.persons")
+        wait_for(
+            lambda: daemon.has_event("import.completed", tenant="acme"),
+            what="import.completed of the small file",
         )
+
+        staging = home / "bulk.persons"
+        staging.write_text(
+            "external_person_id,color\n" + "".join(f"p{i},c{i % 5}\n" for i in range(BULK_ROWS))
+        )
+        os.replace(staging, daemon.inbox("bulk") / "bulk.persons")
+        # ProgressReporter's interval is fixed at 5 s (not in the config).
+        wait_for(
+            lambda: daemon.has_event("import.progress", tenant="bulk"),
+            timeout=30,
+            what="import.progress of the large file",
+        )
+        started = time.monotonic()
+        code = daemon.stop()
+        stopped = time.monotonic() - started
+    finally:
+        if daemon.proc is not None:
+            daemon.kill()
+    lines = daemon.log_path.read_text().splitlines()
+    yield Run(
+        lines=lines,
+        events=daemon.events(),
+        summary=summary,
+        exit_code=code,
+        stop_seconds=stopped,
+    )
 
 
 def test_one_import_logs_its_steps_in_order(run: Run) -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import database_url
 from daemon_helpers import SEED_FILE, Daemon, SftpSite, sftp_session, sftp_site
 from polling import wait_for
 
@@ -39,16 +39,13 @@ CHECK = (
 ROWS = {"total": 9, "succeeded": 5, "failed": 4, "created": 2, "updated": 3}
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def site(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SftpSite]:
-    home = tmp_path_factory.mktemp(f"validate-{request.param}")
-    with database_url(request.param, home) as url:
-        imports = {"rescan_seconds": RESCAN, "chunk_rows": 2}
-        files = {"seed.persons": SEED_FILE, "check.persons": CHECK}
-        with sftp_site(home, url, TENANTS, imports=imports, files=files) as (daemon, key, work):
-            yield SftpSite(daemon=daemon, key=key, work=work)
+@pytest.fixture(scope="module")
+def site(module_db: tuple[Path, str]) -> Iterator[SftpSite]:
+    home, url = module_db
+    imports = {"rescan_seconds": RESCAN, "chunk_rows": 2}
+    files = {"seed.persons": SEED_FILE, "check.persons": CHECK}
+    with sftp_site(home, url, TENANTS, imports=imports, files=files) as (daemon, key, work):
+        yield SftpSite(daemon=daemon, key=key, work=work)
 
 
 def summary_of(daemon: Daemon, tenant: str, file: str, mode: str) -> dict[str, Any]:

@@ -25,11 +25,10 @@ from sqlalchemy import Engine
 
 import reference
 from engine_helpers import (
-    add_tenant,
     export,
     fast_engine,
+    fresh_tenant,
     make_config,
-    new_tenant_name,
     normalise_export,
     persons_of,
     published,
@@ -181,19 +180,18 @@ def seeded_bench(db_url: str, scratch: Path, chunk_sizes: Iterable[int]) -> Iter
     # flush. Neither changes what an import does, only how long it waits.
     with fast_engine(db_url, scratch) as (root, url, engine):
         configs = {n: make_config(root, url, chunk_rows=n) for n in chunk_sizes}
-        tenant = new_tenant_name()
-        tenant_id, fields = add_tenant(engine, tenant)
+        tenant = fresh_tenant(engine)
         (root / "seed.persons").write_bytes(SEED)
-        outcome = run_import(engine, configs[5000], tenant, root / "seed.persons")
+        outcome = run_import(engine, configs[5000], tenant.name, root / "seed.persons")
         assert SEEDED == outcome.summary.rows.created
         yield Bench(
             engine=engine,
             root=root,
             configs=configs,
-            tenant=tenant,
-            tenant_id=tenant_id,
-            fields=fields,
-            seeded=persons_of(engine, tenant_id),
+            seeded=persons_of(engine, tenant.id),
+            tenant=tenant.name,
+            tenant_id=tenant.id,
+            fields=tenant.fields,
         )
 
 

@@ -157,6 +157,43 @@ def test_clear_token() -> None:
     assert "[null]" == CLEAR_TOKEN
 
 
+# --- errors (SPEC 3) -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "raw", "error_class", "message"),
+    [
+        pytest.param(
+            string_field(max_length=2),
+            "abc",
+            "PersonErrors::InvalidCustomFieldValue",
+            "Invalid custom field value",
+            id="too-long-string",
+        ),
+        pytest.param(
+            string_field(Charset.ASCII),
+            "é",
+            "PersonErrors::InvalidSelectCustomFieldValue",
+            "Custom field value is incompatible with the field’s character set",
+            id="outside-the-charset",
+        ),
+        pytest.param(
+            MULTI,
+            "golf|chess",
+            "PersonErrors::InvalidSelectCustomFieldValue",
+            "Invalid custom field value",
+            id="bad-select-value",
+        ),
+    ],
+)
+def test_errors_have_exact_class_and_message(
+    field: CustomField, raw: str, error_class: str, message: str
+) -> None:
+    """A bad value's error carries the catalogue's exact class and message, its field and value."""
+    expected = RowError(error_class=error_class, message=message, field=field.name, value=raw)
+    assert expected == parse(field, raw)
+
+
 # --- string ----------------------------------------------------------------
 
 
@@ -168,30 +205,6 @@ def test_string_is_stored_as_given_up_to_max_length() -> None:
     assert invalid(field, "abcd") == parse(field, "abcd")
     assert "x" * 255 == parse(string_field(), "x" * 255)
     assert invalid(string_field(), "x" * 256) == parse(string_field(), "x" * 256)
-
-
-def test_too_long_string_error_has_exact_class_and_message() -> None:
-    """A too long string is PersonErrors::InvalidCustomFieldValue / Invalid custom field value."""
-    error = parse(string_field(max_length=2), "abc")
-    assert (
-        RowError(
-            error_class="PersonErrors::InvalidCustomFieldValue",
-            message="Invalid custom field value",
-            field="s",
-            value="abc",
-        )
-        == error
-    )
-
-
-def test_charset_error_has_exact_class_and_message() -> None:
-    """A string outside its charset is InvalidSelectCustomFieldValue with the charset message."""
-    assert RowError(
-        error_class="PersonErrors::InvalidSelectCustomFieldValue",
-        message="Custom field value is incompatible with the field’s character set",
-        field="s",
-        value="é",
-    ) == parse(string_field(Charset.ASCII), "é")
 
 
 @pytest.mark.parametrize(
@@ -230,12 +243,12 @@ def test_charset_error_wins_over_length() -> None:
     assert charset_mismatch(field, "ééé") == parse(field, "ééé")
 
 
-# --- number ----------------------------------------------------------------
+# --- number, date and postal code forms ------------------------------------
 
-
-@pytest.mark.parametrize(
-    ("raw", "stored"),
-    [
+# What a valid value is stored as, by type (SPEC 1.5).
+STORED_AS = {
+    # Without leading zeros or trailing fractional zeros.
+    NUMBER: [
         ("007.50", "7.5"),
         ("100.00", "100"),
         ("-0.0", "0"),
@@ -252,15 +265,36 @@ def test_charset_error_wins_over_length() -> None:
         ("12345678901234567890.12345678901234567890", "12345678901234567890.1234567890123456789"),
         ("9" * 64, "9" * 64),
     ],
-)
-def test_numbers_are_canonical(raw: str, stored: str) -> None:
-    """Numbers are stored without leading zeros or trailing fractional zeros."""
-    assert stored == parse(NUMBER, raw)
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
+    # Dates in the four accepted forms, in UTC as YYYY-MM-DDTHH:MM:SSZ.
+    DATE: [
+        ("2025-01-31T12:34:56Z", "2025-01-31T12:34:56Z"),
+        ("2025-01-31T12:34:56+0200", "2025-01-31T10:34:56Z"),
+        ("2025-01-31T12:34:56+02:00", "2025-01-31T10:34:56Z"),
+        ("2025-01-31T23:30:00-05:00", "2025-02-01T04:30:00Z"),
+        ("2025-01-01T00:30:00+0100", "2024-12-31T23:30:00Z"),
+        ("2025-06-15T08:00:00+0530", "2025-06-15T02:30:00Z"),
+        ("2025-06-15T08:00:00-0000", "2025-06-15T08:00:00Z"),
+        ("2025-03-01", "2025-03-01T00:00:00Z"),
+        ("2024-02-29", "2024-02-29T00:00:00Z"),
+        ("0001-01-01", "0001-01-01T00:00:00Z"),
+        ("0999-01-01T05:00:00+0100", "0999-01-01T04:00:00Z"),
+        ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59Z"),
+    ],
+    # A US ZIP as given; a Canadian code upper case with one space.
+    POSTAL: [
+        ("12345", "12345"),
+        ("00501", "00501"),
+        ("12345-6789", "12345-6789"),
+        ("K1A 0B1", "K1A 0B1"),
+        ("k1a 0b1", "K1A 0B1"),
+        ("K1A0B1", "K1A 0B1"),
+        ("h2x1y4", "H2X 1Y4"),
+    ],
+}
+# Values not of their type's form, by type.
+MALFORMED = {
+    # Numbers are -?digits(.digits)? in ASCII, at most 64 characters.
+    NUMBER: [
         "+5",
         ".5",
         "1.",
@@ -281,52 +315,8 @@ def test_numbers_are_canonical(raw: str, stored: str) -> None:
         "9" * 65,
         "-" + "9" * 64,
     ],
-)
-def test_malformed_numbers_are_invalid(raw: str) -> None:
-    """Numbers are -?digits(.digits)? in ASCII, at most 64 characters."""
-    assert invalid(NUMBER, raw) == parse(NUMBER, raw)
-
-
-NUMBERS = st.from_regex(re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?", re.ASCII), fullmatch=True)
-
-
-@given(NUMBERS)
-def test_number_canonical_form_equals_decimal_normalisation(raw: str) -> None:
-    """The canonical number is the Decimal value normalised, without exponent or -0."""
-    exact = Context(prec=100)
-    expected = format(exact.normalize(Decimal(raw)), "f")
-    expected = "0" if expected == "-0" else expected
-    assert expected == parse(NUMBER, raw)
-
-
-# --- date ------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("raw", "stored"),
-    [
-        ("2025-01-31T12:34:56Z", "2025-01-31T12:34:56Z"),
-        ("2025-01-31T12:34:56+0200", "2025-01-31T10:34:56Z"),
-        ("2025-01-31T12:34:56+02:00", "2025-01-31T10:34:56Z"),
-        ("2025-01-31T23:30:00-05:00", "2025-02-01T04:30:00Z"),
-        ("2025-01-01T00:30:00+0100", "2024-12-31T23:30:00Z"),
-        ("2025-06-15T08:00:00+0530", "2025-06-15T02:30:00Z"),
-        ("2025-06-15T08:00:00-0000", "2025-06-15T08:00:00Z"),
-        ("2025-03-01", "2025-03-01T00:00:00Z"),
-        ("2024-02-29", "2024-02-29T00:00:00Z"),
-        ("0001-01-01", "0001-01-01T00:00:00Z"),
-        ("0999-01-01T05:00:00+0100", "0999-01-01T04:00:00Z"),
-        ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59Z"),
-    ],
-)
-def test_dates_become_utc(raw: str, stored: str) -> None:
-    """Dates in the four accepted forms are stored in UTC as YYYY-MM-DDTHH:MM:SSZ."""
-    assert stored == parse(DATE, raw)
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
+    # Wrong shapes, impossible calendar dates and times.
+    DATE: [
         "2025-02-30",
         "2025-02-29",
         "2025-13-01",
@@ -355,10 +345,68 @@ def test_dates_become_utc(raw: str, stored: str) -> None:
         "9999-12-31T23:00:00-0200",
         "tomorrow",
     ],
+    # Anything but a US ZIP or a Canadian postal code.
+    POSTAL: [
+        "1234",
+        "123456",
+        "12345-678",
+        "12345 6789",
+        "123456789",
+        "K1A  0B1",
+        "K1A-0B1",
+        "KKA 0B1",
+        "K1A 0B",
+        "１２３４５",
+        "SW1A 1AA",
+        "ABCDE",
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "raw", "stored"),
+    [
+        pytest.param(field, raw, stored, id=f"{field.type}:{raw}")
+        for field, cases in STORED_AS.items()
+        for raw, stored in cases
+    ],
 )
-def test_malformed_or_impossible_dates_are_invalid(raw: str) -> None:
-    """Wrong shapes, impossible calendar dates and times are InvalidCustomFieldValue."""
-    assert invalid(DATE, raw) == parse(DATE, raw)
+def test_valid_values_are_stored_in_canonical_form(
+    field: CustomField, raw: str, stored: str
+) -> None:
+    """A valid number, date or postal code is stored in its type's canonical form."""
+    assert stored == parse(field, raw)
+
+
+@pytest.mark.parametrize(
+    ("field", "raw"),
+    [
+        pytest.param(field, raw, id=f"{field.type}:{raw}")
+        for field, values in MALFORMED.items()
+        for raw in values
+    ],
+)
+def test_malformed_values_are_invalid(field: CustomField, raw: str) -> None:
+    """A number, date or postal code not of its type's form is InvalidCustomFieldValue."""
+    assert invalid(field, raw) == parse(field, raw)
+
+
+# --- number ----------------------------------------------------------------
+
+
+NUMBERS = st.from_regex(re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?", re.ASCII), fullmatch=True)
+
+
+@given(NUMBERS)
+def test_number_canonical_form_equals_decimal_normalisation(raw: str) -> None:
+    """The canonical number is the Decimal value normalised, without exponent or -0."""
+    exact = Context(prec=100)
+    expected = format(exact.normalize(Decimal(raw)), "f")
+    expected = "0" if expected == "-0" else expected
+    assert expected == parse(NUMBER, raw)
+
+
+# --- date ------------------------------------------------------------------
 
 
 MOMENTS = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 12, 31))
@@ -398,16 +446,6 @@ def test_single_select_takes_one_key_case_sensitively() -> None:
         assert bad_select(SINGLE, raw) == parse(SINGLE, raw)
 
 
-def test_select_error_has_exact_class_and_message() -> None:
-    """A bad select value is PersonErrors::InvalidSelectCustomFieldValue / Invalid custom..."""
-    assert RowError(
-        error_class="PersonErrors::InvalidSelectCustomFieldValue",
-        message="Invalid custom field value",
-        field="many",
-        value="golf|chess",
-    ) == parse(MULTI, "golf|chess")
-
-
 @pytest.mark.parametrize(
     ("raw", "delimiter", "stored"),
     [
@@ -435,48 +473,6 @@ def test_multi_select_keeps_order_and_drops_duplicates(
 def test_multi_select_rejects_empty_and_unknown_keys(raw: str) -> None:
     """multi_select: an empty element or an unknown key makes the value invalid."""
     assert bad_select(MULTI, raw) == parse(MULTI, raw)
-
-
-# --- postal code -----------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("raw", "stored"),
-    [
-        ("12345", "12345"),
-        ("00501", "00501"),
-        ("12345-6789", "12345-6789"),
-        ("K1A 0B1", "K1A 0B1"),
-        ("k1a 0b1", "K1A 0B1"),
-        ("K1A0B1", "K1A 0B1"),
-        ("h2x1y4", "H2X 1Y4"),
-    ],
-)
-def test_postal_codes(raw: str, stored: str) -> None:
-    """US ZIP as given; Canadian upper case with one space."""
-    assert stored == parse(POSTAL, raw)
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [
-        "1234",
-        "123456",
-        "12345-678",
-        "12345 6789",
-        "123456789",
-        "K1A  0B1",
-        "K1A-0B1",
-        "KKA 0B1",
-        "K1A 0B",
-        "１２３４５",
-        "SW1A 1AA",
-        "ABCDE",
-    ],
-)
-def test_other_postal_codes_are_invalid(raw: str) -> None:
-    """Anything but a US ZIP or a Canadian postal code is InvalidCustomFieldValue."""
-    assert invalid(POSTAL, raw) == parse(POSTAL, raw)
 
 
 # --- export and round trips -----------------------------------------------

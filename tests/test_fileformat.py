@@ -57,24 +57,33 @@ def values(rows: list[RawRow]) -> list[tuple[str, ...]]:
 # --------------------------------------------------------------------------- 1.1 names
 
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("customers.persons", "import"),
-        ("dir/customers.persons", "import"),
-        (".customers.persons", "ignore"),
-        ("customers.persons.filepart", "ignore"),
-        ("customers.persons.part", "ignore"),
-        ("customers.persons.partial", "ignore"),
-        ("customers.persons.tmp", "ignore"),
-        ("customers.persons.uploading", "ignore"),
-        ("customers.csv", "reject"),
-        ("customers.PERSONS", "reject"),
-        ("persons", "reject"),
+# File names by what the inbox does with them.
+NAMES = {
+    "import": [
+        "customers.persons",
+        "dir/customers.persons",
+        "x.persons.gz.pgp",
+        "x.persons.zip",
+        "x.persons.asc",
     ],
+    "ignore": [
+        ".customers.persons",
+        "customers.persons.filepart",
+        "customers.persons.part",
+        "customers.persons.partial",
+        "customers.persons.tmp",
+        "customers.persons.uploading",
+        "x.persons.gz.filepart",
+    ],
+    "reject": ["customers.csv", "customers.PERSONS", "persons", "x.persons.pgp.gz", "x.gz"],
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [(name, verdict) for verdict, names in NAMES.items() for name in names]
 )
 def test_classify_name(name: str, expected: str) -> None:
-    """SPEC 1.1: .persons imported, uploads in progress ignored, anything else rejected."""
+    """SPEC 1.1: .persons (in the right layer order) imported, uploads ignored, others rejected."""
     assert expected == classify_name(name)
 
 

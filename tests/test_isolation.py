@@ -75,6 +75,11 @@ def upload(cfg: config.Config, tenant: str, name: str, text: str) -> ReadyFile:
     )
 
 
+def written(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 def records(engine: Engine) -> list[store_imports.ImportRecord]:
     with engine.connect() as conn:
         return store_imports.list_imports(conn)
@@ -279,10 +284,10 @@ class HeldService(CarrierStub):
 def test_a_slow_carrier_lookup_holds_no_write_lock(site: Site, tmp_path: Path) -> None:
     """Issue 9 obs. 11: while the http service is answering, another tenant's import commits."""
     cfg, engine = site.cfg, site.engine
-    slow_file = tmp_path / "slow.persons"
-    slow_file.write_text("external_person_id,mdn\np1,+12295550001\np2,+12295550002\n")
-    quick_file = tmp_path / "quick.persons"
-    quick_file.write_text("external_person_id\nq1\nq2\n")
+    slow_file = written(
+        tmp_path / "slow.persons", "external_person_id,mdn\np1,+12295550001\np2,+12295550002\n"
+    )
+    quick_file = written(tmp_path / "quick.persons", "external_person_id\nq1\nq2\n")
     outcomes: dict[str, Any] = {}
 
     def run(tenant: str, path: Path, carrier: HttpCarrierLookup | None) -> None:
@@ -313,10 +318,11 @@ def test_a_slow_carrier_lookup_holds_no_write_lock(site: Site, tmp_path: Path) -
 def test_only_mdns_nobody_holds_are_asked_once_each(site: Site, tmp_path: Path) -> None:
     """SPEC 2: the lookup runs for newly assigned MDNs only; asked ahead, once per MDN."""
     cfg, engine = site.cfg, site.engine
-    first = tmp_path / "first.persons"
-    first.write_text("external_person_id,mdn\np1,+12295550001\n")
-    second = tmp_path / "second.persons"
-    second.write_text("mdn,external_person_id\n+12295550001,p1\n+12295550002,p2\n+12295550002,p2\n")
+    first = written(tmp_path / "first.persons", "external_person_id,mdn\np1,+12295550001\n")
+    second = written(
+        tmp_path / "second.persons",
+        "mdn,external_person_id\n+12295550001,p1\n+12295550002,p2\n+12295550002,p2\n",
+    )
 
     with HeldService() as service:
         service.release.set()
@@ -336,9 +342,9 @@ def test_a_carrier_service_outage_is_an_environment_fault(site: Site, tmp_path: 
         sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/lookup"
         lookup = HttpCarrierLookup(url, timeout=1, retries=0, breaker_failures=2)
-        path = tmp_path / "down.persons"
-        path.write_text(
-            "external_person_id,mdn\n" + "".join(f"p{i},+1229555000{i}\n" for i in range(5))
+        path = written(
+            tmp_path / "down.persons",
+            "external_person_id,mdn\n" + "".join(f"p{i},+1229555000{i}\n" for i in range(5)),
         )
         import_id = importer.create(engine, tenant="slow", path=path, source="cli")
 

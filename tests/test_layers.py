@@ -49,22 +49,6 @@ def test_split_name_undoes_one_encryption_then_one_compression(
     assert (plain, found) == layers.split_name(name)
 
 
-@pytest.mark.parametrize(
-    ("name", "verdict"),
-    [
-        ("x.persons.gz.pgp", "import"),
-        ("x.persons.zip", "import"),
-        ("x.persons.asc", "import"),
-        ("x.persons.pgp.gz", "reject"),
-        ("x.gz", "reject"),
-        ("x.persons.gz.filepart", "ignore"),
-    ],
-)
-def test_layered_names_are_imported_others_rejected(name: str, verdict: str) -> None:
-    """SPEC 1.1: layered `.persons` names are imported; a wrong order is rejected."""
-    assert verdict == fileformat.classify_name(name)
-
-
 def test_check_name_rejects_a_wrong_layer_order() -> None:
     """SPEC 1.1: `x.persons.pgp.gz` is not a `.persons` name."""
     with pytest.raises(FileRejected) as caught:

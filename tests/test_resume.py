@@ -20,11 +20,11 @@ from structlog.testing import capture_logs
 
 from engine_helpers import (
     Published,
-    add_tenant,
+    Tenant,
     export,
     fast_engine,
+    fresh_tenant,
     make_config,
-    new_tenant_name,
     normalise_export,
     published,
     run_import,
@@ -73,6 +73,14 @@ class Run:
     persons: list[list[str]]
     reports: Published
 
+    @classmethod
+    def of(cls, engine: Engine, cfg: Config, tenant: Tenant, outcome: importer.Outcome) -> Run:
+        """The finished import ``outcome`` as it left ``tenant``'s persons and outbox."""
+        return cls(
+            persons=normalise_export(export(engine, tenant.id)),
+            reports=published(cfg, tenant.name, outcome),
+        )
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Bench:
@@ -88,13 +96,8 @@ def bench(db_url: str, tmp_path: Path) -> Iterator[Bench]:
         cfg = make_config(root, url, chunk_rows=CHUNK_ROWS)
         path = root / "nightly.persons"
         make_file(path)
-        tenant = new_tenant_name()
-        tenant_id, _ = add_tenant(engine, tenant)
-        outcome = run_import(engine, cfg, tenant, path)
-        baseline = Run(
-            persons=normalise_export(export(engine, tenant_id)),
-            reports=published(cfg, tenant, outcome),
-        )
+        tenant = fresh_tenant(engine)
+        baseline = Run.of(engine, cfg, tenant, run_import(engine, cfg, tenant.name, path))
         yield Bench(engine=engine, cfg=cfg, path=path, baseline=baseline)
 
 
@@ -117,9 +120,8 @@ def interrupted_run(
     its transaction rolls back). ``between(import_id)`` runs between the two
     runs. Returns the result and the events the resuming run logged.
     """
-    tenant = new_tenant_name()
-    tenant_id, _ = add_tenant(bench.engine, tenant)
-    import_id = importer.create(bench.engine, tenant=tenant, path=bench.path, source="cli")
+    tenant = fresh_tenant(bench.engine)
+    import_id = importer.create(bench.engine, tenant=tenant.name, path=bench.path, source="cli")
     stop = threading.Event()
     done: list[int] = []
 
@@ -153,7 +155,7 @@ def interrupted_run(
         record = store_imports.get(conn, import_id)
     assert "running" == record.status
     assert min(stop_after * CHUNK_ROWS, ROWS) == record.rows_total
-    assert [] == sorted(bench.cfg.outbox(tenant).glob("*")), "nothing published before the end"
+    assert [] == sorted(bench.cfg.outbox(tenant.name).glob("*")), "nothing published before the end"
     if how == "rollback":
         errors_path, _ = importer.work_paths(bench.cfg, import_id)
         assert errors_path.stat().st_size > record.errors_bytes, "lines past the checkpoint"
@@ -163,11 +165,7 @@ def interrupted_run(
     with capture_logs() as logs:
         outcome = importer.run(bench.engine, bench.cfg, import_id)
     events = [str(entry["event"]) for entry in logs]
-    run = Run(
-        persons=normalise_export(export(bench.engine, tenant_id)),
-        reports=published(bench.cfg, tenant, outcome),
-    )
-    return run, events
+    return Run.of(bench.engine, bench.cfg, tenant, outcome), events
 
 
 def assert_same(expected: Run, actual: Run, k: int) -> None:
@@ -287,12 +285,8 @@ def test_a_layered_file_validated_in_a_second_process(
 ) -> None:
     """SPEC 11: the validator process reads the plain stream through the same layers."""
     layered = layered_bench(bench, pgp_keys, suffix)
-    tenant = new_tenant_name()
-    tenant_id, _ = add_tenant(bench.engine, tenant)
-    import_id = importer.create(bench.engine, tenant=tenant, path=layered.path, source="cli")
+    tenant = fresh_tenant(bench.engine)
+    import_id = importer.create(bench.engine, tenant=tenant.name, path=layered.path, source="cli")
     outcome = importer.run(bench.engine, layered.cfg, import_id, validate_in="process")
-    run = Run(
-        persons=normalise_export(export(bench.engine, tenant_id)),
-        reports=published(layered.cfg, tenant, outcome),
-    )
+    run = Run.of(bench.engine, layered.cfg, tenant, outcome)
     assert_same_content(bench.baseline, run, 0)

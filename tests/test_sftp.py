@@ -7,7 +7,6 @@ import os
 import socket
 import stat
 import struct
-import subprocess
 import threading
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paramiko.sftp import CMD_CLOSE, CMD_DATA, CMD_READ, CMD_WRITE, int64
 from structlog.testing import capture_logs
 
+from daemon_helpers import openssh_sftp
 from personsd.passwords import hash_password
 from personsd.sftp import SftpLimits, SftpServer, TenantAuth, load_or_create_host_key
 from personsd.sftp.bans import LoginBans
@@ -144,44 +144,6 @@ def sftp_client(port: int, user: str, key: paramiko.PKey) -> Iterator[paramiko.S
         client.close()
     finally:
         transport.close()
-
-
-def openssh_sftp(
-    port: int, user: str, key: Path, batch: str, cwd: Path, *extra: str
-) -> subprocess.CompletedProcess[str]:
-    """Run OpenSSH's ``sftp`` binary in batch mode against the server."""
-    batchfile = cwd / "batch.txt"
-    batchfile.write_text(batch)
-    return subprocess.run(
-        [
-            "/usr/bin/sftp",
-            "-b",
-            str(batchfile),
-            "-i",
-            str(key),
-            "-P",
-            str(port),
-            "-F",
-            "/dev/null",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            *extra,
-            f"{user}@127.0.0.1",
-        ],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "SSH_AUTH_SOCK": ""},
-    )
 
 
 def events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:

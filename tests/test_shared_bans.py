@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from personsd.sftp.shared import SharedLoginBans
 from personsd.store import bans as store_bans
 from personsd.store import db
 from polling import wait_for
-from test_sftp import connect, events, running_server
+from test_sftp import Harness, connect, events, running_server
 
 LIMITS = SftpLimits(max_failed_logins=3, failed_window_seconds=60, ban_seconds=300)
 
@@ -136,23 +137,14 @@ def test_a_ban_made_on_one_server_refuses_logins_on_another(tmp_path: Path, engi
     """Three wrong passwords on server A; the right password on server B is then refused."""
     passwords = {"acme": hash_password("right")}
     limits = SftpLimits(max_failed_logins=3, failed_window_seconds=60, ban_seconds=60)
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    with (
-        running_server(
-            tmp_path / "a",
-            limits=limits,
-            passwords=passwords,
-            bans=SharedLoginBans(engine, limits),
-        ) as a,
-        running_server(
-            tmp_path / "b",
-            limits=limits,
-            passwords=passwords,
-            bans=SharedLoginBans(engine, limits),
-        ) as b,
-        capture_logs() as logs,
-    ):
+
+    def server(name: str) -> AbstractContextManager[Harness]:
+        """One instance: a server of its own, sharing the database's bans."""
+        (tmp_path / name).mkdir()
+        bans = SharedLoginBans(engine, limits)
+        return running_server(tmp_path / name, limits=limits, passwords=passwords, bans=bans)
+
+    with server("a") as a, server("b") as b, capture_logs() as logs:
         transport = connect(b.port, "acme", password="right")  # B is fine before the ban
         transport.close()
         for _ in range(3):

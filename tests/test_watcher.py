@@ -25,35 +25,38 @@ def keys(tracker: SettleTracker, now: float) -> list[Path]:
     return [s.key for s in tracker.due(now)]
 
 
+def observed(*seen: tuple[Stamp, float, Seen], settle: float = 1.0) -> SettleTracker:
+    """A tracker that has seen K as each ``(stamp, now, seen)`` in turn."""
+    tracker = SettleTracker(settle)
+    for stamp, now, how in seen:
+        tracker.observe(K, stamp, now=now, seen=how)
+    return tracker
+
+
 def test_ready_only_after_settle() -> None:
     """A closed file is due once it has not changed for settle_seconds, not before."""
-    tracker = SettleTracker(1.0)
-    tracker.observe(K, S1, now=10.0, seen=Seen.CLOSED)
+    tracker = observed((S1, 10.0, Seen.CLOSED))
     assert [] == keys(tracker, 10.99)
     assert [K] == keys(tracker, 11.0)
 
 
-def test_change_restarts_clock() -> None:
-    """A new (size, mtime) restarts the settle clock."""
-    tracker = SettleTracker(1.0)
-    tracker.observe(K, S1, now=10.0, seen=Seen.CLOSED)
-    tracker.observe(K, S2, now=10.5, seen=Seen.CLOSED)
+@pytest.mark.parametrize("seen", [Seen.CLOSED, Seen.TOUCHED], ids=["closed", "touched"])
+def test_change_restarts_clock_and_keeps_close(seen: Seen) -> None:
+    """A change after a close restarts the settle clock; a touch (put -p) keeps the close."""
+    tracker = observed((S1, 10.0, Seen.CLOSED), (S2, 10.5, seen))
     assert [] == keys(tracker, 11.2)
     assert [K] == keys(tracker, 11.5)
 
 
 def test_same_stamp_does_not_restart_clock() -> None:
     """Seeing the same version again (a scan, a second close) keeps the clock running."""
-    tracker = SettleTracker(1.0)
-    tracker.observe(K, S1, now=10.0, seen=Seen.CLOSED)
-    tracker.observe(K, S1, now=10.8, seen=Seen.CLOSED)
+    tracker = observed((S1, 10.0, Seen.CLOSED), (S1, 10.8, Seen.CLOSED))
     assert [K] == keys(tracker, 11.0)
 
 
 def test_inode_is_part_of_the_version() -> None:
     """A file replaced by another of equal size and mtime is a new version."""
-    tracker = SettleTracker(1.0)
-    tracker.observe(K, S1, now=10.0, seen=Seen.CLOSED)
+    tracker = observed((S1, 10.0, Seen.CLOSED))
     assert [K] == keys(tracker, 11.0)
     tracker.observe(K, Stamp(size=10, mtime_ns=1, inode=7), now=12.0, seen=Seen.CLOSED)
     assert [K] == keys(tracker, 13.0)
@@ -61,8 +64,7 @@ def test_inode_is_part_of_the_version() -> None:
 
 def test_written_file_waits_for_close() -> None:
     """A file only seen being written is never due until a close, move or scan."""
-    tracker = SettleTracker(1.0)
-    tracker.observe(K, S1, now=10.0, seen=Seen.WRITTEN)
+    tracker = observed((S1, 10.0, Seen.WRITTEN))
     assert [] == keys(tracker, 100.0)
     tracker.observe(K, S1, now=100.0, seen=Seen.CLOSED)
     assert [K] == keys(tracker, 100.0)
@@ -70,25 +72,13 @@ def test_written_file_waits_for_close() -> None:
 
 def test_write_after_close_disarms() -> None:
     """A write after a close (or a scan) means the writer is back: wait for its next close."""
-    tracker = SettleTracker(1.0)
-    tracker.observe(K, S1, now=10.0, seen=Seen.CLOSED)
-    tracker.observe(K, S2, now=10.5, seen=Seen.WRITTEN)
+    tracker = observed((S1, 10.0, Seen.CLOSED), (S2, 10.5, Seen.WRITTEN))
     assert [] == keys(tracker, 100.0)
-
-
-def test_touch_restarts_clock_and_keeps_close() -> None:
-    """A metadata change after a close (put -p setting mtime) restarts the clock only."""
-    tracker = SettleTracker(1.0)
-    tracker.observe(K, S1, now=10.0, seen=Seen.CLOSED)
-    tracker.observe(K, S2, now=10.5, seen=Seen.TOUCHED)
-    assert [] == keys(tracker, 11.2)
-    assert [K] == keys(tracker, 11.5)
 
 
 def test_trusted_is_immediate() -> None:
     """The embedded SFTP server's word makes a file due at once, whatever came before."""
-    tracker = SettleTracker(30.0)
-    tracker.observe(K, S1, now=10.0, seen=Seen.WRITTEN)
+    tracker = observed((S1, 10.0, Seen.WRITTEN), settle=30.0)
     tracker.trusted(K, S1, now=10.1)
     assert [K] == keys(tracker, 10.1)
 
@@ -104,8 +94,7 @@ def test_trusted_then_same_version_not_reported_again() -> None:
 
 def test_reported_once_until_changed() -> None:
     """A version is reported once; a later change is reported again after settling."""
-    tracker = SettleTracker(1.0)
-    tracker.observe(K, S1, now=10.0, seen=Seen.CLOSED)
+    tracker = observed((S1, 10.0, Seen.CLOSED))
     assert [K] == keys(tracker, 11.0)
     tracker.observe(K, S1, now=20.0, seen=Seen.CLOSED)
     assert [] == keys(tracker, 30.0)
@@ -115,8 +104,7 @@ def test_reported_once_until_changed() -> None:
 
 def test_forget() -> None:
     """A forgotten file is not due; seen again it is a new arrival, reported again."""
-    tracker = SettleTracker(1.0)
-    tracker.observe(K, S1, now=10.0, seen=Seen.CLOSED)
+    tracker = observed((S1, 10.0, Seen.CLOSED))
     tracker.forget(K)
     assert [] == keys(tracker, 20.0)
     assert [] == tracker.tracked()
