@@ -9,6 +9,7 @@ test_logging.py::test_no_private_structlog_import.)
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.metadata
 import inspect
@@ -289,3 +290,52 @@ def test_no_markdown_link_points_outside_the_repository() -> None:
         if (why := _outside(path, target)) is not None
     ]
     assert [] == bad
+
+
+# -- test references ----------------------------------------------------------
+
+# `test_abuse.py::test_name` or `test_abuse.py::test_name[case-id]`, as docs/security.md cites them.
+_TEST_REF = re.compile(r"\b(test_\w+\.py)::(test_\w+)(?:\[([^\]\s`]+)\])?")
+
+
+def _dangling(ref: tuple[str, str, str]) -> bool:
+    """Whether a cited test is not in tests/ (its function, and its case id when given)."""
+    module, function, case = ref
+    path = ROOT / "tests" / module
+    if not path.is_file():
+        return True
+    source = path.read_text(encoding="utf-8")
+    defined = {
+        node.name
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    return function not in defined or (bool(case) and f'"{case}"' not in source)
+
+
+def test_test_reference_scanner_tells_cited_tests_that_exist_from_gone_ones() -> None:
+    """A cited test is found by name, a cited case by its id; a renamed one is dangling."""
+    flood = "test_a_flood_before_login_costs_no_memory"
+    text = f"`test_abuse.py::{flood}[a-2-GiB-packet-after-the-banner]` `test_x.py::test_y`"
+    refs = _TEST_REF.findall(text)
+    assert [
+        ("test_abuse.py", flood, "a-2-GiB-packet-after-the-banner"),
+        ("test_x.py", "test_y", ""),
+    ] == refs
+    assert [False, True] == [_dangling(r) for r in refs]
+    assert [False, True, True] == [
+        _dangling(("test_abuse.py", flood, "")),
+        _dangling(("test_abuse.py", flood, "a-3-GiB-packet")),
+        _dangling(("test_abuse.py", "test_a_huge_packet_before_login_costs_no_memory", "")),
+    ]
+
+
+def test_every_test_the_docs_cite_exists() -> None:
+    """A test named in a Markdown file (docs/security.md's table) is a test of tests/."""
+    cited = sorted(
+        {ref for path in _markdown_files() for ref in _TEST_REF.findall(path.read_text("utf-8"))}
+    )
+    assert len(cited) > 20  # the security table cites dozens
+    assert [] == [
+        f"{m}::{f}" + (f"[{c}]" if c else "") for m, f, c in cited if _dangling((m, f, c))
+    ]
