@@ -10,9 +10,12 @@ from sqlalchemy import Engine
 
 from personsd.config import Config
 from personsd.errors import OperatorError
-from personsd.sftp.paths import BOX_MODE
 from personsd.store import db
 from personsd.store import tenants as store_tenants
+
+# A tenant's boxes are the daemon's and its group's (an OpenSSH chroot set-up reads
+# them through the group), never the world's; an SFTP login makes them so too.
+BOX_MODE = 0o750
 
 
 def init_paths(cfg: Config) -> None:

@@ -61,7 +61,6 @@ from personsd.logging import Event, get_logger
 from personsd.outbox import NEW_FILE
 from personsd.sftp.handles import Download, Upload
 from personsd.sftp.paths import (
-    BOX_MODE,
     BOXES,
     MAX_NAME_BYTES,
     UPLOAD_BOXES,
@@ -82,6 +81,7 @@ from personsd.sftp.replies import (
     errno_code,
 )
 from personsd.sftp.session import SessionSource
+from personsd.tenancy import BOX_MODE
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 DELIVERED_MEMORY_SECONDS = 60.0

@@ -12,9 +12,6 @@ from personsd.sftp.quota import UPLOAD_TEMP
 
 UPLOAD_BOXES = ("inbox", "validate")
 BOXES = (*UPLOAD_BOXES, "outbox")
-# A tenant's boxes are the daemon's and its group's (an OpenSSH chroot set-up reads
-# them through the group), never the world's, whatever the umask of whoever makes them.
-BOX_MODE = 0o750
 MAX_NAME_BYTES = 200  # SPEC 1.1: every name derived from it (reports, archive) still fits
 
 
