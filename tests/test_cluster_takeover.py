@@ -1,4 +1,4 @@
-"""SPEC 12 takeover: the instance running a 200,000-row import dies or freezes.
+"""SPEC 12 takeover: the instance running a 100,000-row import dies or freezes.
 
 Two daemons share one root and one PostgreSQL schema with a 3-second lease.
 kill -9 of the one running the import: the other takes it over within the

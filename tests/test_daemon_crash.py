@@ -1,6 +1,6 @@
 """SPEC 5 crash safety of ``personsd run``: kill -9 and SIGTERM in the middle of a big import.
 
-One 200,000-row file is imported by the daemon while it is killed (kill -9)
+One 100,000-row file is imported by the daemon while it is killed (kill -9)
 right after the claim, at about 15 % and 70 % of the rows and as the last
 chunk commits, and stopped once with SIGTERM at about 40 %. The outcome is
 compared with one uninterrupted ``personsd import`` of the same file into a
@@ -48,8 +48,8 @@ from polling import wait_for
 
 pytestmark = pytest.mark.slow
 
-ROWS = 200_000
-CHUNK_ROWS = 5000
+ROWS = 100_000
+CHUNK_ROWS = 2500
 TENANT = "acme"
 FILE = "big.persons"
 SPORTS = ("football", "hockey|golf", "", "soccer|basketball|football")
