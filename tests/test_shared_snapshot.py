@@ -38,3 +38,23 @@ def test_instances_refreshing_one_snapshot_at_once_never_fail(db_url: str, tmp_p
     assert [] == failures
     assert ["acme"] == TenantCache(snapshot=snapshot, engine=engine).names()
     assert ["tenants.json"] == sorted(p.name for p in state.iterdir())
+
+
+def test_a_tenant_is_prepared_before_the_snapshot_names_it(db_url: str, tmp_path: Path) -> None:
+    """refresh(prepare=) runs for each tenant before the snapshot or a login can see it."""
+    engine = db.connect(db_url)
+    db.upgrade(engine)
+    with db.write_tx(engine) as conn:
+        store_tenants.add_tenant(conn, "acme", password_hash="scrypt$x")
+        store_tenants.add_tenant(conn, "beta", password_hash="scrypt$x")
+    snapshot = tmp_path / "tenants.json"
+    cache = TenantCache(snapshot=snapshot, engine=engine)
+    seen: list[tuple[str, bool, list[str]]] = []
+
+    def prepare(name: str) -> None:
+        seen.append((name, snapshot.exists(), cache.names()))
+
+    cache.refresh(prepare=prepare)
+    engine.dispose()
+    assert [("acme", False, []), ("beta", False, [])] == seen
+    assert ["acme", "beta"] == cache.names()

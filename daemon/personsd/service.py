@@ -112,10 +112,8 @@ class Daemon:
                 self.stop.wait(delay)
 
     def _refresh_tenants(self) -> None:
-        """Tenants as the database has them now, each with its directories."""
-        self.tenants.refresh()
-        for name in self.tenants.names():
-            tenancy.tenant_dirs(self.cfg, name)
+        """Tenants as the database has them now, each with its directories made first."""
+        self.tenants.refresh(prepare=lambda name: tenancy.tenant_dirs(self.cfg, name))
 
     def _publish_unpublished(self) -> None:
         """A crash between finishing an import and publishing its reports.

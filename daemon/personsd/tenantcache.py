@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -54,8 +55,12 @@ class TenantCache:
         with self._lock:
             return sorted(self._tenants)
 
-    def refresh(self) -> None:
-        """Read every tenant from the database and write the snapshot."""
+    def refresh(self, prepare: Callable[[str], None] | None = None) -> None:
+        """Read every tenant from the database and write the snapshot.
+
+        ``prepare(name)`` runs for each tenant before it is published: once a tenant
+        is in the snapshot, whatever ``prepare`` sets up (its directories) exists.
+        """
         with self._engine.connect() as conn:
             found = store_tenants.list_tenants(conn)
         tenants = {}
@@ -66,6 +71,9 @@ class TenantCache:
                 )
             except ValueError as exc:
                 log.error(Event.TENANT_INVALID, tenant=tenant.name, error=str(exc))
+        if prepare is not None:
+            for name in tenants:
+                prepare(name)
         with self._lock:
             self._tenants = tenants
         data = [
