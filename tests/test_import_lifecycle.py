@@ -248,7 +248,9 @@ def test_a_paused_import_holds_its_tenants_later_files(db_url: str, tmp_path: Pa
     engine = db.connect(db_url)
     first = _queue(engine, cfg, "a.persons")
     _queue(engine, cfg, "b.persons")
-    workers = Workers(engine=engine, cfg=cfg, stop=threading.Event(), policy=FAST)
+    # A pause of about a second: FAST's 50 ms could pass before the next claim on a busy machine.
+    paused = RetryPolicy(base=1.0, cap=1.0)
+    workers = Workers(engine=engine, cfg=cfg, stop=threading.Event(), policy=paused)
     claimed = workers._claim()
     assert claimed is not None and first == claimed[0].id
     record, lease = claimed
@@ -256,7 +258,7 @@ def test_a_paused_import_holds_its_tenants_later_files(db_url: str, tmp_path: Pa
     with workers._busy_lock:
         workers._busy.clear()
     assert None is workers._claim()
-    again = wait_for(workers._claim, timeout=5, what="the pause to end")
+    again = wait_for(workers._claim, timeout=10, what="the pause to end")
     engine.dispose()
     assert first == again[0].id
 
