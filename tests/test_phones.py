@@ -253,7 +253,8 @@ def service() -> Iterator[Service]:
 
 
 def lookup(service: Service, **options: float) -> HttpCarrierLookup:
-    settings: dict[str, float] = {"timeout": 2.0, "retries": 2, "backoff": 0.0} | options
+    # A millisecond's backoff: every retry still pauses, too briefly to slow the test.
+    settings: dict[str, float] = {"timeout": 2.0, "retries": 2, "backoff": 0.001} | options
     return HttpCarrierLookup(
         service.url,
         timeout=settings["timeout"],
@@ -306,7 +307,7 @@ def test_http_unreachable_service_is_transient() -> None:
     server = Service()
     url = server.url
     server.server_close()
-    assert TRANSIENT == HttpCarrierLookup(url, retries=1, backoff=0.0)(VALID)
+    assert TRANSIENT == HttpCarrierLookup(url, retries=1, backoff=0.001)(VALID)
 
 
 def test_http_breaker_fails_fast_after_repeated_failures(service: Service) -> None:
@@ -365,3 +366,10 @@ def test_nanp_type_matches_phonenumbers(national: int) -> None:
     """Any ten-digit NANP number gets the type phonenumbers gives it."""
     expected = phonenumbers.number_type(phonenumbers.parse(f"+1{national}", None))
     assert expected == phones._nanp_type(str(national))
+
+
+@pytest.mark.parametrize("backoff", [0.0, -0.2])
+def test_http_lookup_refuses_retries_without_a_pause(backoff: float) -> None:
+    """http: a backoff of 0 or less is refused (no retry without a pause)."""
+    with pytest.raises(ValueError, match="backoff > 0"):
+        HttpCarrierLookup("http://127.0.0.1:9/", backoff=backoff)

@@ -360,7 +360,7 @@ def test_mdn_key_carrier_failure_reports_the_raw_value() -> None:
 
 def test_transient_carrier_failure() -> None:
     """Step 4: an unreachable carrier service is TransientLookupFailureError on the raw mdn."""
-    carrier = HttpCarrierLookup("http://127.0.0.1:9/", timeout=1, retries=0, backoff=0)
+    carrier = HttpCarrierLookup("http://127.0.0.1:9/", timeout=1, retries=0, backoff=0.001)
     ps = person_set(person(1))
     expected = (ErrorKind.TRANSIENT_LOOKUP_FAILURE.at("mdn", "2025550101"),)
     assert expected == run(ps, carrier, person_id="1", mdn="2025550101")

@@ -264,16 +264,15 @@ class HttpCarrierLookup:
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"carrier lookup URL must be http(s): {url!r}")
-        if timeout <= 0 or retries < 0 or backoff < 0 or breaker_failures < 1:
-            raise ValueError("carrier lookup: timeout > 0, retries >= 0, backoff >= 0")
+        # backoff > 0: no retry without a pause, as everywhere in personsd.
+        if timeout <= 0 or retries < 0 or backoff <= 0 or breaker_failures < 1:
+            raise ValueError("carrier lookup: timeout > 0, retries >= 0, backoff > 0")
         self.url = url
         self.timeout = timeout
         self.retries = retries
         # Pauses of backoff, then doubling, all exact: no jitter, and a cap past the
-        # last of ``retries`` pauses. 0: every retry at once.
-        self.policy = (
-            RetryPolicy(base=backoff, cap=backoff * 2**retries, jitter=0.0) if backoff > 0 else None
-        )
+        # last of ``retries`` pauses.
+        self.policy = RetryPolicy(base=backoff, cap=backoff * 2**retries, jitter=0.0)
         self.breaker_failures = breaker_failures
         self.breaker_seconds = breaker_seconds
         self._lock = threading.Lock()
@@ -308,7 +307,7 @@ class HttpCarrierLookup:
             headers={"Accept": "application/json"},
         )
         for attempt in range(self.retries + 1):
-            if attempt and self.policy is not None:
+            if attempt:
                 time.sleep(self.policy.delay(attempt))
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
