@@ -191,16 +191,22 @@ def validate(raw: RawRow, layout: Layout, schema: Schema) -> RowChange | tuple[R
                     custom.append((attribute, parsed))
         elif not value:
             continue
-        elif kind in _CLEARABLE:
+        elif kind == _STRING_ID:
+            if value == NULL:
+                found[name] = None
+            elif len(value) > MAX_IDENTIFIER_LENGTH:
+                errors.append(ErrorKind.INVALID_CUSTOM_FIELD_VALUE.at(name, value))
+            else:
+                found[name] = value
+        elif kind == _MDN:
             if value == NULL:
                 found[name] = None
             else:
-                normal_form, error = _CLEARABLE[kind]
-                normal = normal_form(value)
-                if normal is None:
-                    errors.append(error.at(name, value))
+                e164 = normalize_mdn(value)
+                if e164 is None:
+                    errors.append(ErrorKind.INVALID_MDN_FORMAT.at(name, value))
                 else:
-                    found[name] = normal
+                    found[name] = e164
         elif kind == _PERSON_ID:
             person_id = _person_id(value)
             if person_id is None:
@@ -215,19 +221,6 @@ def validate(raw: RawRow, layout: Layout, schema: Schema) -> RowChange | tuple[R
     if errors:
         return tuple(errors)
     return _change(raw, layout, found, tuple(custom))
-
-
-def _bounded(value: str) -> str | None:
-    """A string identifier as stored: itself, unless longer than its column holds."""
-    return value if len(value) <= MAX_IDENTIFIER_LENGTH else None
-
-
-# The identifiers a row may clear with [null]: each one's normal form (None:
-# none) and the error of a value without one.
-_CLEARABLE: dict[int, tuple[Callable[[str], str | None], ErrorKind]] = {
-    _STRING_ID: (_bounded, ErrorKind.INVALID_CUSTOM_FIELD_VALUE),
-    _MDN: (normalize_mdn, ErrorKind.INVALID_MDN_FORMAT),
-}
 
 
 def _person_id(value: str) -> int | None:
